@@ -1,0 +1,1 @@
+"""The harness: specs, sweeps, aggregation, plots, reports, regression gate, latency profiling."""

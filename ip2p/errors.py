@@ -1,0 +1,26 @@
+"""Errors of ip2p-bench: each names the item, the field and, where there is one, the fix."""
+from __future__ import annotations
+
+
+class Ip2pError(Exception):
+    """Base class: the CLI prints these as one clear line and exits with status 2."""
+
+
+class ImageReadError(Ip2pError):
+    """An image file is missing or cannot be decoded."""
+
+
+class ModelLoadError(Ip2pError):
+    """Model weights cannot be found, or their shapes do not fit together."""
+
+
+class SpecError(Ip2pError):
+    """An experiment spec is malformed; the message names the field."""
+
+
+class DataRowError(Ip2pError):
+    """A dataset or test-set row is malformed; the message names the row and the field."""
+
+
+class NonFiniteOutputError(Ip2pError):
+    """A model produced NaN or Inf values."""

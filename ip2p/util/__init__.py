@@ -1,0 +1,1 @@
+"""Small shared helpers: image IO, atomic writes, content hashes."""
