@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ip2p.world.edits import CATEGORIES, WORLD_DYNAMICS  # noqa: E402  (numpy only; cheap)
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # name -> folder under WEIGHTS_DIR
