@@ -26,7 +26,7 @@ def hash_state_dict(state: Mapping[str, torch.Tensor] | torch.nn.Module, length:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-dim tensors too
     return h.hexdigest()[:length]
 
 
