@@ -15,6 +15,18 @@ app = typer.Typer(
     help="ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports.",
 )
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports."""
+    if version:
+        from ip2p import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 # Modules that contribute commands; each defines `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (
     "ip2p.editor_cli",

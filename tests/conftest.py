@@ -1,0 +1,9 @@
+"""Shared test set-up: single-threaded torch (the machine has 2 cores for 2 workers)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
