@@ -1,1 +1,46 @@
-"""Metrics: CLIP similarities (open_clip), LPIPS, pixel and masked metrics, embedding cache."""
+"""Metrics: CLIP similarities (open_clip), LPIPS, pixel and masked metrics, embedding cache.
+
+- :class:`ClipSimilarity` -- sim_0, sim_1, sim_direction, sim_image (REFERENCE.md), cached.
+- :func:`load_clip` -- any CLIP (built-in + tag/file, folder, ``world:clip``), no downloads.
+- :class:`EmbeddingCache` -- content-keyed embeddings, in memory or a shared SQLite file.
+- :class:`LPIPS` -- lpips package, backbone from the torch cache, never downloaded.
+- :mod:`ip2p.metrics.pixel` -- l1, l2, psnr, ssim and their masked (outside-the-edit) forms.
+- :class:`MetricSuite` -- every column for a batch of edits, with ``spec()`` for provenance.
+"""
+from ip2p.metrics.cache import EmbeddingCache, embedding_key
+from ip2p.metrics.clip_models import LoadedClip, load_clip, save_clip_folder
+from ip2p.metrics.clip_similarity import ClipSimilarity, clip_similarities
+from ip2p.metrics.lpips_metric import LPIPS
+from ip2p.metrics.pixel import (
+    l1,
+    l2,
+    masked_l1_outside,
+    masked_l2_outside,
+    masked_lpips_outside,
+    masked_psnr_outside,
+    masked_ssim_outside,
+    psnr,
+    ssim,
+)
+from ip2p.metrics.suite import MetricSuite
+
+__all__ = [
+    "ClipSimilarity",
+    "clip_similarities",
+    "EmbeddingCache",
+    "embedding_key",
+    "LoadedClip",
+    "load_clip",
+    "save_clip_folder",
+    "LPIPS",
+    "MetricSuite",
+    "l1",
+    "l2",
+    "psnr",
+    "ssim",
+    "masked_l1_outside",
+    "masked_l2_outside",
+    "masked_psnr_outside",
+    "masked_ssim_outside",
+    "masked_lpips_outside",
+]

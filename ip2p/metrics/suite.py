@@ -1,0 +1,149 @@
+"""The harness's entry point to metrics: one call per batch of edits gives every metric column per
+item, and ``spec()`` records what each column was computed with (DESIGN invariant 2).
+
+Columns (float32 ``[N]`` each, on the CPU):
+
+==========================  ======================================================  ============
+column                      value                                                    needs
+==========================  ======================================================  ============
+clip_sim_0                  cos(I(input), T(input caption))                          clip, captions
+clip_sim_1                  cos(I(edited), T(output caption))                        clip, captions
+clip_sim_direction          cos(I(edited) - I(input), T(output) - T(input caption)) clip, captions
+clip_sim_image              cos(I(input), I(edited))                                 clip
+lpips                       LPIPS(input, edited)                                     lpips
+l1, l2, psnr, ssim          input vs edited (l2 = mean squared error)               --
+target_l1                   L1(target, edited)                                       targets
+target_lpips                LPIPS(target, edited)                                    targets, lpips
+target_clip_image           cos(I(target), I(edited))                                targets, clip
+masked_l1_outside           L1 over pixels outside the edit mask                     masks
+masked_psnr_outside         PSNR over pixels outside the edit mask                   masks
+masked_ssim_outside         SSIM map averaged outside the edit mask                  masks
+masked_lpips_outside        LPIPS map averaged outside the edit mask                 masks, lpips
+==========================  ======================================================  ============
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import torch
+
+from ip2p.metrics import pixel
+from ip2p.metrics.checks import check_images
+from ip2p.metrics.clip_similarity import ClipSimilarity
+from ip2p.metrics.lpips_metric import LPIPS
+from ip2p.util.hashing import hash_bytes
+
+CLIP_COLUMNS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
+PIXEL_COLUMNS = ("l1", "l2", "psnr", "ssim")
+TARGET_COLUMNS = ("target_l1", "target_lpips", "target_clip_image")
+MASK_COLUMNS = ("masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside")
+
+_PIXEL_SPEC = {
+    "data_range": 1.0,
+    "l1": "mean |edited - reference| over C,H,W",
+    "l2": "mean (edited - reference)^2 over C,H,W",
+    "psnr": "10 log10(1 / l2), torchmetrics",
+    "ssim": "torchmetrics gaussian 11, sigma 1.5, k1 0.01, k2 0.03, reflect pad, mean of map",
+}
+_MASK_SPEC = {
+    "mask": "True = edited region; metrics over pixels outside it, normalised by that area",
+    "composite": "edited region of the edited image replaced by the reference before comparing",
+    "ssim": "torchmetrics full SSIM map averaged outside the mask",
+    "lpips": "lpips spatial map averaged outside the mask",
+    "empty_outside": "NaN",
+}
+
+
+class MetricSuite:
+    """Every metric of a batch of edits, with its provenance.
+
+    ``clip``: a :class:`ClipSimilarity` (or None to skip CLIP columns); ``lpips``: an
+    :class:`LPIPS` (or None to skip LPIPS columns). Pixel columns are always computed.
+    """
+
+    def __init__(self, clip: ClipSimilarity | None = None, lpips: LPIPS | None = None):
+        self.clip = clip
+        self.lpips = lpips
+
+    def columns(self, *, captions: bool = True, targets: bool = False, masks: bool = False) -> list[str]:
+        """The column names a call with these inputs returns, in order."""
+        cols: list[str] = []
+        if self.clip is not None:
+            cols += list(CLIP_COLUMNS) if captions else ["clip_sim_image"]
+        if self.lpips is not None:
+            cols.append("lpips")
+        cols += PIXEL_COLUMNS
+        if targets:
+            cols.append("target_l1")
+            if self.lpips is not None:
+                cols.append("target_lpips")
+            if self.clip is not None:
+                cols.append("target_clip_image")
+        if masks:
+            cols += [c for c in MASK_COLUMNS if c != "masked_lpips_outside" or self.lpips is not None]
+        return cols
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        outputs: torch.Tensor,
+        text_0: Sequence[str] | None = None,
+        text_1: Sequence[str] | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Metric columns for edits ``inputs -> outputs`` (float ``[N, 3, H, W]`` in [0, 1], same
+        shape); ``text_0``/``text_1``: input/output captions (both or neither); ``targets``: the
+        exact expected images ``[N, 3, H, W]``; ``masks``: bool ``[N, H, W]``, True = edited.
+        Raises ValueError naming the argument for bad inputs."""
+        check_images(inputs, "inputs")
+        n = inputs.shape[0]
+        check_images(outputs, "outputs", n=n)
+        if (text_0 is None) != (text_1 is None):
+            raise ValueError("text_0/text_1: give both the input and the output captions, or neither")
+        out: dict[str, torch.Tensor] = {}
+        if self.clip is not None:
+            if text_0 is not None:
+                sims = self.clip.score(inputs, outputs, text_0, text_1)
+                for k in ("sim_0", "sim_1", "sim_direction", "sim_image"):
+                    out[f"clip_{k}"] = sims[k]
+            else:
+                out["clip_sim_image"] = self.clip.image_similarity(inputs, outputs, names=("inputs", "outputs"))
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(inputs, outputs)
+        for name, fn in (("l1", pixel.l1), ("l2", pixel.l2), ("psnr", pixel.psnr), ("ssim", pixel.ssim)):
+            out[name] = fn(inputs, outputs).cpu()
+        if targets is not None:
+            check_images(targets, "targets", n=n)
+            out["target_l1"] = pixel.l1(targets, outputs).cpu()
+            if self.lpips is not None:
+                out["target_lpips"] = self.lpips(targets, outputs)
+            if self.clip is not None:
+                out["target_clip_image"] = self.clip.image_similarity(targets, outputs, names=("targets", "outputs"))
+        if masks is not None:
+            out["masked_l1_outside"] = pixel.masked_l1_outside(inputs, outputs, masks).cpu()
+            out["masked_psnr_outside"] = pixel.masked_psnr_outside(inputs, outputs, masks).cpu()
+            out["masked_ssim_outside"] = pixel.masked_ssim_outside(inputs, outputs, masks).cpu()
+            if self.lpips is not None:
+                out["masked_lpips_outside"] = pixel.masked_lpips_outside(inputs, outputs, masks, self.lpips).cpu()
+        return {k: v.float() for k, v in out.items()}
+
+    def spec(self) -> dict[str, Any]:
+        """Provenance of every column: the CLIP and LPIPS specs, pixel and mask definitions, the
+        column -> spec-section map, and ``spec_hash`` over all of it (to put in result rows)."""
+        rec: dict[str, Any] = {
+            "clip": self.clip.spec() if self.clip is not None else None,
+            "lpips": self.lpips.spec() if self.lpips is not None else None,
+            "pixel": _PIXEL_SPEC,
+            "masked": _MASK_SPEC,
+            "columns": {
+                **{c: "clip" for c in CLIP_COLUMNS + ("target_clip_image",)},
+                "lpips": "lpips", "target_lpips": "lpips", "masked_lpips_outside": "lpips+masked",
+                **{c: "pixel" for c in PIXEL_COLUMNS + ("target_l1",)},
+                **{c: "pixel+masked" for c in MASK_COLUMNS[:3]},
+            },
+        }
+        rec["spec_hash"] = hash_bytes(json.dumps(rec, sort_keys=True, default=str).encode())
+        return rec
