@@ -1,0 +1,107 @@
+"""The trainer's output folder: a diffusers ``StableDiffusionInstructPix2PixPipeline`` (UNet with
+8 input channels; the EMA weights when EMA is on, as the paper's ``extract_ema``), the base model's
+VAE, text encoder and tokenizer, an Euler-ancestral scheduler over the training betas, no safety
+checker; plus ``training_config.json`` and a model card stub ``README.md``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ip2p.train.config import TrainConfig
+
+PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_STARTED = time.time()
+
+
+def _versions() -> dict:
+    import accelerate
+    import diffusers
+    import transformers
+
+    import ip2p
+
+    return {"ip2p": ip2p.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
+
+
+def write_run_files(out: Path, cfg: TrainConfig, dataset, extra: dict | None = None) -> None:
+    """``training_config.json`` at the start of a run (updated by ``export_pipeline`` at the end)."""
+    from ip2p.util.io import atomic_write_json
+
+    atomic_write_json(out / "training_config.json", {
+        "config": cfg.to_dict(), "dataset": dataset.describe(), "dataset_size": len(dataset),
+        "bad_rows": dataset.bad_rows.counts(), "versions": _versions(), "hardware": hardware(), **(extra or {})})
+
+
+def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_scheduler, *, step: int) -> Path:
+    """Write the pipeline into ``out`` (each component replaced by rename, so no half-written folder)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    from ip2p.train.trainer import load_base
+    from ip2p.train.validation import unet_copy
+    from ip2p.util.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    unet = unet_copy(trained_unet, ema, "cpu", torch.float32)
+    tokenizer, text_encoder, vae, _, _ = load_base(cfg.base)  # fresh fp32 copies of the frozen parts
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(noise_scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for name in PIPELINE_ENTRIES:
+            src, dst = tmp / name, out / name
+            if not src.exists():
+                continue
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cfg_path = out / "training_config.json"
+    run = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {"config": cfg.to_dict()}
+    run.update({"final_step": step, "ema_weights_exported": bool(ema is not None),
+                "ema_updates": None if ema is None else ema.num_updates,
+                "wall_time_s_this_process": round(time.time() - _STARTED, 1)})
+    atomic_write_json(cfg_path, run)
+    if not (out / "README.md").exists():
+        atomic_write_text(out / "README.md", model_card(cfg, step, ema is not None))
+    return out
+
+
+def model_card(cfg: TrainConfig, step: int, ema: bool) -> str:
+    g = cfg.batch_size * cfg.grad_accum
+    return f"""# InstructPix2Pix model (trained with `ip2p train`)
+
+A diffusers `StableDiffusionInstructPix2PixPipeline` folder (no safety checker). Load it with
+`StableDiffusionInstructPix2PixPipeline.from_pretrained(folder)` or `ip2p.load_editor(folder)`.
+
+- Base (text-to-image): `{cfg.base}`; UNet conv_in widened to 8 channels (new channels zero, bias copied).
+- Data: `{cfg.data}` (split {cfg.split or 'default'}, subset {cfg.subset}, CLIP filter {cfg.clip_filter}).
+- Steps: {step}; batch {cfg.batch_size} per process x accumulation {cfg.grad_accum} (= {g} per process);
+  lr {cfg.lr} (AdamW, constant after {cfg.lr_warmup_steps} warm-up steps); resolution {cfg.resolution};
+  conditioning dropout {cfg.cond_dropout}; precision {cfg.mixed_precision}; seed {cfg.seed}.
+- Weights: {'the EMA weights (decay min(' + str(cfg.ema_max_decay) + ', (1+n)/(10+n)))' if ema else 'the trained weights (no EMA)'}.
+- Full configuration: `training_config.json`; validation grids: `validation/`; logs: `logs/`.
+
+## Evaluation
+
+Not measured yet.
+"""

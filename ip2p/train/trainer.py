@@ -1,0 +1,306 @@
+"""InstructPix2Pix training on accelerate (REFERENCE.md, "Training").
+
+From a text-to-image Stable Diffusion folder: widen the UNet's conv_in to 8 channels, freeze the
+VAE and text encoder, and train the UNet to predict the noise (MSE) of
+``z_t = add_noise(scale * E(edited).sample(), eps, t)`` given ``[z_t, E(input).mode()]`` on channels
+and the instruction's text embedding, with the paper's conditioning dropout. Data order and all
+randomness are functions of (seed, step) (``ip2p.train.samples``), so resuming is exact.
+One process or many (``accelerate launch``); the result is a diffusers
+``StableDiffusionInstructPix2PixPipeline`` folder (``ip2p.train.export``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ip2p.train.conditioning import apply_conditioning_dropout
+from ip2p.train.config import TrainConfig
+from ip2p.train.ema import EMA
+from ip2p.train.samples import StepBatches, TrainSamples
+from ip2p.train.unet_init import widen_conv_in
+
+log = logging.getLogger("ip2p.train")
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+def load_base(base: str):
+    """(tokenizer, text_encoder, vae, unet, noise_scheduler) from a diffusers folder or name."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ip2p.errors import ModelLoadError
+    from ip2p.models import resolve_source
+
+    src = resolve_source(base)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
+        noise_scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the base model {base!r} ({src}) as a diffusers folder with "
+                             f"tokenizer/, text_encoder/, vae/, unet/, scheduler/: {e}") from e
+    if unet.config.in_channels not in (4, 8):
+        raise ModelLoadError(f"base UNet of {base!r} has in_channels={unet.config.in_channels}; expected 4 "
+                             f"(text-to-image) or 8 (InstructPix2Pix)")
+    return tokenizer, text_encoder, vae, unet, noise_scheduler
+
+
+def encode_text(tokenizer, text_encoder, texts: list[str], device) -> torch.Tensor:
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddings: torch.Tensor,
+                          null_text_embedding: torch.Tensor, cond_dropout: float, weight_dtype) -> torch.Tensor:
+    """The training loss of one micro-batch (mean over its samples)."""
+    device = text_embeddings.device
+    with torch.no_grad():
+        pixels = torch.cat([batch["edited"], batch["input"]]).to(device, weight_dtype)
+        posterior = vae.encode(pixels).latent_dist
+        n = batch["edited"].shape[0]
+        eps = batch["posterior_eps"].to(device, posterior.mean.dtype)
+        # target latent: scale * posterior.sample(), with the sample's own noise
+        latents = (posterior.mean[:n] + posterior.std[:n] * eps).float() * vae.config.scaling_factor
+        # condition latent: posterior mode, not scaled
+        image_latents = posterior.mode()[n:].float()
+    timesteps = (batch["t_unit"].to(device) * noise_scheduler.config.num_train_timesteps).long()
+    timesteps = timesteps.clamp_(max=noise_scheduler.config.num_train_timesteps - 1)
+    noise = batch["noise"].to(device, torch.float32)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    text, image_latents = apply_conditioning_dropout(text_embeddings.float(), null_text_embedding.float(),
+                                                     image_latents, batch["r"], cond_dropout)
+    pred = unet(torch.cat([noisy, image_latents], dim=1), timesteps, text).sample
+    if noise_scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def checkpoint_dirs(out: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a trainer state), oldest first."""
+    root = Path(out) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()]
+    return sorted(dirs, key=lambda p: json.loads((p / STATE_FILE).read_text())["step"])
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    from ip2p.errors import SpecError
+
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        dirs = checkpoint_dirs(cfg.out)
+        return dirs[-1] if dirs else None  # nothing yet: start from scratch
+    p = Path(cfg.resume)
+    if not (p / STATE_FILE).is_file():
+        raise SpecError(f"resume={cfg.resume!r}: not a checkpoint folder (no {STATE_FILE} in it)")
+    return p
+
+
+def _open_training_data(cfg: TrainConfig):
+    from ip2p.data.registry import open_dataset
+
+    return open_dataset(cfg.data, cfg.split, subset=cfg.subset, subset_seed=cfg.subset_seed,
+                        clip_filter=cfg.clip_filter, on_bad_row=cfg.on_bad_row, verify_images=cfg.verify_images,
+                        **cfg.data_options)
+
+
+def _validation_examples(cfg: TrainConfig, train_ds) -> list:
+    from ip2p.data.registry import open_dataset, resolve_spec
+
+    if cfg.val_examples <= 0:
+        return []
+    if cfg.val_data:
+        return list(open_dataset(cfg.val_data, subset=cfg.val_examples, on_bad_row="skip"))
+    kind, _ = resolve_spec(cfg.data)
+    if kind.splits is not None and "val" in kind.splits:
+        opts = dict(cfg.data_options)
+        if kind.name == "world":
+            opts["n"] = cfg.val_examples
+        spec = cfg.data if kind.name != "world" else "world"
+        return list(open_dataset(spec, "val", subset=cfg.val_examples, on_bad_row="skip", **opts))[: cfg.val_examples]
+    return list(train_ds)[: cfg.val_examples]
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training as configured; returns the output folder (a diffusers InstructPix2Pix pipeline)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from ip2p.train.export import export_pipeline, write_run_files
+    from ip2p.train.validation import run_validation
+    from ip2p.util.io import atomic_write_json
+
+    cfg.validate()
+    out = Path(cfg.out)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
+    widen_conv_in(unet, 8)
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[accelerator.mixed_precision]
+    vae.to(accelerator.device, dtype=weight_dtype)
+    text_encoder.to(accelerator.device, dtype=weight_dtype)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    dataset = _open_training_data(cfg)
+    if main:
+        log.info("training data: %s", dataset.describe())
+    val_examples = _validation_examples(cfg, dataset) if main else []
+    latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    samples = TrainSamples(dataset, seed=cfg.seed, resolution=cfg.resolution, latent_channels=vae.config.latent_channels,
+                           latent_factor=latent_factor, flip=cfg.flip, on_bad_row=cfg.on_bad_row)
+
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps)
+    # the lr schedule is not prepared: accelerate would step it once per process, and warm-up is
+    # counted in optimiser steps here; it is checkpointed like the rest
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    trained = accelerator.unwrap_model(unet)
+    ema = EMA(trained.parameters(), cfg.ema_max_decay) if cfg.ema else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    start_step = 0
+    resume_from = find_resume(cfg)
+    if resume_from is not None:
+        state = json.loads((resume_from / STATE_FILE).read_text())
+        accelerator.load_state(str(resume_from))
+        start_step = int(state["step"])
+        if main:
+            log.info("resumed from %s at step %d", resume_from, start_step)
+            if state.get("seed") != cfg.seed or state.get("global_batch") != _global_batch(cfg, accelerator):
+                log.warning("resuming with a different seed or global batch than the checkpoint was made with "
+                            "(%s): the data order will differ from an uninterrupted run", state)
+
+    if cfg.report_to != "none":
+        accelerator.init_trackers("ip2p-train", config={k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                                                          for k, v in cfg.to_dict().items()})
+    if main:
+        write_run_files(out, cfg, dataset, extra={"world_size": accelerator.num_processes})
+
+    with torch.no_grad():
+        null_text = encode_text(tokenizer, text_encoder, [""], accelerator.device)
+    loader = torch.utils.data.DataLoader(
+        samples, num_workers=cfg.num_workers, persistent_workers=False,
+        batch_sampler=StepBatches(start_step, cfg.max_steps, grad_accum=cfg.grad_accum,
+                                  world_size=accelerator.num_processes, rank=accelerator.process_index,
+                                  batch_size=cfg.batch_size))
+    batches = iter(loader)
+    progress = tqdm(total=cfg.max_steps, initial=start_step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
+    step = start_step
+    t0 = time.time()
+    loss_sum, loss_count = 0.0, 0
+    last_saved = start_step if resume_from is not None else -1
+    while step < cfg.max_steps:
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            sync = micro == cfg.grad_accum - 1 or accelerator.num_processes == 1
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(unet)
+            with ctx:
+                with torch.no_grad():
+                    text = encode_text(tokenizer, text_encoder, list(batch["instruction"]), accelerator.device)
+                loss = instruct_pix2pix_loss(unet, vae, noise_scheduler, batch, text, null_text, cfg.cond_dropout, weight_dtype)
+                accelerator.backward(loss / cfg.grad_accum)
+            step_loss += loss.detach().item() / cfg.grad_accum
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None and not accelerator.optimizer_step_was_skipped:
+            ema.step(trained.parameters())
+        step += 1
+        progress.update(1)
+        if not math.isfinite(step_loss):
+            from ip2p.errors import NonFiniteOutputError
+
+            raise NonFiniteOutputError(f"training loss is {step_loss} at step {step}; lower the lr or use bf16/fp32")
+        loss_sum += step_loss
+        loss_count += 1
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_count, device=accelerator.device), "mean").item()
+            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
+                    "steps_per_s": loss_count / max(time.time() - t0, 1e-9)}
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            if cfg.report_to != "none":
+                accelerator.log(logs, step=step)
+            loss_sum, loss_count, t0 = 0.0, 0, time.time()
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint(accelerator, cfg, step)
+            last_saved = step
+        if cfg.validate_every and step % cfg.validate_every == 0 and val_examples and main:
+            run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
+                           val_examples, weight_dtype)
+    progress.close()
+    if last_saved != step:
+        save_checkpoint(accelerator, cfg, step)
+    accelerator.wait_for_everyone()
+    if main:
+        if val_examples and (not cfg.validate_every or step % cfg.validate_every != 0):
+            run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
+                           val_examples, weight_dtype)
+        export_pipeline(out, cfg, trained, ema, noise_scheduler, step=step)
+        if dataset.bad_rows.rows or samples.bad.rows:
+            log.warning("bad rows: reader %s; during training %s", dataset.bad_rows.summary(), samples.bad.summary())
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _global_batch(cfg: TrainConfig, accelerator) -> int:
+    return cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+
+
+def save_checkpoint(accelerator, cfg: TrainConfig, step: int) -> Path:
+    """``accelerator.save_state`` (model, optimiser, lr schedule, EMA, RNG) plus the step: the data
+    position is a function of the step, so nothing else is needed to resume exactly."""
+    from ip2p.util.io import atomic_write_json
+
+    path = Path(cfg.out) / CHECKPOINT_DIR / f"step-{step:08d}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(path / STATE_FILE, {"step": step, "seed": cfg.seed, "global_batch": _global_batch(cfg, accelerator),
+                                              "world_size": accelerator.num_processes})
+        if cfg.checkpoints_keep:
+            for old in checkpoint_dirs(cfg.out)[: -cfg.checkpoints_keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
