@@ -1,0 +1,146 @@
+"""Aggregation of a run: mean and bootstrap 95% interval of every metric, per setting and per
+category.
+
+A setting is (method, knob values). Rows of one item with several seeds are averaged first, so
+the bootstrap resamples items (the unit the test set samples), not seeds. The interval is the
+percentile bootstrap: ``B`` resamples of the items with replacement, the 2.5% and 97.5% quantiles
+of the resampled means. Its random generator is seeded from the setting's name, so the table is
+reproducible and independent of the order of settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ALL = "(all)"
+_NOT_METRICS = {"seed", "height", "width", "item_index", "method_index", "setting_index"}
+# preferred order for display; any other float column a metric suite adds is kept after these
+METRIC_ORDER = (
+    "clip_sim_direction", "clip_sim_image", "clip_sim_0", "clip_sim_1", "lpips", "l1", "l2", "psnr", "ssim",
+    "target_l1", "target_lpips", "target_clip_image",
+    "masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside",
+)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in df.columns if c not in _NOT_METRICS and not c.startswith("knob_")
+            and pd.api.types.is_float_dtype(df[c])]
+    return sorted(cols, key=lambda c: (METRIC_ORDER.index(c) if c in METRIC_ORDER else len(METRIC_ORDER), c))
+
+
+def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                 rng: np.random.Generator | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of ``values`` (NaNs ignored) with a percentile bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) == 1:
+        return mean, mean, mean
+    rng = rng or np.random.default_rng(0)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // len(v))
+    for s in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - s)
+        means[s:s + k] = v[rng.integers(0, len(v), size=(k, len(v)))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return mean, float(lo), float(hi)
+
+
+def _rng_for(*parts) -> np.random.Generator:
+    h = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
+
+def aggregate(df: pd.DataFrame, *, n_boot: int = 1000, by_category: bool = True) -> pd.DataFrame:
+    """One row per (method, knobs, category) with ``n_items`` and ``<metric>_mean/_lo/_hi``;
+    ``category == "(all)"`` rows pool every item. Ordered as the settings appear in the spec."""
+    if df.empty:
+        return pd.DataFrame()
+    metrics = metric_columns(df)
+    knob_cols = [c for c in df.columns if c.startswith("knob_")]
+    # one value per (setting, item): mean over seeds
+    keys = ["method", "knobs", "item_id"]
+    first = df.groupby(keys, sort=False).first()
+    per_item = df.groupby(keys, sort=False)[metrics].mean()
+    per_item = per_item.join(first[["category", "method_index", "setting_index", *knob_cols]]).reset_index()
+    out = []
+    cats = [ALL]
+    if by_category and "category" in per_item and per_item["category"].notna().any():
+        cats += sorted(str(c) for c in per_item["category"].dropna().unique())
+    for (method, knobs), g in per_item.groupby(["method", "knobs"], sort=False):
+        for cat in cats:
+            sub = g if cat == ALL else g[g["category"].astype(str) == cat]
+            if sub.empty:
+                continue
+            row = {"method": method, "knobs": knobs, "category": cat, "n_items": int(len(sub)),
+                   "method_index": int(sub["method_index"].iloc[0]), "setting_index": int(sub["setting_index"].iloc[0])}
+            for c in knob_cols:
+                row[c] = sub[c].iloc[0]
+            for m in metrics:
+                mean, lo, hi = bootstrap_ci(sub[m].to_numpy(), n_boot=n_boot, rng=_rng_for(method, knobs, cat, m))
+                row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = mean, lo, hi
+            out.append(row)
+    res = pd.DataFrame(out)
+    res["_cat"] = (res["category"] != ALL).astype(int)
+    res = res.sort_values(["_cat", "category", "method_index", "setting_index"], kind="stable").drop(columns="_cat")
+    return res.reset_index(drop=True)
+
+
+def knob_label(knobs_json: str, varying: list[str] | None = None) -> str:
+    """``sI=1.5 sT=7.5`` style label of a setting (only ``varying`` knobs when given)."""
+    short = {"image_guidance_scale": "sI", "guidance_scale": "sT", "num_inference_steps": "steps"}
+    k = json.loads(knobs_json)
+    names = [n for n in k if varying is None or n in varying]
+    return " ".join(f"{short.get(n, n)}={k[n]:g}" if isinstance(k[n], (int, float)) and not isinstance(k[n], bool)
+                    else f"{short.get(n, n)}={k[n]}" for n in names) or "default"
+
+
+def write_aggregate(agg: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    from ip2p.util.io import atomic_write_bytes, atomic_write_text
+    import io
+
+    out_dir = Path(out_dir)
+    buf = io.BytesIO()
+    agg.to_parquet(buf, index=False)
+    paths = {"csv": out_dir / "aggregate.csv", "parquet": out_dir / "aggregate.parquet"}
+    atomic_write_text(paths["csv"], agg.to_csv(index=False))
+    atomic_write_bytes(paths["parquet"], buf.getvalue())
+    return paths
+
+
+def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category: str | None = ALL, console=None) -> None:
+    """A rich table of means and intervals (one category; ``None`` prints all)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if agg.empty:
+        console.print("no results yet")
+        return
+    all_metrics = [c[:-5] for c in agg.columns if c.endswith("_mean")]
+    metrics = [m for m in (metrics or all_metrics) if m in all_metrics]
+    sub = agg if category is None else agg[agg["category"] == category]
+    table = Table(title=f"mean [95% bootstrap interval]{'' if category is None else f', category {category}'}")
+    table.add_column("method")
+    table.add_column("setting")
+    if category is None:
+        table.add_column("category")
+    table.add_column("n", justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for _, r in sub.iterrows():
+        cells = [str(r["method"]), knob_label(r["knobs"])]
+        if category is None:
+            cells.append(str(r["category"]))
+        cells.append(str(r["n_items"]))
+        for m in metrics:
+            cells.append(f"{r[f'{m}_mean']:.4f} [{r[f'{m}_lo']:.4f}, {r[f'{m}_hi']:.4f}]")
+        table.add_row(*cells)
+    console.print(table)

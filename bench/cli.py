@@ -1,0 +1,102 @@
+"""Commands of the harness: ``ip2p sweep``, ``aggregate``, ``plot``, ``report`` and ``demo``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sweep(
+        spec: str = typer.Argument(..., help="experiment spec (YAML file, or a suite name in bench/suites/)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="run folder (default results/runs/<spec name>)"),
+        device: Optional[str] = typer.Option(None, help="torch device (default: the spec's; auto = cuda:LOCAL_RANK or cpu)"),
+        shard_rows: int = typer.Option(64, help="rows per result shard (at most this many are lost if killed)"),
+        on_bad_row: str = typer.Option("raise", help="raise | skip: what to do with a malformed dataset row"),
+        progress: bool = typer.Option(True, help="show a progress bar"),
+    ):
+        """Run an experiment spec (resumable; under torchrun/accelerate each process takes its share)."""
+        from bench.spec import load_spec
+        from bench.sweep import run_sweep
+
+        s = load_spec(spec)
+        out_dir = out or Path("results/runs") / s.name
+        res = run_sweep(s, out_dir, base_dir=Path(spec).parent if Path(spec).exists() else None, device=device,
+                        shard_rows=shard_rows, progress=progress, on_bad_row=on_bad_row)
+        who = f"rank {res.rank}/{res.world_size}: " if res.world_size > 1 else ""
+        typer.echo(f"{who}{res.units_run} edits run, {res.units_skipped} already stored, {res.shards_written} shard(s) "
+                   f"written in {res.seconds:.1f} s -> {res.run_dir}")
+
+    @app.command()
+    def aggregate(
+        run: Path = typer.Argument(..., help="run folder written by `ip2p sweep`"),
+        out: Optional[Path] = typer.Option(None, "--out", help="folder for aggregate.csv/.parquet (default: the run)"),
+        n_boot: int = typer.Option(1000, help="bootstrap resamples"),
+        category: str = typer.Option("(all)", help="category to print ('*' for every category)"),
+    ):
+        """Mean and bootstrap 95% interval of every metric per setting (and per category)."""
+        from bench.aggregate import aggregate as agg_fn, print_table, write_aggregate
+        from bench.store import load_results
+
+        df = _load(run)
+        agg = agg_fn(df, n_boot=n_boot)
+        paths = write_aggregate(agg, out or run)
+        print_table(agg, category=None if category == "*" else category)
+        typer.echo(f"wrote {paths['csv']} and {paths['parquet']}")
+
+    @app.command()
+    def plot(
+        run: Path = typer.Argument(..., help="run folder written by `ip2p sweep`"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output path without extension (default <run>/tradeoff)"),
+        category: str = typer.Option("(all)", help="plot one category's items only"),
+    ):
+        """The paper's figure (CLIP image vs. directional similarity) as PDF and PNG."""
+        from bench.aggregate import aggregate as agg_fn
+        from bench.plot import method_names_of, plot_tradeoff
+
+        agg = agg_fn(_load(run))
+        paths = plot_tradeoff(agg, out or run / "tradeoff", method_names=method_names_of(run), category=category)
+        typer.echo(f"wrote {paths['pdf']} and {paths['png']}")
+
+    @app.command()
+    def report(
+        run: Path = typer.Argument(..., help="run folder written by `ip2p sweep`"),
+        out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run>/report.html)"),
+        items: int = typer.Option(8, help="items shown in the image grid"),
+    ):
+        """One self-contained HTML report (tables, figure, image grids; images embedded)."""
+        from bench.report import build_report
+
+        _load(run)
+        path = build_report(run, out, n_items=items)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+    @app.command()
+    def demo(
+        out: Path = typer.Option(Path("reports/demo"), "--out", help="folder for the report, figures and tables"),
+        run_dir: Path = typer.Option(Path("results/runs/demo-world"), help="run folder (resumable)"),
+        fresh: bool = typer.Option(False, help="delete the run folder first and recompute everything"),
+        items: Optional[int] = typer.Option(None, help="world test items (default: the suite's)"),
+        steps: Optional[int] = typer.Option(None, help="sampler steps (default: the suite's)"),
+    ):
+        """The small world end to end: sweep (InstructPix2Pix and registered baselines), metrics,
+        aggregate, figure and HTML report, on CPU in minutes."""
+        from bench.demo import run_demo
+
+        res = run_demo(out, run_dir=run_dir, fresh=fresh, items=items, steps=steps)
+        typer.echo(f"demo done in {res['seconds']:.0f} s: {res['report']}")
+
+
+def _load(run: Path):
+    from ip2p.errors import SpecError
+
+    from bench.store import load_results
+
+    if not run.is_dir():
+        raise SpecError(f"run folder not found: {run}")
+    df = load_results(run)
+    if df.empty:
+        raise SpecError(f"{run} holds no result rows yet; run `ip2p sweep <spec> --out {run}` first")
+    return df

@@ -1,0 +1,178 @@
+"""One self-contained HTML report of a run: spec, manifest, aggregate tables, the figure and image
+grids (input, instruction, outputs across settings, target). Every image is embedded as a base64
+data URI and the page loads nothing from anywhere else, so it opens offline and can be mailed.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.aggregate import ALL, knob_label
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.ci{color:#777;font-size:10px}
+pre{background:#f7f7f7;padding:8px;font-size:11px;overflow-x:auto}
+.grid img{width:96px;height:auto;image-rendering:pixelated;display:block}
+.grid td{text-align:center;font-size:10px}.grid td.text{text-align:left;max-width:220px}
+.fig{max-width:720px;width:100%}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _image_uri(path: Path, max_side: int) -> str | None:
+    """A stored image as a data URI, shrunk to ``max_side`` pixels at most (thumbnails)."""
+    if not path.is_file():
+        return None
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return _data_uri(buf.getvalue())
+
+
+def _table(agg: pd.DataFrame, category: str, metrics: list[str], table_id: str) -> str:
+    sub = agg[agg["category"] == category]
+    head = "".join(f"<th>{_e(m)}</th>" for m in ["method", "setting", "n", *metrics])
+    rows = []
+    for _, r in sub.iterrows():
+        cells = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(knob_label(r['knobs']))}</td>",
+                 f"<td class='num'>{int(r['n_items'])}</td>"]
+        for m in metrics:
+            mean, lo, hi = r[f"{m}_mean"], r[f"{m}_lo"], r[f"{m}_hi"]
+            cells.append(f"<td class='num' data-metric='{_e(m)}'><span class='mean'>{mean:.4f}</span><br>"
+                         f"<span class='ci'>[{lo:.4f}, {hi:.4f}]</span></td>")
+        rows.append(f"<tr data-method='{_e(r['method'])}' data-knobs='{_e(r['knobs'])}'>{''.join(cells)}</tr>")
+    return f"<table id='{_e(table_id)}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int) -> str:
+    settings = (df[["method_index", "setting_index", "method", "knobs"]].drop_duplicates()
+                .sort_values(["method_index", "setting_index"]))
+    seed0 = df["seed"].min()
+    d = df[df["seed"] == seed0]
+    items = d.drop_duplicates("item_id").sort_values("item_index").head(n_items)
+    has_target = d["target_image"].notna().any() if "target_image" in d else False
+    head = "<th>input</th><th>instruction</th>" + "".join(
+        f"<th>{_e(s.method)}<br>{_e(knob_label(s.knobs))}</th>" for s in settings.itertuples())
+    if has_target:
+        head += "<th>target</th>"
+    out_by = {(r.item_id, r.method, r.knobs): r.output_image for r in d.itertuples()}
+    cache: dict[str, str | None] = {}
+
+    def img(rel) -> str:
+        if not isinstance(rel, str):
+            return "<td>-</td>"
+        if rel not in cache:
+            cache[rel] = _image_uri(run_dir / rel, max_side)
+        uri = cache[rel]
+        return f"<td><img src='{uri}' alt='{_e(rel)}'></td>" if uri else "<td>missing</td>"
+
+    rows = []
+    for it in items.itertuples():
+        cat = f"<br><i>{_e(it.category)}</i>" if isinstance(it.category, str) else ""
+        text = (f"<td class='text'><b>{_e(it.instruction)}</b><br>{_e(it.input_caption)} &rarr; "
+                f"{_e(it.output_caption)}{cat}<br><small>{_e(it.item_id)}</small></td>")
+        cells = [img(it.input_image), text]
+        cells += [img(out_by.get((it.item_id, s.method, s.knobs))) for s in settings.itertuples()]
+        if has_target:
+            cells.append(img(it.target_image))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.DataFrame | None = None,
+                 figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
+    from bench.aggregate import aggregate, metric_columns
+    from bench.store import load_results
+    from ip2p.util.io import atomic_write_text
+
+    run_dir = Path(run_dir)
+    df = load_results(run_dir)
+    if df.empty:
+        raise ValueError(f"{run_dir}: no result rows yet; run `ip2p sweep` first")
+    agg = aggregate(df) if agg is None else agg
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    spec_yaml = (run_dir / "spec.yaml").read_text() if (run_dir / "spec.yaml").exists() else ""
+    metrics = metric_columns(df)
+    name = manifest.get("name") or run_dir.name
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)} - ip2p-bench report</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{_e(name)}</h1>"]
+    desc = (manifest.get("spec") or {}).get("description")
+    if desc:
+        parts.append(f"<p>{_e(desc)}</p>")
+    status = manifest.get("status", {})
+    parts.append(f"<p id='summary'>{len(df)} result rows, {df['item_id'].nunique()} items, "
+                 f"{df[['method', 'knobs']].drop_duplicates().shape[0]} settings; status: "
+                 f"{_e(status.get('state', 'unknown'))}. Intervals: bootstrap 95% over items.</p>")
+
+    parts.append("<h2>Image consistency vs. edit direction</h2>")
+    if figure_png is not None and Path(figure_png).is_file():
+        parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(Path(figure_png).read_bytes())}'>")
+    elif "clip_sim_direction_mean" in agg.columns:
+        import tempfile
+
+        from bench.plot import method_names_of, plot_tradeoff
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = plot_tradeoff(agg, Path(tmp) / "fig", method_names=method_names_of(run_dir))
+            parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(paths['png'].read_bytes())}'>")
+
+    parts.append("<h2>Results per setting</h2>")
+    parts.append(_table(agg, ALL, metrics, "aggregate-all"))
+    cats = [c for c in agg["category"].unique() if c != ALL]
+    if cats:
+        parts.append("<h2>Results per category</h2>")
+        for c in cats:
+            parts.append(f"<h3>{_e(c)}</h3>")
+            parts.append(_table(agg, c, metrics, f"aggregate-{c}"))
+
+    parts.append("<h2>Edits</h2><p>Seed "
+                 f"{int(df['seed'].min())}; columns are the settings in spec order.</p>")
+    parts.append(_grid(run_dir, df, n_items, max_side))
+
+    parts.append("<h2>Provenance</h2>")
+    prov_rows = []
+    git = manifest.get("git", {})
+    prov_rows.append(("git commit", f"{git.get('commit')}{' (local changes)' if git.get('dirty') else ''}"))
+    prov_rows.append(("spec fingerprint", manifest.get("spec_fingerprint")))
+    hw = manifest.get("hardware", {})
+    prov_rows.append(("hardware", f"{hw.get('platform')}; {hw.get('cpu_count')} CPUs; GPUs: {hw.get('gpus') or 'none'}"))
+    for pkg, v in (manifest.get("packages") or {}).items():
+        prov_rows.append((pkg, v))
+    for m, ident in (manifest.get("models") or {}).items():
+        prov_rows.append((f"model of {m}", json.dumps(ident, sort_keys=True)))
+    for inv in manifest.get("invocations", []):
+        prov_rows.append(("invocation", f"{inv.get('started')} -> {inv.get('finished')}; world size "
+                          f"{inv.get('world_size')}; device {inv.get('device')}; {inv.get('seconds')} s"))
+    parts.append("<table id='provenance'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in prov_rows)
+                 + "</table>")
+    parts.append("<h3>Metric spec</h3><pre>" + _e(json.dumps(json.loads(df["metric_spec"].iloc[0]), indent=2)) + "</pre>")
+    parts.append("<h3>Experiment spec</h3><pre id='spec'>" + _e(spec_yaml) + "</pre>")
+    parts.append("<details><summary>Full manifest</summary><pre>" + _e(json.dumps(manifest, indent=2)) + "</pre></details>")
+    parts.append("</body></html>")
+    out = Path(out) if out is not None else run_dir / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out

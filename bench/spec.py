@@ -1,0 +1,260 @@
+"""Experiment specs: YAML files describing one sweep, validated into typed objects.
+
+A spec names a dataset or test set, the methods with their knob grids, the metrics and the
+seeds. Every problem is a ``SpecError`` that names the field path, e.g.
+``methods[0].knobs.image_guidance_scale: must be a number, got 'high'``.
+
+    name: paper_fig
+    dataset: {kind: official, path: data/clip-filtered-dataset, split: test, limit: 5000}
+    methods:
+      - name: instructpix2pix
+        model: timbrooks/instructpix2pix
+        knobs: {num_inference_steps: 100, resize: 512}
+        grid:
+          guidance_scale: [7.5]
+          image_guidance_scale: {start: 1.0, stop: 2.2, step: 0.2}
+    metrics: {clip: {model: ViT-L-14, pretrained: openai, preprocess: paper}}
+    seeds: [0]
+    batch_size: 8
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ip2p.errors import SpecError
+
+DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
+METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GridRange(_Strict):
+    """An inclusive arithmetic range: ``{start: 1.0, stop: 2.2, step: 0.2}``."""
+
+    start: float
+    stop: float
+    step: float
+
+    def values(self) -> list[float]:
+        if self.step <= 0:
+            return []
+        n = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
+        return [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+
+
+class DatasetSpec(_Strict):
+    """Where the items come from. ``kind: world`` uses the small world's split (no path)."""
+
+    kind: Literal[DATASET_KINDS]  # type: ignore[valid-type]
+    path: str | None = None
+    split: str = "test"
+    limit: int | None = Field(default=None, gt=0)
+    categories: list[str] | None = None
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodSpec(_Strict):
+    """One method: registry ``name``, optional ``label`` (unique per spec), model source,
+    fixed ``knobs`` and a ``grid`` of swept knobs (cartesian product)."""
+
+    name: str
+    label: str | None = None
+    model: str | None = None
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, Union[list[Any], GridRange]] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def grid_values(self) -> dict[str, list[Any]]:
+        return {k: (v.values() if isinstance(v, GridRange) else list(v)) for k, v in self.grid.items()}
+
+    def settings(self) -> list[dict[str, Any]]:
+        """Every knob setting of this method: fixed knobs plus one point of the grid, in grid order."""
+        grid = self.grid_values()
+        names = list(grid)
+        out = []
+        for combo in itertools.product(*(grid[n] for n in names)):
+            s = dict(self.knobs)
+            s.update(zip(names, combo))
+            out.append(s)
+        return out
+
+
+class ClipMetricSpec(_Strict):
+    """CLIP backbone for the similarities: open_clip name (or a folder / ``world:clip``)."""
+
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    preprocess: Literal["paper", "open_clip"] = "paper"
+
+
+class LpipsMetricSpec(_Strict):
+    net: Literal["alex", "vgg", "squeeze"] = "alex"
+
+
+class MetricsSpec(_Strict):
+    """Which metric groups to compute: clip (sim_0/1/direction/image), pixel (l1, psnr, ssim vs the
+    input), lpips (vs the input), target (vs the target image, when the data has one), masked
+    (pixel and lpips outside the edit mask, when the data has one)."""
+
+    compute: list[Literal[METRIC_GROUPS]] = Field(default_factory=lambda: ["clip", "pixel"])  # type: ignore[valid-type]
+    clip: ClipMetricSpec = Field(default_factory=ClipMetricSpec)
+    lpips: LpipsMetricSpec = Field(default_factory=LpipsMetricSpec)
+
+
+class ExperimentSpec(_Strict):
+    name: str
+    description: str = ""
+    dataset: DatasetSpec
+    methods: list[MethodSpec] = Field(min_length=1)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    batch_size: int = Field(default=8, gt=0)
+    device: str = "auto"
+    save_images: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of what a result row's content depends on (dataset source, methods' models,
+        options and fixed knobs, metrics). Grids, limits and seeds may grow between runs of
+        one folder (they add work units); these may not."""
+        d = self.to_dict()
+        core = {
+            "dataset": {k: d["dataset"][k] for k in ("kind", "path", "split", "categories", "seed", "options")},
+            "methods": [
+                {k: m[k] for k in ("name", "label", "model", "options")} for m in d["methods"]
+            ],
+            "metrics": d["metrics"],
+        }
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _loc_to_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("list[any]", "GridRange", "list", "literal"):  # union branch names from pydantic
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_validation_error(e: ValidationError) -> str:
+    seen, lines = set(), []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("list[", "function-"))))
+        path = _loc_to_path(loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        if err["type"] == "missing":
+            msg = "required field is missing"
+        line = f"{path}: {msg}"
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    return "; ".join(lines)
+
+
+def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
+    """Checks pydantic cannot express: registry names, knob names and values, grids, paths."""
+    from bench.methods import get_method
+
+    ds = spec.dataset
+    if ds.kind != "world":
+        if not ds.path:
+            raise SpecError(f"dataset.path: required for dataset kind {ds.kind!r}")
+        if check_paths and not resolve_data_path(ds.path, base_dir).exists():
+            raise SpecError(f"dataset.path: not found: {ds.path} (relative paths are read from the current folder)")
+    labels: dict[str, int] = {}
+    for i, m in enumerate(spec.methods):
+        where = f"methods[{i}]"
+        try:
+            info = get_method(m.name)
+        except SpecError as e:
+            raise SpecError(f"{where}.name: {e}") from None
+        if m.key in labels:
+            raise SpecError(
+                f"{where}.label: {m.key!r} is already used by methods[{labels[m.key]}]; give each method a unique label"
+            )
+        labels[m.key] = i
+        for knob, value in m.knobs.items():
+            _check_knob(info, knob, value, f"{where}.knobs.{knob}")
+        for knob, values in m.grid.items():
+            path = f"{where}.grid.{knob}"
+            if knob in m.knobs:
+                raise SpecError(f"{path}: knob {knob!r} is both fixed (knobs) and swept (grid); keep one")
+            vals = values.values() if isinstance(values, GridRange) else values
+            if not vals:
+                raise SpecError(f"{path}: empty grid (give at least one value; a range needs step > 0 and stop >= start)")
+            for j, v in enumerate(vals):
+                _check_knob(info, knob, v, f"{path}[{j}]")
+            if len(set(map(repr, vals))) != len(vals):
+                raise SpecError(f"{path}: repeated values {vals}")
+
+
+def _check_knob(info, knob: str, value: Any, path: str) -> None:
+    if knob not in info.knobs:
+        raise SpecError(f"{path}: method {info.name!r} has no knob {knob!r}; its knobs are {sorted(info.knobs)}")
+    why = info.knobs[knob].check(value)
+    if why:
+        raise SpecError(f"{path}: {why}")
+
+
+def resolve_data_path(path: str, base_dir: Path | None = None) -> Path:
+    """A dataset path as given, or relative to the spec's folder when that is where it exists."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or base_dir is None:
+        return p
+    alt = base_dir / p
+    return alt if alt.exists() else p
+
+
+def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None, check_paths: bool = True) -> ExperimentSpec:
+    """Validate a spec given as a mapping; SpecError naming ``source`` and the field otherwise."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {_format_validation_error(e)}") from None
+    try:
+        _check_semantics(spec, base_dir, check_paths)
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}") from None
+    return spec
+
+
+def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
+    """Read and validate a YAML spec file (a bare name is looked up in bench/suites/)."""
+    p = Path(path)
+    if not p.exists():
+        suite = Path(__file__).resolve().parent / "suites" / (p.name if p.suffix else p.name + ".yaml")
+        if suite.exists():
+            p = suite
+        else:
+            raise SpecError(f"spec file not found: {path} (nor a suite of that name in bench/suites/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths)

@@ -1,0 +1,79 @@
+"""Work units of a sweep: one (method, knob setting, item, seed) each, with a stable key.
+
+The key is a hash of exactly what a result depends on besides the weights, so it names a unit
+across reruns, batch sizes and process counts; ranks split units by key (deterministically).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+
+def canonical_knobs(knobs: dict[str, Any]) -> str:
+    """Knob values as canonical JSON (sorted names), the form stored in result rows."""
+    return json.dumps(knobs, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    method: str  # the method's label in the spec (unique)
+    knobs: dict[str, Any] = field(hash=False, compare=False)
+    knobs_json: str = ""
+    item_index: int = 0  # position of the item in the dataset (for stable ordering)
+    item_id: str = ""
+    seed: int = 0
+    setting_index: int = 0  # position of the knob setting in the method's grid
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.method, self.knobs_json, self.item_id, self.seed)
+
+
+def unit_key(method: str, knobs_json: str, item_id: str, seed: int) -> str:
+    payload = json.dumps([method, knobs_json, item_id, int(seed)], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def rank_of(key: str, world_size: int) -> int:
+    """Which process owns the unit with ``key`` (uniform over ranks, independent of order)."""
+    return int(key[:12], 16) % world_size
+
+
+def expand_units(methods: Sequence[tuple[str, list[dict[str, Any]]]], item_ids: Sequence[str],
+                 seeds: Iterable[int]) -> list[WorkUnit]:
+    """Every unit of a sweep, in (method, item, seed, setting) order.
+
+    ``methods`` is [(label, [knob setting, ...]), ...]. Every setting sees the same items and the
+    same seeds (paired comparison across settings, as in the paper's sweep)."""
+    seeds = list(seeds)
+    units = []
+    for label, settings in methods:
+        jsons = [canonical_knobs(s) for s in settings]
+        for ii, item_id in enumerate(item_ids):
+            for seed in seeds:
+                for si, (s, sj) in enumerate(zip(settings, jsons)):
+                    units.append(WorkUnit(label, dict(s), sj, ii, item_id, int(seed), si))
+    return units
+
+
+def shard_units(units: Sequence[WorkUnit], rank: int, world_size: int) -> list[WorkUnit]:
+    """The share of ``units`` that process ``rank`` of ``world_size`` runs."""
+    if world_size <= 1:
+        return list(units)
+    return [u for u in units if rank_of(u.key, world_size) == rank]
+
+
+def batches(units: Sequence[WorkUnit], batch_size: int) -> list[list[WorkUnit]]:
+    """Consecutive chunks; units of one method only per batch (one editor per call)."""
+    out: list[list[WorkUnit]] = []
+    cur: list[WorkUnit] = []
+    for u in units:
+        if cur and (len(cur) >= batch_size or cur[0].method != u.method):
+            out.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        out.append(cur)
+    return out
