@@ -76,3 +76,35 @@ def make_tiny_clip_folder(
 def random_images(n: int, size: int = 40, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g)
+
+
+def count_encoder_rows(model) -> dict:
+    """Count the rows that reach the image tower and the text embedding of an open_clip CLIP."""
+    counts = {"images": 0, "texts": 0}
+
+    def on_image(_module, args):
+        counts["images"] += int(args[0].shape[0])
+
+    def on_text(_module, args):
+        counts["texts"] += int(args[0].shape[0])
+
+    model.visual.register_forward_pre_hook(on_image)
+    model.token_embedding.register_forward_pre_hook(on_text)
+    return counts
+
+
+def cache_writer(db: str, items_path: str, barrier, out_path: str) -> None:
+    """Worker process: write ``{key: vector}`` items (two per transaction, reading between writes)
+    into a shared on-disk cache, then read every key back."""
+    torch.set_num_threads(1)
+    from ip2p.metrics.cache import EmbeddingCache
+
+    items = torch.load(items_path)
+    keys = list(items)
+    cache = EmbeddingCache(db)
+    barrier.wait()
+    for i in range(0, len(keys), 2):
+        cache.get_many(keys[i : i + 2])
+        cache.put_many({k: items[k] for k in keys[i : i + 2]})
+    reader = EmbeddingCache(db)  # a fresh object: reads from the file, not from memory
+    torch.save(reader.get_many(keys), out_path)

@@ -22,7 +22,6 @@ outside and gets NaN.
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ip2p.metrics.checks import check_images, check_mask, check_same_shape
 
@@ -48,12 +47,16 @@ def l2(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 def psnr(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per item, ``[N]``, data range 1 (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # lazy: torchmetrics imports slowly
+
     a, b = _pair(reference, image)
     return peak_signal_noise_ratio(b, a, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def ssim_map(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """The full SSIM map ``[N, 3, H, W]`` (torchmetrics ``return_full_image``); its mean is ``ssim``."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     a, b = _pair(reference, image)
     _, full = structural_similarity_index_measure(b, a, data_range=1.0, reduction="none", return_full_image=True)
     return full
@@ -61,6 +64,8 @@ def ssim_map(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 def ssim(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """Structural similarity per item, ``[N]`` (torchmetrics, data range 1)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     a, b = _pair(reference, image)
     return structural_similarity_index_measure(b, a, data_range=1.0, reduction="none")
 
