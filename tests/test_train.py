@@ -1,0 +1,150 @@
+"""Trainer pieces and exact resume, on a tiny real Stable Diffusion built in code (CPU)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ip2p.train.conditioning import apply_conditioning_dropout, conditioning_dropout_masks
+from ip2p.train.ema import EMA, ema_decay
+from ip2p.train.samples import EpochOrder, paired_crop_flip, sample_position
+from ip2p.train.unet_init import widen_conv_in
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    from ip2p.train.tiny import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd"), seed=0)
+
+
+def test_widen_conv_in_copies_weights_and_bias_and_zeros_new_channels(tiny_sd):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    old_w, old_b = unet.conv_in.weight.detach().clone(), unet.conv_in.bias.detach().clone()
+    x = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([10, 500])
+    text = torch.randn(2, 16, 16)
+    with torch.no_grad():
+        before = unet(x, t, text).sample
+    widen_conv_in(unet, 8)
+    w = unet.conv_in.weight
+    assert w.shape == (old_w.shape[0], 8, *old_w.shape[2:]) and unet.config.in_channels == 8
+    assert torch.equal(w[:, :4], old_w) and torch.equal(unet.conv_in.bias, old_b)
+    assert torch.count_nonzero(w[:, 4:]) == 0 and w.requires_grad
+    with torch.no_grad():  # with zeros in the new channels the model computes what it did before
+        after = unet(torch.cat([x, torch.randn_like(x)], 1), t, text).sample
+    assert torch.allclose(before, after, atol=1e-6)
+    assert widen_conv_in(unet, 8).conv_in is unet.conv_in  # already wide: untouched
+
+
+def test_conditioning_dropout_frequencies():
+    r = torch.rand(20_000, generator=torch.Generator().manual_seed(1))
+    drop_text, drop_image = conditioning_dropout_masks(r, 0.05)
+    freq = {
+        "text only": (drop_text & ~drop_image).float().mean().item(),
+        "both": (drop_text & drop_image).float().mean().item(),
+        "image only": (~drop_text & drop_image).float().mean().item(),
+        "none": (~drop_text & ~drop_image).float().mean().item(),
+    }
+    want = {"text only": 0.05, "both": 0.05, "image only": 0.05, "none": 0.85}
+    for k in want:
+        assert abs(freq[k] - want[k]) < 0.01, (k, freq[k])
+    # the exact boundaries of the reference: text if r < 0.10; image if 0.05 <= r < 0.15
+    edges = torch.tensor([0.0, 0.0499, 0.05, 0.0999, 0.10, 0.1499, 0.15, 0.9])
+    dt, di = conditioning_dropout_masks(edges, 0.05)
+    assert dt.tolist() == [True, True, True, True, False, False, False, False]
+    assert di.tolist() == [False, False, True, True, True, True, False, False]
+
+
+def test_apply_conditioning_dropout_uses_null_text_and_zero_image():
+    text = torch.randn(3, 5, 4)
+    null = torch.randn(1, 5, 4)
+    img = torch.randn(3, 4, 2, 2)
+    t, i = apply_conditioning_dropout(text, null, img, torch.tensor([0.02, 0.07, 0.5]), 0.05)
+    assert torch.equal(t[0], null[0]) and torch.equal(t[1], null[0]) and torch.equal(t[2], text[2])
+    assert torch.equal(i[0], img[0]) and torch.count_nonzero(i[1]) == 0 and torch.equal(i[2], img[2])
+
+
+def test_ema_decay_schedule_and_update():
+    assert ema_decay(1) == pytest.approx(2 / 11) and ema_decay(90) == pytest.approx(91 / 100)
+    assert ema_decay(10**7) == 0.9999
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p])
+    p.data.fill_(1.0)
+    ema.step([p])  # shadow = 2/11 * 0 + 9/11 * 1
+    p.data.fill_(3.0)
+    ema.step([p])  # decay 3/12
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 3 / 12 * 9 / 11 + 9 / 12 * 3.0))
+    q = torch.nn.Parameter(torch.zeros(3))
+    ema.copy_to([q])
+    assert torch.equal(q.data, ema.shadow[0])
+
+
+def test_paired_crop_flip_is_identical_for_both_images():
+    a = torch.rand(3, 20, 24)
+    b = a + 1.0  # aligned with a, distinguishable
+    flips = 0
+    for s in range(40):
+        g = torch.Generator().manual_seed(s)
+        ca, cb = paired_crop_flip(a, b, 16, g)
+        assert ca.shape == (3, 16, 16) and torch.allclose(cb - ca, torch.ones_like(ca), atol=1e-5)
+        # the crop is a window of a (resized so the short side is 16), possibly mirrored
+        flips += not any(torch.equal(ca, w) for w in _windows(a, 16))
+    assert 10 <= flips <= 30  # p = 0.5
+
+
+def _windows(a, size):
+    import torch.nn.functional as F
+
+    h, w = a.shape[-2:]
+    f = size / min(h, w)
+    r = F.interpolate(a[None], size=(max(size, round(h * f)), max(size, round(w * f))), mode="bilinear",
+                      antialias=True, align_corners=False)[0]
+    return [r[:, i : i + size, j : j + size] for i in range(r.shape[1] - size + 1) for j in range(r.shape[2] - size + 1)]
+
+
+def test_data_order_is_a_permutation_per_epoch_and_positions_are_disjoint():
+    order = EpochOrder(7, seed=3)
+    for epoch in range(3):
+        assert sorted(order.index(epoch * 7 + i) for i in range(7)) == list(range(7))
+    kw = dict(grad_accum=2, world_size=3, batch_size=4)
+    pos = [sample_position(s, m, r, j, **kw) for s in range(2) for m in range(2) for r in range(3) for j in range(4)]
+    assert sorted(pos) == list(range(48))
+
+
+def _unet_weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_stop_and_resume_gives_the_same_weights(tiny_sd, tmp_path):
+    from safetensors.torch import load_file
+
+    from ip2p.train import TrainConfig, train
+
+    kw = dict(base=str(tiny_sd), data="world:train", data_options={"n": 24}, batch_size=2, grad_accum=2,
+              resolution=32, val_examples=0, progress=False, report_to="none", checkpoint_every=0, lr=1e-3, seed=5)
+    k = 2
+    full = train(TrainConfig(out=str(tmp_path / "full"), max_steps=2 * k, **kw))
+    part = train(TrainConfig(out=str(tmp_path / "part"), max_steps=k, **kw))
+    part_k = load_file(str(part / "checkpoints" / f"step-{k:08d}" / "model.safetensors"))
+    train(TrainConfig(out=str(tmp_path / "part"), max_steps=2 * k, resume="latest", **kw))
+    a = load_file(str(full / "checkpoints" / f"step-{2 * k:08d}" / "model.safetensors"))
+    b = load_file(str(part / "checkpoints" / f"step-{2 * k:08d}" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(a[n], part_k[n]) for n in a)  # training went on after the resume
+    # the exported (EMA) weights agree too, and the EMA saw 2k updates
+    ea, eb = _unet_weights(full), _unet_weights(part)
+    assert all(torch.equal(ea[n], eb[n]) for n in ea)
+    run = json.loads((part / "training_config.json").read_text())
+    assert run["final_step"] == 2 * k and run["ema_updates"] == 2 * k and run["ema_weights_exported"]
+    # a different seed gives a different run (the comparison above can fail)
+    other = train(TrainConfig(out=str(tmp_path / "other"), max_steps=k, **{**kw, "seed": 6}))
+    c = load_file(str(other / "checkpoints" / f"step-{k:08d}" / "model.safetensors"))
+    assert any(not torch.equal(c[n], part_k[n]) for n in c)
