@@ -247,8 +247,10 @@ def load_single_file(
     """Components from an original (LDM layout) InstructPix2Pix checkpoint, e.g.
     ``instruct-pix2pix-00-22000.safetensors``, through diffusers' ``from_single_file`` (EMA
     weights extracted when present). ``config`` is a diffusers folder or hub id whose configs
-    describe the architecture (default: diffusers infers it, which needs the hub cache).
-    ``.ckpt`` files are pickles and load only with ``trust_pickle=True``."""
+    describe the architecture (default: diffusers infers it, which needs the hub cache), or a
+    built-in architecture name (``tiny``, ``sd15``: a weight-free config folder is written once
+    under ``$IP2P_CACHE/configs/<name>/``). ``.ckpt`` files are pickles and load only with
+    ``trust_pickle=True``."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     p = Path(path)
@@ -261,18 +263,42 @@ def load_single_file(
         )
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    kw: dict[str, Any] = {"local_files_only": local_files_only, "load_safety_checker": False}
+    # No safety checker. (diffusers treats any `load_safety_checker` value, False included, as a
+    # request to download CompVis/stable-diffusion-safety-checker.)
+    kw: dict[str, Any] = {"local_files_only": local_files_only, "safety_checker": None,
+                          "feature_extractor": None, "requires_safety_checker": False}
     if config is not None:
-        kw["config"] = resolve_source(config)
+        from ip2p.export import builtin_config_dir, check_single_file
+
+        if str(config) in BUILTIN_ARCHITECTURES:
+            kw["config"] = str(builtin_config_dir(str(config)))
+        else:
+            kw["config"] = resolve_source(config)
+        check_single_file(p, kw["config"])  # .safetensors: names and shapes, before diffusers builds anything
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+    from safetensors import SafetensorError
+
     try:
         pipe = StableDiffusionInstructPix2PixPipeline.from_single_file(str(p), **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError) as e:
+        if "meta tensor" in str(e):  # diffusers left modules empty: the file lacks their weights
+            raise ModelLoadError(
+                f"cannot load single-file checkpoint {p}: it holds no weights for some parameters of the "
+                f"architecture that config={config!r} describes; the checkpoint and the config do not match"
+            ) from e
         raise ModelLoadError(
             f"cannot load single-file checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             + ("" if config else " (pass config=<diffusers folder or hub id> to give the architecture offline)")
         ) from e
+    for name in ("unet", "vae", "text_encoder"):
+        missing = [k for k, t in getattr(pipe, name).state_dict().items() if t.is_meta]
+        if missing:
+            raise ModelLoadError(
+                f"cannot load single-file checkpoint {p}: it holds no weights for {len(missing)} {name} "
+                f"parameter(s), e.g. {missing[:3]}; it does not match the architecture of config={config!r}"
+            )
     c = components_from_pipe(pipe, source=str(p))
     c.info = {"kind": "single_file", "config": config}
     return c
