@@ -187,3 +187,13 @@ def test_missing_weights_name_the_file_and_where_to_put_it(world, tmp_path):
     (broken / "open_clip_model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="open_clip_model.safetensors is missing"):
         load_clip(str(broken), device="cpu")
+
+
+def test_fp16_is_close_to_fp32_and_recorded(folder, sim):
+    half = ClipSimilarity(str(folder), device="cpu", precision="fp16", cache=False)
+    x0, x1 = random_images(2, seed=9), random_images(2, seed=10)
+    ref, got = sim(x0, x1, T0[:2], T1[:2]), half(x0, x1, T0[:2], T1[:2])
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=2e-2, rtol=0)
+    assert half.spec()["precision"] == "fp16" and half.spec()["weights_hash"] == sim.spec()["weights_hash"]
+    assert half.image_keys(x0) != sim.image_keys(x0)  # cached separately from fp32 embeddings

@@ -123,6 +123,10 @@ class ClipSimilarity:
     # -- raw, differentiable encoders ---------------------------------------------------------
     @property
     def _dtype(self) -> torch.dtype:
+        """The image tower's compute dtype (open_clip's fp16 keeps embeddings and norms in fp32)."""
+        for m in self.clip.model.visual.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                return m.weight.dtype
         return next(self.clip.model.parameters()).dtype
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
