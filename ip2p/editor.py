@@ -236,7 +236,7 @@ class InstructPix2PixEditor:
         num_inference_steps=100,
         seeds=0,
         scheduler=None,
-        resize: str | None = "paper",
+        resize: str | None | type(Ellipsis) = ...,
         progress: bool = False,
     ) -> torch.Tensor:
         """Edit ``images`` by ``instructions``; returns float ``[N, 3, H, W]`` in [0, 1].
@@ -245,8 +245,11 @@ class InstructPix2PixEditor:
         paths. Every knob takes a scalar or one value per request; a single image or a single
         instruction is broadcast. ``scheduler``: None for the paper's sampler, or a diffusers
         scheduler (instance, or class name such as ``"DDIMScheduler"``) built from the model's
-        config. ``resize``: ``"paper"``, ``"diffusers"`` (floor to the VAE factor) or None.
+        config. ``resize``: ``"paper"``, ``"diffusers"`` (floor to the VAE factor) or None;
+        by default the editor's own ``resize`` (itself ``"paper"`` unless set at construction).
         """
+        if resize is ...:
+            resize = self.resize
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif not isinstance(images, (list, tuple)):

@@ -184,3 +184,11 @@ def test_nan_output_names_the_request(pipe):
     with pytest.raises(NonFiniteOutputError, match="item 'cat-7'.*sI=1.5"):
         ed.run([EditRequest(image=rand_image(16, 16, 1), instruction="x", knobs={"num_inference_steps": 1},
                             item_id="cat-7")])
+
+
+def test_edit_uses_the_editors_resize_by_default(pipe):
+    ed = InstructPix2PixEditor.from_pipe(pipe, resize="diffusers")
+    out = ed.edit(rand_image(17, 21, seed=9), "make it red", num_inference_steps=1)
+    assert out.shape == (1, 3, 16, 20)  # floored to the VAE factor (2), not the paper's 64-multiples
+    out = ed.edit(rand_image(16, 16, seed=9), "make it red", num_inference_steps=1, resize="paper")
+    assert out.shape == (1, 3, 64, 64)  # the paper rule at the tiny model's resolution 16 rounds up to 64
