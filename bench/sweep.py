@@ -1,8 +1,10 @@
 """The sweep engine: spec -> work units -> batched edits -> metrics -> atomic result shards.
 
     units = every (method, knob setting, item, seed)     paired: same items and seeds per setting
-    mine  = the units this process owns (RANK/WORLD_SIZE) minus those already stored
-    for each batch of ``batch_size`` units (several items and settings per editor call):
+    batches = consecutive runs of ``batch_size`` units (several items and settings per editor call),
+              cut from the full list; batch i belongs to rank i % WORLD_SIZE
+    mine  = the units of this rank's batches minus those already stored
+    for each of my batches:
         editor.run(requests) -> images -> content-addressed PNGs -> metrics on the PNG pixels
         -> rows, flushed to a parquet shard (temporary name + rename) every ``shard_rows`` rows
 
@@ -40,7 +42,7 @@ from bench.methods import get_method
 from bench.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
 from bench.store import RunStore, load_results
-from bench.units import WorkUnit, batches, expand_units, shard_units
+from bench.units import WorkUnit, expand_units, plan_batches
 
 KILL_ENV = "IP2P_BENCH_KILL_AFTER"
 
@@ -200,9 +202,15 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     items = load_items(spec.dataset, base_dir, on_bad_row=on_bad_row)
     method_specs = {m.key: (i, m) for i, m in enumerate(spec.methods)}
     units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds)
-    mine = shard_units(units, rank, world_size)
+    # batches are cut from the whole unit list (the same on every rank and every rerun) and
+    # dealt to ranks whole: a unit's batch mates never depend on the process count or on where
+    # a previous run stopped, so results are bit-identical, not merely equal to float noise
+    plan = plan_batches(units, spec.batch_size, rank, world_size)
+    mine = [u for b in plan for u in b]
     done = store.done_keys()
-    todo = [u for u in mine if u.key not in done]
+    todo_batches = [[u for u in b if u.key not in done] for b in plan]
+    todo_batches = [b for b in todo_batches if b]
+    todo = [u for b in todo_batches for u in b]
     invocation = {"id": f"{int(t0)}-{os.getpid()}", "started": now_iso(), "world_size": world_size,
                   "device": dev, "units_total": len(units), "units_stored_before": len(done & {u.key for u in units})}
     if rank == 0:
@@ -210,7 +218,6 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
 
     images = _ImageCache(items)
     # batch units of one method and one input size together (the editor runs one call per batch)
-    todo.sort(key=lambda u: (method_specs[u.method][0], u.item_index, u.seed, u.setting_index))
     stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None}
     editors: dict[str, Any] = {}
     identities: dict[str, dict] = {}
@@ -225,7 +232,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
                desc=f"{spec.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
                disable=not progress, position=rank if world_size > 1 else None, leave=True)
     try:
-        for batch in batches(todo, spec.batch_size):
+        for batch in todo_batches:
             label = batch[0].method
             mi, mspec = method_specs[label]
             if label not in editors:
@@ -321,10 +328,18 @@ def _run_by_size(editor, requests: list[EditRequest]) -> list[torch.Tensor]:
     return outs
 
 
+_EDITORS: "OrderedDict[str, Any]" = OrderedDict()  # loaded editors, reused by later sweeps in this process
+
+
 def _build_editor(mspec, index: int, device: str):
     info = get_method(mspec.name)
     model = mspec.model or info.default_model
-    editor = info.factory(model=model, device=device, **mspec.options)
+    key = json.dumps([mspec.name, model, device, mspec.options], sort_keys=True, default=str)
+    if key not in _EDITORS:
+        _EDITORS[key] = info.factory(model=model, device=device, **mspec.options)
+        while len(_EDITORS) > 2:  # keep memory bounded: the last two models only
+            _EDITORS.popitem(last=False)
+    editor = _EDITORS[key]
     accepted = set(editor.knobs) | set(info.knobs)
     for si, setting in enumerate(mspec.settings()):
         unknown = sorted(set(setting) - accepted)

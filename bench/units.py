@@ -1,7 +1,8 @@
 """Work units of a sweep: one (method, knob setting, item, seed) each, with a stable key.
 
 The key is a hash of exactly what a result depends on besides the weights, so it names a unit
-across reruns, batch sizes and process counts; ranks split units by key (deterministically).
+across reruns, batch sizes and process counts. Batches are cut from the full, ordered unit list and
+dealt to ranks whole, so a unit's batch mates are a function of the spec alone.
 """
 from __future__ import annotations
 
@@ -36,11 +37,6 @@ def unit_key(method: str, knobs_json: str, item_id: str, seed: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def rank_of(key: str, world_size: int) -> int:
-    """Which process owns the unit with ``key`` (uniform over ranks, independent of order)."""
-    return int(key[:12], 16) % world_size
-
-
 def expand_units(methods: Sequence[tuple[str, list[dict[str, Any]]]], item_ids: Sequence[str],
                  seeds: Iterable[int]) -> list[WorkUnit]:
     """Every unit of a sweep, in (method, item, seed, setting) order.
@@ -58,11 +54,11 @@ def expand_units(methods: Sequence[tuple[str, list[dict[str, Any]]]], item_ids: 
     return units
 
 
-def shard_units(units: Sequence[WorkUnit], rank: int, world_size: int) -> list[WorkUnit]:
-    """The share of ``units`` that process ``rank`` of ``world_size`` runs."""
-    if world_size <= 1:
-        return list(units)
-    return [u for u in units if rank_of(u.key, world_size) == rank]
+def plan_batches(units: Sequence[WorkUnit], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[WorkUnit]]:
+    """The batches process ``rank`` runs: ``batches(units)`` dealt round-robin (batch i to rank
+    i % world_size). Every rank computes the same cut, so a unit's batch mates are fixed by the
+    spec alone (not by the process count, nor by what an interrupted run had finished)."""
+    return [b for i, b in enumerate(batches(units, batch_size)) if i % world_size == rank]
 
 
 def batches(units: Sequence[WorkUnit], batch_size: int) -> list[list[WorkUnit]]:
