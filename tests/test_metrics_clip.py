@@ -197,3 +197,44 @@ def test_fp16_is_close_to_fp32_and_recorded(folder, sim):
         torch.testing.assert_close(got[k], ref[k], atol=2e-2, rtol=0)
     assert half.spec()["precision"] == "fp16" and half.spec()["weights_hash"] == sim.spec()["weights_hash"]
     assert half.image_keys(x0) != sim.image_keys(x0)  # cached separately from fp32 embeddings
+
+
+def test_builtin_name_with_tag_from_local_hf_cache_or_weights_file(tmp_path, monkeypatch):
+    import json
+
+    import open_clip
+    import open_clip.pretrained as ocp
+    from metrics_fixtures import tiny_model_cfg
+    from safetensors.torch import save_file
+
+    cfg = tiny_model_cfg(49408)
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "ip2p-test-tiny.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    torch.manual_seed(3)
+    state = {k: v.contiguous() for k, v in open_clip.CLIP(**cfg).state_dict().items()}
+    # a tag whose weights sit in the Hugging Face cache layout (as a download would have left them)
+    snap = tmp_path / "hf" / "models--org--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file(state, str(snap / "open_clip_model.safetensors"))
+    (tmp_path / "hf" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hf" / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    tag_cfg = {"hf_hub": "org/tiny/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    monkeypatch.setitem(ocp._PRETRAINED, "ip2p-test-tiny", {"mytag": tag_cfg})
+
+    loaded = load_clip("ip2p-test-tiny", "mytag", device="cpu", cache_dir=str(tmp_path / "hf"))
+    (tmp_path / "hf" / "models--org--tiny" / "refs" / "main").unlink()  # placed by hand: no refs
+    assert load_clip("ip2p-test-tiny", "mytag", device="cpu", cache_dir=str(tmp_path / "hf")).identity["weights_hash"] == hash_state_dict(state)
+    assert loaded.identity["weights_hash"] == hash_state_dict(state)
+    assert loaded.identity["pretrained"] == "mytag" and loaded.identity["arch"] == "ip2p-test-tiny+quick_gelu"
+    assert tuple(loaded.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5)  # the tag's preprocessing
+    assert ClipSimilarity(loaded=loaded, cache=False).spec()["preprocess"]["std"] == [0.25, 0.25, 0.25]
+
+    # the same weights as a plain file; and random weights when asked
+    save_file(state, str(tmp_path / "w.safetensors"))
+    from_file = load_clip("ip2p-test-tiny", str(tmp_path / "w.safetensors"), device="cpu")
+    assert from_file.identity["weights_hash"] == hash_state_dict(state)
+    assert load_clip("ip2p-test-tiny", None, device="cpu").identity["pretrained"] == "random"
+    # nothing in that cache for another location
+    with pytest.raises(ModelLoadError, match="models--org--tiny"):
+        load_clip("ip2p-test-tiny", "mytag", device="cpu", cache_dir=str(tmp_path / "empty"))

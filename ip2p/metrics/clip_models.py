@@ -196,11 +196,17 @@ def _find_tag_weights(arch: str, tag: str, tag_cfg: dict, cache_dir: str | None)
 
         repo, filename = os.path.split(hub)
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        from huggingface_hub.constants import HF_HUB_CACHE
+
         for n in names:
             try:
                 return hf_hub_download(repo_id=repo, filename=n, cache_dir=cache_dir, local_files_only=True)
             except Exception:
                 pass
+            # placed by hand, without refs/main: any snapshot holding the file
+            snaps = sorted(Path(cache_dir or HF_HUB_CACHE).glob(f"models--{repo.replace('/', '--')}/snapshots/*/{n}"))
+            if snaps:
+                return str(snaps[-1])
     url = tag_cfg.get("url", "")
     if url:
         path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
@@ -290,6 +296,15 @@ def _folder_tokenizer(folder: Path, text_cfg: dict):
         src = folder
     else:
         src = Path(name)
+    if not src.is_dir() and not name.startswith("."):
+        try:  # a hub id already in the local Hugging Face cache
+            from open_clip.tokenizer import HFTokenizer
+
+            tok = HFTokenizer(name, context_length=ctx, tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                              local_files_only=True, **(text_cfg.get("tokenizer_kwargs") or {}))
+            return tok, f"hf-hub:{name}:{ctx}"
+        except Exception:
+            pass
     if not src.is_dir():
         raise ModelLoadError(
             f"CLIP folder {folder}: text_cfg.hf_tokenizer_name {name!r} -> {src} is not a tokenizer folder; "
