@@ -75,6 +75,7 @@ def aggregate(df: pd.DataFrame, *, n_boot: int = 1000, by_category: bool = True)
     if by_category and "category" in per_item and per_item["category"].notna().any():
         cats += sorted(str(c) for c in per_item["category"].dropna().unique())
     for (method, knobs), g in per_item.groupby(["method", "knobs"], sort=False):
+        g = g.sort_values("item_id", kind="stable")  # resamples independent of the rows' order
         for cat in cats:
             sub = g if cat == ALL else g[g["category"].astype(str) == cat]
             if sub.empty:
