@@ -148,3 +148,57 @@ def test_stop_and_resume_gives_the_same_weights(tiny_sd, tmp_path):
     other = train(TrainConfig(out=str(tmp_path / "other"), max_steps=k, **{**kw, "seed": 6}))
     c = load_file(str(other / "checkpoints" / f"step-{k:08d}" / "model.safetensors"))
     assert any(not torch.equal(c[n], part_k[n]) for n in c)
+
+
+def test_loss_uses_scaled_posterior_sample_target_and_unscaled_mode_condition(tiny_sd):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from ip2p.train.trainer import instruct_pix2pix_loss
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae").eval()
+    unet = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet"), 8)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:].normal_()  # make the condition channels matter
+    sched = DDPMScheduler.from_pretrained(tiny_sd, subfolder="scheduler")
+    g = torch.Generator().manual_seed(0)
+    batch = {"input": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, "edited": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1,
+             "r": torch.tensor([0.5, 0.5]), "t_unit": torch.tensor([0.1, 0.7]),
+             "noise": torch.randn(2, 4, 16, 16, generator=g), "posterior_eps": torch.randn(2, 4, 16, 16, generator=g)}
+    text = torch.randn(2, 16, 16, generator=g)
+    null = torch.zeros(1, 16, 16)
+    with torch.no_grad():
+        got = instruct_pix2pix_loss(unet, vae, sched, batch, text, null, 0.05, torch.float32)
+        post_e = vae.encode(batch["edited"]).latent_dist
+        target_latent = vae.config.scaling_factor * (post_e.mean + post_e.std * batch["posterior_eps"])
+        cond = vae.encode(batch["input"]).latent_dist.mode()
+        t = torch.tensor([100, 700])
+        noisy = sched.add_noise(target_latent, batch["noise"], t)
+        want = torch.nn.functional.mse_loss(unet(torch.cat([noisy, cond], 1), t, text).sample, batch["noise"])
+        wrong = torch.nn.functional.mse_loss(
+            unet(torch.cat([noisy, cond * vae.config.scaling_factor], 1), t, text).sample, batch["noise"])
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6) and not torch.allclose(got, wrong, rtol=1e-3)
+
+
+def test_bad_image_during_training_raises_or_is_skipped(tmp_path):
+    from PIL import Image
+
+    from ip2p.data import open_dataset
+    from ip2p.errors import DataRowError
+    from ip2p.train.samples import TrainSamples
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    rows = [{"input_image": f"{i}.png", "edited_image": "bad.png" if i == 1 else f"{i}.png", "instruction": "x"} for i in range(3)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ds = open_dataset(tmp_path / "m.jsonl", verify_images=False)  # the bad image is found while training
+    kw = dict(seed=0, resolution=16, latent_channels=4, latent_factor=2)
+    strict = TrainSamples(ds, on_bad_row="raise", **kw)
+    bad_pos = next(p for p in range(3) if strict.order.index(p) == 1)
+    with pytest.raises(DataRowError) as e:
+        strict[bad_pos]
+    assert "m.jsonl:2" in str(e.value) and "target_image" in str(e.value) and "bad.png" in str(e.value)
+    lenient = TrainSamples(ds, on_bad_row="skip", **kw)
+    item = lenient[bad_pos]  # the next row instead, deterministically
+    assert item["input"].shape == (3, 16, 16) and lenient.bad.counts() == {"target_image": 1}
+    assert torch.equal(item["input"], lenient[bad_pos]["input"])
