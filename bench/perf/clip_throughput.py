@@ -33,9 +33,7 @@ TINY_CFG = {
 def build_random_clip(name: str, device: torch.device, precision: str):
     """A random-weight CLIP wrapped as ip2p.metrics LoadedClip (same encode path as real models)."""
     import open_clip
-    from open_clip.factory import _set_model_device_and_precision
-
-    from ip2p.metrics.clip_models import LoadedClip
+    from ip2p.metrics.clip_models import LoadedClip, to_low_precision
 
     torch.manual_seed(0)
     if name == "tiny":
@@ -48,7 +46,7 @@ def build_random_clip(name: str, device: torch.device, precision: str):
         model = open_clip.create_model(name, pretrained=None, device="cpu")
         tokenizer = open_clip.get_tokenizer(name)
     model.eval()
-    _set_model_device_and_precision(model, device, precision, is_timm_model=False)
+    to_low_precision(model, device, precision)
     for p in model.parameters():
         p.requires_grad_(False)
     pp = dict(open_clip.get_model_preprocess_cfg(model))

@@ -101,9 +101,7 @@ def load_clip(
     weights_hash = hash_state_dict(model)
     if precision not in ("fp32", "fp16", "bf16"):
         raise ValueError(f"precision: expected 'fp32', 'fp16' or 'bf16', got {precision!r}")
-    from open_clip.factory import _set_model_device_and_precision
-
-    _set_model_device_and_precision(model, dev, precision, is_timm_model=False)
+    to_low_precision(model, dev, precision)
     for p in model.parameters():
         p.requires_grad_(False)
     identity = {
@@ -116,6 +114,16 @@ def load_clip(
         "tokenizer": tok_id,
     }
     return LoadedClip(model=model, tokenizer=tokenizer, preprocess_cfg=pp, identity=identity)
+
+
+def to_low_precision(model: torch.nn.Module, device: torch.device, precision: str) -> None:
+    """Move to ``device``; for fp16/bf16 cast weights the way OpenAI's CLIP does (open_clip's
+    ``convert_weights_to_lp``: linear/conv/attention weights and projections; norms stay fp32)."""
+    from open_clip.model import convert_weights_to_lp
+
+    model.to(device)
+    if precision in ("fp16", "bf16"):
+        convert_weights_to_lp(model, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- built-in names
