@@ -86,10 +86,10 @@ def load_clip(
     precision). The weights hash is taken in fp32 before any cast, so it names the weights, not the
     precision. Raises ModelLoadError naming the file to place and where when weights are missing.
     """
-    import open_clip
-
     from ip2p.models import resolve_source
 
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"precision: expected 'fp32', 'fp16' or 'bf16', got {precision!r}")
     dev = default_device(device)
     source = resolve_source(model_name)  # world:<name> -> folder; raises ModelLoadError if not built
     folder = source[len("local-dir:"):] if source.startswith("local-dir:") else source
@@ -99,8 +99,6 @@ def load_clip(
         model, tokenizer, pp, pretrained_id, arch, tok_id = _load_builtin(str(model_name), pretrained, cache_dir)
     model.eval()
     weights_hash = hash_state_dict(model)
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision: expected 'fp32', 'fp16' or 'bf16', got {precision!r}")
     to_low_precision(model, dev, precision)
     for p in model.parameters():
         p.requires_grad_(False)
