@@ -163,20 +163,22 @@ def train(cfg: TrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
+    dataset = _open_training_data(cfg)  # first: a bad data spec fails before any model loads
+    if main:
+        log.info("training data: %s", dataset.describe())
     tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
     widen_conv_in(unet, 8)
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[accelerator.mixed_precision]
-    vae.to(accelerator.device, dtype=weight_dtype)
-    text_encoder.to(accelerator.device, dtype=weight_dtype)
+    for frozen in (vae, text_encoder):  # the frozen parts run in the mixed-precision dtype
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
 
-    dataset = _open_training_data(cfg)
-    if main:
-        log.info("training data: %s", dataset.describe())
     val_examples = _validation_examples(cfg, dataset) if main else []
     latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     samples = TrainSamples(dataset, seed=cfg.seed, resolution=cfg.resolution, latent_channels=vae.config.latent_channels,

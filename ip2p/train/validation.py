@@ -17,7 +17,10 @@ def unet_copy(trained, ema=None, device="cpu", dtype=torch.float32):
     unet.load_state_dict(trained.state_dict())
     if ema is not None:
         ema.copy_to(unet.parameters())
-    return unet.to(device=device, dtype=dtype).eval()
+    unet.to(device)
+    if dtype != torch.float32:
+        unet.to(dtype=dtype)
+    return unet.eval()
 
 
 def fit_for_model(img: torch.Tensor, resolution: int) -> torch.Tensor:
