@@ -14,7 +14,6 @@ CUDA and ``--device cuda`` (the default) it prints a skip line and exits 0. ``--
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
