@@ -23,32 +23,42 @@ from ip2p.errors import ModelLoadError
 
 SUITE = Path(__file__).resolve().parent / "suites" / "world.yaml"
 _BUILD_HINT = {
-    "ip2p": "train it with the world recipe (`ip2p world build ip2p`, see ip2p/world/README.md)",
-    "clip": "build it with the world recipe (`ip2p world build clip`, see ip2p/world/README.md)",
+    "ip2p": "train it with `python -m ip2p.train.world_recipe train` (trains from world:sd, ships to "
+            "ip2p/world/weights/ip2p)",
+    "clip": "train it with `ip2p world train-clip --which metric`",
+    "sd": "train it with `ip2p world train-vae` then `ip2p world train-sd`",
 }
 
 
 def _require_world_models(names) -> None:
     from ip2p.world import world_model_path
 
+    missing = []
     for n in names:
         try:
             world_model_path(n)
         except ModelLoadError as e:
-            raise ModelLoadError(f"the demo needs the shipped model 'world:{n}', which is not available: {e} "
-                                 f"({_BUILD_HINT.get(n, 'see ip2p/world/README.md')})") from None
+            missing.append(f"'world:{n}' is not built yet ({e}); {_BUILD_HINT.get(n, 'see ip2p/world/README.md')}")
+    if missing:
+        raise ModelLoadError("the demo needs the small world's shipped models: " + " | ".join(missing))
 
 
-def demo_spec(items: int | None = None, steps: int | None = None) -> dict:
-    """The world suite plus the registered baselines' demo grids, as a spec mapping."""
+def demo_spec(items: int | None = None, steps: int | None = None, model: str | None = None,
+              clip_model: str | None = None, baselines: bool = True) -> dict:
+    """The world suite plus the registered baselines' demo grids, as a spec mapping.
+    ``model`` / ``clip_model`` replace world:ip2p / world:clip (smoke tests with other models)."""
     from bench.methods import registered_methods
 
     data = yaml.safe_load(SUITE.read_text())
+    if model is not None:
+        data["methods"][0]["model"] = model
+    if clip_model is not None:
+        data["metrics"]["clip"]["model"] = clip_model
     if items is not None:
         data["dataset"]["limit"] = int(items)
     if steps is not None:
         data["methods"][0]["knobs"]["num_inference_steps"] = int(steps)
-    for name, info in sorted(registered_methods().items()):
+    for name, info in sorted(registered_methods().items() if baselines else []):
         if name == "instructpix2pix" or not info.demo_grid:
             continue
         data["methods"].append({"name": name, "model": info.demo_model, "knobs": dict(info.demo_knobs),
@@ -57,7 +67,8 @@ def demo_spec(items: int | None = None, steps: int | None = None) -> dict:
 
 
 def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results/runs/demo-world",
-             fresh: bool = False, items: int | None = None, steps: int | None = None, progress: bool = True) -> dict:
+             fresh: bool = False, items: int | None = None, steps: int | None = None, progress: bool = True,
+             model: str | None = None, clip_model: str | None = None, baselines: bool = True) -> dict:
     from bench.aggregate import aggregate, print_table, write_aggregate
     from bench.plot import method_names_of, plot_tradeoff
     from bench.report import build_report
@@ -68,7 +79,7 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
 
     t0 = time.time()
     out, run_dir = Path(out), Path(run_dir)
-    data = demo_spec(items, steps)
+    data = demo_spec(items, steps, model, clip_model, baselines)
     spec = parse_spec(data, source=f"{SUITE} (+ registered baselines)")
     world_models = {m.model.split(":", 1)[1] for m in spec.methods if m.model and m.model.startswith("world:")}
     if "clip" in spec.metrics.compute and spec.metrics.clip.model.startswith("world:"):
