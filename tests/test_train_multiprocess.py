@@ -39,6 +39,22 @@ def test_accelerate_launch_two_cpu_processes_writes_a_loadable_pipeline(tmp_path
     assert run["world_size"] == 2 and run["final_step"] == 2
     assert (out / "checkpoints" / "step-00000001" / "random_states_1.pkl").is_file()  # rank 1 took part
 
+    # the same global batch in one process (batch 2) gives the same weights: data positions and
+    # all randomness depend on the step, not on how processes share it
+    from safetensors.torch import load_file
+
+    from ip2p.train import TrainConfig, train
+
+    single = train(TrainConfig(base=str(base), data="world:train", data_options={"n": 8}, out=str(tmp_path / "single"),
+                               max_steps=2, batch_size=2, resolution=32, val_examples=0, report_to="none",
+                               progress=False, checkpoint_every=1, cpu=True))
+    a = load_file(str(out / "checkpoints" / "step-00000002" / "model.safetensors"))
+    b = load_file(str(single / "checkpoints" / "step-00000002" / "model.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    first = load_file(str(out / "checkpoints" / "step-00000001" / "model.safetensors"))
+    assert any(not torch.allclose(a[n], first[n], atol=1e-5) for n in a)
+
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(out)
