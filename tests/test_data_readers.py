@@ -129,7 +129,7 @@ def test_subset_count_and_fraction_are_deterministic_and_growth_stable(tmp_path)
 
 # ---------------------------------------------------------------- parquet
 
-def write_parquet(path, n=6, bad_bytes_row=None, empty_edit_row=None):
+def write_parquet(path, n=6, bad_bytes_row=None, empty_edit_row=None, null_image_row=None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -138,7 +138,7 @@ def write_parquet(path, n=6, bad_bytes_row=None, empty_edit_row=None):
         rows["original_prompt"].append(f"a cat {i}")
         rows["edit_prompt"].append("" if i == empty_edit_row else f"make cat {i} red")
         rows["edited_prompt"].append(f"a red cat {i}")
-        rows["original_image"].append({"bytes": _jpeg_bytes(10 * i), "path": f"{i}_0.jpg"})
+        rows["original_image"].append(None if i == null_image_row else {"bytes": _jpeg_bytes(10 * i), "path": f"{i}_0.jpg"})
         rows["edited_image"].append({"bytes": b"garbage" if i == bad_bytes_row else _jpeg_bytes(10 * i + 1), "path": None})
         rows["clip_sim_dir"].append(0.2 + i / 100)
     img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -163,14 +163,15 @@ def test_parquet_reader_reads_hub_columns(tmp_path):
 
 def test_parquet_bad_rows(tmp_path):
     f = tmp_path / "d.parquet"
-    write_parquet(f, n=6, bad_bytes_row=2, empty_edit_row=4)
+    write_parquet(f, n=7, bad_bytes_row=2, empty_edit_row=4, null_image_row=6)
     with pytest.raises(DataRowError) as e:
         open_dataset(f)
     assert "row 4" in str(e.value) and "edit_prompt" in str(e.value)
     ds = open_dataset(f, on_bad_row="skip")
     assert [e.item_id for e in ds] == ["d/0", "d/1", "d/3", "d/5"]
-    assert ds.bad_rows.counts() == {"edit_prompt": 1, "target_image": 1}
+    assert ds.bad_rows.counts() == {"edit_prompt": 1, "input_image": 1, "target_image": 1}
     assert any("row 2" in r.message() and "edited_image" in r.message() for r in ds.bad_rows.rows)
+    assert any("row 6" in r.message() and "original_image" in r.message() and "null" in r.message() for r in ds.bad_rows.rows)
 
 
 # ---------------------------------------------------------------- jsonl manifest

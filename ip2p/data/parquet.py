@@ -6,8 +6,10 @@ Columns ``original_prompt`` (input caption), ``edit_prompt`` (instruction), ``ed
 in ``metadata``. The location is one ``.parquet`` file or a folder searched recursively (sorted);
 ``split`` = "all" (default) or a file-name prefix such as "train" (``train-00000-of-00010.parquet``).
 
-Texts are read up front; images are decoded lazily from their row group (a few groups are cached
-per process). Item ids are ``"{file stem}/{row}"``, stable when files are added.
+Texts are read up front; images (null ones included) are checked when first decoded, from their
+row group (a few groups are cached per process; random access over a very large file reads whole
+row groups, so prefer files with small row groups for training). Item ids are
+``"{file stem}/{row}"``, stable when files are added.
 """
 from __future__ import annotations
 
@@ -126,8 +128,6 @@ def read_parquet(location: str, *, split: str | None, bad: BadRowLog, cache_grou
             continue
         scalar_cols = [c for c in pf.schema_arrow.names if c not in IMAGE_COLUMNS]
         table = pf.read(columns=scalar_cols).to_pylist()
-        # which image cells are null, without decoding anything
-        nulls = {c: pf.read(columns=[c]).column(c).is_null().to_pylist() for c in IMAGE_COLUMNS}
         images = _RowGroupImages(path, cache_groups)
         stem = str(path.relative_to(root).with_suffix("")) if path != root else path.stem
         for row, rec in enumerate(table):
@@ -138,10 +138,6 @@ def read_parquet(location: str, *, split: str | None, bad: BadRowLog, cache_grou
                 if texts[key] is None:
                     break
             if len(texts) < 3 or any(v is None for v in texts.values()):
-                continue
-            null_col = next((c for c in IMAGE_COLUMNS if nulls[c][row]), None)
-            if null_col is not None:
-                bad.report(src, null_col, "image is null")
                 continue
             meta = {k: v for k, v in rec.items() if k not in TEXT_COLUMNS and isinstance(v, (int, float, str, bool))}
             meta["row"] = row
