@@ -42,7 +42,7 @@ from bench.methods import get_method
 from bench.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
 from bench.store import RunStore, load_results
-from bench.units import WorkUnit, expand_units, plan_batches
+from bench.units import expand_units, plan_batches
 
 KILL_ENV = "IP2P_BENCH_KILL_AFTER"
 
@@ -225,7 +225,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     pending: list[dict] = []
     shards = 0
     seq = _next_seq(store, rank)
-    input_paths: dict[int, str] = {}
+    input_paths: dict = {}  # item index (or ("target", index)) -> stored PNG path
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="edit", dynamic_ncols=True,
@@ -413,7 +413,10 @@ def _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, ms
         ex = items[u.item_index]
         target_path = None
         if spec.save_images and ex.target_image is not None:
-            target_path = store.save_png(ex.load_target())
+            key = ("target", u.item_index)
+            if key not in input_paths:
+                input_paths[key] = store.save_png(ex.load_target())
+            target_path = input_paths[key]
         row = {
             "unit_key": u.key, "method": u.method, "method_name": mspec.name, "method_index": mi,
             "model": mspec.model or get_method(mspec.name).default_model,

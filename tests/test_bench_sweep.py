@@ -3,7 +3,6 @@ units, growing a grid, refusing a folder of another experiment."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
