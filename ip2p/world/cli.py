@@ -1,0 +1,75 @@
+"""`ip2p world ...` commands: build the tokenizer, train the world's models, write cards and reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+world_app = typer.Typer(no_args_is_help=True, help="The small world: scene generator, base-model recipes, cards.")
+
+
+@world_app.command("build-tokenizer")
+def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: the shipped sd/tokenizer)")) -> None:
+    """Generate vocab.json + merges.txt from the world's words and save a CLIPTokenizer."""
+    from ip2p.world.recipe import TOKENIZER_DIR
+    from ip2p.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(out or TOKENIZER_DIR)
+    typer.echo(f"tokenizer: {len(tok)} tokens -> {out or TOKENIZER_DIR}")
+
+
+@world_app.command("train-vae")
+def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0,
+                  out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
+    """Train the world's AutoencoderKL (64x64 <-> 16x16x4)."""
+    from ip2p.world.recipe import SD_DIR
+    from ip2p.world.train_vae import train_vae
+
+    rec = train_vae(out or SD_DIR / "vae", steps=steps, batch=batch, seed=seed)
+    typer.echo(f"vae: {rec['figures']} scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
+
+
+@world_app.command("train-sd")
+def train_sd_cmd(steps: int = 3000, batch: int = 64, seed: int = 0,
+                 out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
+    """Train the world's text encoder + UNet on world captions; save a StableDiffusionPipeline folder."""
+    from ip2p.world.recipe import SD_DIR
+    from ip2p.world.train_sd import train_sd
+
+    rec = train_sd(out or SD_DIR, steps=steps, batch=batch, seed=seed)
+    typer.echo(f"sd: final loss {rec['final_loss']:.4f} in {rec['wall_time_s']} s")
+
+
+@world_app.command("train-clip")
+def train_clip_cmd(which: str = typer.Option("metric", help="metric (world:clip) or guide (world:clip-guide)"),
+                   steps: int = typer.Option(None, help="default: the recipe's"),
+                   out: Path = typer.Option(None)) -> None:
+    """Train one of the world's two open_clip models contrastively on world scenes and captions."""
+    from ip2p.world.train_clip import CLIP_RECIPES, train_clip
+
+    if which not in CLIP_RECIPES:
+        raise typer.BadParameter(f"--which must be one of {sorted(CLIP_RECIPES)}, got {which!r}")
+    rec = train_clip(which, out=out, steps=steps)
+    typer.echo(f"clip ({which}): {rec['figures']} in {rec['wall_time_s']} s")
+
+
+@world_app.command("cards")
+def cards_cmd(evaluate: bool = typer.Option(True, help="recompute the sanity figures on the test split")) -> None:
+    """Write the model cards (README.md beside each model's weights) from training records and figures."""
+    from ip2p.world.cards import write_cards
+
+    for p in write_cards(evaluate=evaluate):
+        typer.echo(f"wrote {p}")
+
+
+@world_app.command("report")
+def report_cmd(out: Path = Path("reports/world")) -> None:
+    """Figures: sample edits per category, and text-to-image samples of the world's SD."""
+    from ip2p.world.report import write_report
+
+    for p in write_report(out):
+        typer.echo(f"wrote {p}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(world_app, name="world")

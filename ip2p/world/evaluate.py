@@ -1,0 +1,124 @@
+"""Sanity figures of the world's models on the test split (they go into the model cards and tests).
+
+- VAE: reconstruction PSNR on 64 test scenes.
+- CLIP: image->caption retrieval top-1 among 64 test captions; zero-shot colour and shape accuracy
+  on single-shape test scenes (candidates: the scene's own caption with the colour, or the kind,
+  replaced by each alternative; chance 1/8 and 1/4).
+- SD: text-to-image samples (DDIM, 20 steps, guidance 7.5) scored by the metric CLIP with their own
+  captions versus the same images with shuffled captions.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ip2p.world.dataset import caption_scene, to_tensor
+from ip2p.world.scenes import COLOURS, KINDS, Scene, caption, render
+
+
+@torch.no_grad()
+def clip_features(folder: str | Path, images: torch.Tensor | None = None, texts: list[str] | None = None):
+    from ip2p.world.train_clip import load_world_clip, preprocess
+
+    model, tokenize, pre = load_world_clip(folder)
+    fi = ft = None
+    if images is not None:
+        fi = torch.nn.functional.normalize(model.encode_image(preprocess(images, pre)), dim=-1)
+    if texts is not None:
+        ft = torch.nn.functional.normalize(model.encode_text(tokenize(texts)), dim=-1)
+    return fi, ft
+
+
+def test_caption_items(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    from ip2p.world.recipe import caption_batch
+
+    imgs, caps = caption_batch("test", 0, n, seed=seed)
+    return imgs, caps, [caption_scene("test", i, seed) for i in range(n)]
+
+
+def _single_shape_scenes(n: int) -> list[Scene]:
+    out, i = [], 0
+    while len(out) < n:
+        s = caption_scene("test", 100_000 + i)
+        i += 1
+        if len(s.shapes) == 1 and s.shapes[0].kind in KINDS:
+            out.append(s)
+    return out
+
+
+@torch.no_grad()
+def zero_shot(folder: str | Path, attribute: str, n: int = 96) -> float:
+    """Accuracy of picking the right colour (or kind) among captions differing only in it."""
+    scenes = _single_shape_scenes(n)
+    values = list(COLOURS) if attribute == "colour" else list(KINDS)
+    imgs = torch.stack([to_tensor(render(s)) for s in scenes])
+    texts = []
+    for s in scenes:
+        for v in values:
+            shape = dataclasses.replace(s.shapes[0], **{attribute if attribute == "colour" else "kind": v})
+            texts.append(caption(s.replace(shapes=(shape,)), 0))
+    fi, ft = clip_features(folder, imgs, texts)
+    sims = (fi[:, None, :] * ft.view(n, len(values), -1)).sum(-1)
+    truth = torch.tensor([values.index(getattr(s.shapes[0], "colour" if attribute == "colour" else "kind"))
+                          for s in scenes])
+    return float((sims.argmax(1) == truth).float().mean())
+
+
+@torch.no_grad()
+def retrieval_top1(folder: str | Path, n: int = 64) -> float:
+    imgs, caps, _ = test_caption_items(n)
+    fi, ft = clip_features(folder, imgs, caps)
+    return float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean())
+
+
+def evaluate_clip(folder: str | Path) -> dict:
+    return {
+        "retrieval_top1_64": round(retrieval_top1(folder), 3),
+        "zero_shot_colour_acc": round(zero_shot(folder, "colour"), 3),
+        "zero_shot_colour_chance": round(1 / len(COLOURS), 3),
+        "zero_shot_shape_acc": round(zero_shot(folder, "kind"), 3),
+        "zero_shot_shape_chance": round(1 / len(KINDS), 3),
+    }
+
+
+@torch.no_grad()
+def sd_samples(sd_folder: str | Path, captions: list[str], steps: int = 20, guidance: float = 7.5, seed: int = 0):
+    """Images ``[N, 3, 64, 64]`` in [0, 1] from the world SD (DDIM), one generator per image."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_folder))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(captions))]
+    out = pipe(captions, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt")
+    return out.images
+
+
+@torch.no_grad()
+def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> dict:
+    _, caps, _ = test_caption_items(n)
+    imgs = sd_samples(sd_folder, caps)
+    fi, ft = clip_features(clip_folder, imgs, caps)
+    own = (fi * ft).sum(-1)
+    perm = torch.roll(torch.arange(n), 1)  # a derangement: every image gets another caption
+    shuffled = (fi * ft[perm]).sum(-1)
+    return {
+        "clip_score_own_caption": round(float(own.mean()), 4),
+        "clip_score_shuffled_caption": round(float(shuffled.mean()), 4),
+        "clip_top1_among_n": round(float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
+        "n": n, "steps": 20, "guidance": 7.5, "sampler": "DDIM",
+    }
+
+
+def evaluate_vae(vae_folder: str | Path, n: int = 64) -> dict:
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.train_vae import evaluate_vae as _ev
+
+    return _ev(AutoencoderKL.from_pretrained(str(vae_folder)).eval(), n)
+
+
+__all__ = ["evaluate_clip", "evaluate_sd", "evaluate_vae", "retrieval_top1", "zero_shot", "sd_samples", "clip_features"]

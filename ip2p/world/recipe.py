@@ -1,0 +1,96 @@
+"""Shared pieces of the world's training recipes: fixed seeds, thread count, data batches, run records.
+
+Every recipe is a pure function of its arguments (seeds fixed), prints progress with tqdm, and
+records how it ran (command, steps, batch, wall time, hardware) in ``training.json`` beside the
+weights, from which ``ip2p world cards`` writes the model cards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ip2p.util.io import atomic_write_json
+from ip2p.world.dataset import caption_scene, scene_seed, to_tensor
+from ip2p.world.scenes import N_CAPTION_PHRASINGS, caption, render
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SD_DIR = WEIGHTS_DIR / "sd"
+TOKENIZER_DIR = SD_DIR / "tokenizer"
+
+
+def setup(seed: int, threads: int | None = None) -> torch.Generator:
+    """Fix every seed, cap CPU threads (2, or $IP2P_WORLD_THREADS); return a generator for the recipe's draws.
+
+    On a shared CPU run recipes with ``OMP_WAIT_POLICY=PASSIVE``: busy-waiting OpenMP threads
+    slow a contended 2-core machine down by an order of magnitude.
+    """
+    torch.set_num_threads(threads or int(os.environ.get("IP2P_WORLD_THREADS", "2")))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{torch.get_num_threads()} CPU threads ({os.cpu_count()} cores visible, {cpu}), torch {torch.__version__}"
+
+
+def caption_batch(split: str, start: int, n: int, seed: int = 0, rng: np.random.Generator | None = None):
+    """Images ``[n, 3, 64, 64]`` in [0, 1] and captions of caption items ``start..start+n``.
+
+    With ``rng`` the caption phrasing is drawn at random (augmentation); otherwise it is the
+    item's own fixed phrasing.
+    """
+    imgs, caps = [], []
+    for i in range(start, start + n):
+        scene = caption_scene(split, i, seed)
+        if rng is None:
+            p = int(np.random.default_rng(scene_seed(split, i, seed, "captions") + 7).integers(N_CAPTION_PHRASINGS))
+        else:
+            p = int(rng.integers(N_CAPTION_PHRASINGS))
+        imgs.append(to_tensor(render(scene)))
+        caps.append(caption(scene, p))
+    return torch.stack(imgs), caps
+
+
+class RunRecord:
+    """Times a recipe and writes what it did to ``training.json`` in the model folder."""
+
+    def __init__(self, command: str, **config):
+        self.command = command
+        self.config = config
+        self.t0 = time.time()
+
+    def save(self, folder: str | Path, **results) -> dict:
+        rec = {
+            "command": self.command,
+            "config": self.config,
+            "wall_time_s": round(time.time() - self.t0, 1),
+            "hardware": hardware(),
+            **results,
+        }
+        atomic_write_json(Path(folder) / "training.json", rec)
+        return rec
+
+
+def load_record(folder: str | Path) -> dict:
+    p = Path(folder) / "training.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1], ``[N, 3, H, W]``."""
+    mse = (a.clamp(0, 1) - b.clamp(0, 1)).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))

@@ -1,0 +1,165 @@
+"""Recipe: the world's "Stable Diffusion" -- a CLIPTextModel and a 4-channel UNet trained together
+on world captions over the world VAE's latents, saved as a standard ``StableDiffusionPipeline`` folder.
+
+The VAE (``train_vae``) and tokenizer (``tokenizer``) must exist in the folder first. Training is
+SD's: epsilon prediction, 1000 scaled-linear steps (0.00085..0.012), MSE; captions are replaced by
+"" 10% of the time so classifier-free guidance works; latents are ``scaling_factor * sample``.
+The text encoder learns with the UNet (the denoising loss reaches it), and EMA weights are saved.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ip2p.world.dataset import caption_scene
+from ip2p.world.recipe import SD_DIR, RunRecord, n_params, setup
+from ip2p.world.scenes import N_CAPTION_PHRASINGS, caption, render
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    clip_sample=False,
+)
+
+TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    hidden_act="quick_gelu",
+    projection_dim=64,
+)
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 128),
+    layers_per_block=1,
+    attention_head_dim=4,
+    norm_num_groups=16,
+)
+
+
+def build_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_CONFIG,
+    )
+    return CLIPTextModel(cfg)
+
+
+def build_unet(cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(cross_attention_dim=cross_attention_dim, **UNET_CONFIG)
+
+
+def build_scheduler():
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(**SCHEDULER_CONFIG)
+
+
+@torch.no_grad()
+def encode_dataset(vae, n: int, seed: int, batch: int = 256):
+    """Posterior mean and std of ``n`` training caption scenes, and the scenes themselves."""
+    from ip2p.world.dataset import to_tensor
+
+    scenes = [caption_scene("train", i, seed) for i in range(n)]
+    means, stds = [], []
+    for s in tqdm(range(0, n, batch), desc="encode latents"):
+        x = torch.stack([to_tensor(render(sc)) for sc in scenes[s:s + batch]]) * 2 - 1
+        post = vae.encode(x).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds), scenes
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_sd(out: Path = SD_DIR, steps: int = 3000, batch: int = 64, lr: float = 1e-3, n_images: int = 8192,
+             caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    gen = setup(seed)
+    out = Path(out)
+    record = RunRecord(f"ip2p world train-sd --steps {steps} --batch {batch}", steps=steps, batch=batch, lr=lr,
+                       n_images=n_images, caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed,
+                       text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    vae = AutoencoderKL.from_pretrained(str(out / "vae")).eval().requires_grad_(False)
+    scale = float(vae.config.scaling_factor)
+    mean, std, scenes = encode_dataset(vae, n_images, seed)
+
+    text_encoder = build_text_encoder(tokenizer)
+    unet = build_unet(text_encoder.config.hidden_size)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, text_encoder)]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    warm = 100
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps",)})
+    rng = np.random.default_rng(seed)
+    losses = []
+    bar = tqdm(range(steps), desc="train-sd")
+    for step in bar:
+        idx = rng.integers(0, n_images, size=batch)
+        caps = [caption(scenes[i], int(rng.integers(N_CAPTION_PHRASINGS))) if rng.random() >= caption_dropout else ""
+                for i in idx]
+        ids = tokenize(tokenizer, caps)
+        i_t = torch.from_numpy(idx)
+        z0 = scale * (mean[i_t] + std[i_t] * torch.randn(mean[i_t].shape, generator=gen))
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
+        zt = noise_sched.add_noise(z0, noise, t)
+        cond = text_encoder(ids)[0]
+        pred = unet(zt, t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            d = min(ema_decay, (1 + step) / (10 + step))
+            for e, m in zip(ema, (unet, text_encoder)):
+                for pe, pm in zip(e.parameters(), m.parameters()):
+                    pe.lerp_(pm, 1 - d)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    unet, text_encoder = ema
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out))
+    return record.save(out / "unet", final_loss=float(np.mean(losses[-100:])),
+                       parameters={"unet": n_params(unet), "text_encoder": n_params(text_encoder)},
+                       loss_curve=[round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)])
