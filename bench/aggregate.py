@@ -103,6 +103,16 @@ def knob_label(knobs_json: str, varying: list[str] | None = None) -> str:
                     else f"{short.get(n, n)}={k[n]}" for n in names) or "default"
 
 
+def varying_knobs(agg: pd.DataFrame) -> dict[str, list[str]]:
+    """method -> the knobs whose value differs between its settings (the ones worth showing)."""
+    out = {}
+    for method, g in agg.groupby("method", sort=False):
+        ks = [json.loads(k) for k in g["knobs"].unique()]
+        names = sorted({n for k in ks for n in k})
+        out[method] = [n for n in names if len({json.dumps(k.get(n)) for k in ks}) > 1] or names
+    return out
+
+
 def write_aggregate(agg: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     from ip2p.util.io import atomic_write_bytes, atomic_write_text
     import io
@@ -126,9 +136,12 @@ def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category
         console.print("no results yet")
         return
     all_metrics = [c[:-5] for c in agg.columns if c.endswith("_mean")]
-    metrics = [m for m in (metrics or all_metrics) if m in all_metrics]
+    default = [m for m in ("clip_sim_direction", "clip_sim_image", "l1", "lpips", "target_l1", "masked_l1_outside")
+               if m in all_metrics][:4] or all_metrics[:4]
+    metrics = [m for m in (metrics or default) if m in all_metrics]
     sub = agg if category is None else agg[agg["category"] == category]
-    table = Table(title=f"mean [95% bootstrap interval]{'' if category is None else f', category {category}'}")
+    table = Table(title=f"mean [95% bootstrap interval]{'' if category is None else f', category {category}'}"
+                  " (all metrics: aggregate.csv)")
     table.add_column("method")
     table.add_column("setting")
     if category is None:
@@ -136,12 +149,13 @@ def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category
     table.add_column("n", justify="right")
     for m in metrics:
         table.add_column(m, justify="right")
+    vary = varying_knobs(agg)
     for _, r in sub.iterrows():
-        cells = [str(r["method"]), knob_label(r["knobs"])]
+        cells = [str(r["method"]), knob_label(r["knobs"], vary.get(r["method"]))]
         if category is None:
             cells.append(str(r["category"]))
         cells.append(str(r["n_items"]))
         for m in metrics:
-            cells.append(f"{r[f'{m}_mean']:.4f} [{r[f'{m}_lo']:.4f}, {r[f'{m}_hi']:.4f}]")
+            cells.append(f"{r[f'{m}_mean']:.3f} [{r[f'{m}_lo']:.3f},{r[f'{m}_hi']:.3f}]")
         table.add_row(*cells)
     console.print(table)

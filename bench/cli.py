@@ -35,15 +35,16 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="folder for aggregate.csv/.parquet (default: the run)"),
         n_boot: int = typer.Option(1000, help="bootstrap resamples"),
         category: str = typer.Option("(all)", help="category to print ('*' for every category)"),
+        metrics: Optional[str] = typer.Option(None, help="comma-separated metric columns to print"),
     ):
         """Mean and bootstrap 95% interval of every metric per setting (and per category)."""
         from bench.aggregate import aggregate as agg_fn, print_table, write_aggregate
-        from bench.store import load_results
 
         df = _load(run)
         agg = agg_fn(df, n_boot=n_boot)
         paths = write_aggregate(agg, out or run)
-        print_table(agg, category=None if category == "*" else category)
+        print_table(agg, category=None if category == "*" else category,
+                    metrics=[m.strip() for m in metrics.split(",")] if metrics else None)
         typer.echo(f"wrote {paths['csv']} and {paths['parquet']}")
 
     @app.command()

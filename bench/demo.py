@@ -103,5 +103,8 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
     atomic_write_bytes(out / "results.parquet", buf.getvalue())
     for name in ("manifest.json", "spec.yaml"):
         shutil.copyfile(run_dir / name, out / name)
-    print_table(agg, metrics=["clip_sim_direction", "clip_sim_image", "l1", "target_l1", "masked_l1_outside"])
+    for p in out.iterdir():  # atomic writes create private files; these are meant to be shared
+        if p.is_file():
+            p.chmod(0o644)
+    print_table(agg, metrics=["clip_sim_direction", "clip_sim_image", "target_l1"])
     return {"seconds": time.time() - t0, "report": report, "figures": figs, "rows": len(df)}

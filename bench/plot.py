@@ -71,7 +71,10 @@ def plot_tradeoff(agg: pd.DataFrame, out_base: str | Path, *, method_names: dict
 
     for c in (X, Y):
         if f"{c}_mean" not in agg.columns:
-            raise ValueError(f"the run has no {c!r} column; the figure needs the CLIP metrics (metrics.compute: [clip])")
+            from ip2p.errors import SpecError
+
+            raise SpecError(f"the run has no {c!r} column; the figure needs the CLIP metrics "
+                            "(add clip to metrics.compute in the spec)")
     fig, ax = plt.subplots(figsize=(6.0, 4.6), dpi=150)
     markers = "osD^vP*X"
     for i, cv in enumerate(curves(agg, method_names, category)):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import ALL, knob_label
+from bench.aggregate import ALL, knob_label, varying_knobs
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -53,10 +53,11 @@ def _image_uri(path: Path, max_side: int) -> str | None:
 
 def _table(agg: pd.DataFrame, category: str, metrics: list[str], table_id: str) -> str:
     sub = agg[agg["category"] == category]
+    vary = varying_knobs(agg)
     head = "".join(f"<th>{_e(m)}</th>" for m in ["method", "setting", "n", *metrics])
     rows = []
     for _, r in sub.iterrows():
-        cells = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(knob_label(r['knobs']))}</td>",
+        cells = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(knob_label(r['knobs'], vary.get(r['method'])))}</td>",
                  f"<td class='num'>{int(r['n_items'])}</td>"]
         for m in metrics:
             mean, lo, hi = r[f"{m}_mean"], r[f"{m}_lo"], r[f"{m}_hi"]
@@ -73,8 +74,9 @@ def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int) -> str:
     d = df[df["seed"] == seed0]
     items = d.drop_duplicates("item_id").sort_values("item_index").head(n_items)
     has_target = d["target_image"].notna().any() if "target_image" in d else False
+    vary = varying_knobs(df[["method", "knobs"]].drop_duplicates())
     head = "<th>input</th><th>instruction</th>" + "".join(
-        f"<th>{_e(s.method)}<br>{_e(knob_label(s.knobs))}</th>" for s in settings.itertuples())
+        f"<th>{_e(s.method)}<br>{_e(knob_label(s.knobs, vary.get(s.method)))}</th>" for s in settings.itertuples())
     if has_target:
         head += "<th>target</th>"
     out_by = {(r.item_id, r.method, r.knobs): r.output_image for r in d.itertuples()}

@@ -115,6 +115,6 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert len(p.rows) == len(expect) == 4
     for row, (_, e) in zip(p.rows, expect.iterrows()):
         assert (row["method"], row["knobs"]) == (e["method"], e["knobs"])
-        assert row["cells"][1].strip() == knob_label(e["knobs"]) and row["cells"][2].strip() == str(e["n_items"])
+        assert row["cells"][1].strip() == knob_label(e["knobs"], ["guidance_scale", "image_guidance_scale"]) and row["cells"][2].strip() == str(e["n_items"])
         for m in ("clip_sim_direction", "clip_sim_image", "l1", "psnr", "target_l1", "masked_l1_outside"):
             assert row["metrics"][m] == f"{e[f'{m}_mean']:.4f}", m
