@@ -40,10 +40,18 @@ import torch
 from ip2p.editor import RESIZE_MODES, InstructPix2PixEditor
 from ip2p.errors import DataRowError, ModelLoadError, NonFiniteOutputError
 from ip2p.guidance import as_scale
-from ip2p.models import BUILTIN_ARCHITECTURES, Components, openai_clip_tokenizer_dir, resolve_source
+from ip2p.models import (
+    BUILTIN_ARCHITECTURES,
+    Components,
+    check_output_and_text_width,
+    openai_clip_tokenizer_dir,
+    resolve_source,
+    weights_identity,
+)
 from ip2p.protocol import EditRequest, resolve_knobs
 from ip2p.sampling import NoiseSource, fresh_scheduler
-from ip2p.util.hashing import hash_bytes, hash_state_dict, hash_tensor
+from ip2p.text import PromptEncoder
+from ip2p.util.hashing import hash_bytes, hash_tensor
 
 T2I_SUFFIX = "-t2i"  # "<arch>-t2i": a built-in architecture with a text-to-image (4-channel) UNet
 
@@ -65,18 +73,7 @@ def validate_t2i_components(c: Components) -> Components:
             f"{c.source or 'model'}: the UNet takes {in_ch} input channels, but SDEdit needs a text-to-image "
             f"UNet with {lat} (the VAE's latent channels).{hint}"
         )
-    if int(c.unet.config.out_channels) != lat:
-        raise ModelLoadError(
-            f"{c.source or 'model'}: the UNet predicts {c.unet.config.out_channels} channels but the VAE latent has {lat}"
-        )
-    width = int(c.text_encoder.config.hidden_size)
-    xattn = c.unet.config.cross_attention_dim
-    xattn = int(xattn[0] if isinstance(xattn, (list, tuple)) else xattn)
-    if width != xattn:
-        raise ModelLoadError(
-            f"{c.source or 'model'}: the text encoder's width (hidden_size={width}) does not match the UNet's "
-            f"cross-attention width (cross_attention_dim={xattn}); they must come from the same model"
-        )
+    check_output_and_text_width(c)
     if getattr(c.unet.config, "time_cond_proj_dim", None) is not None:
         raise ModelLoadError(f"{c.source or 'model'}: guidance-distilled UNets (time_cond_proj_dim) are not supported")
     return c
@@ -264,7 +261,7 @@ class SDEditEditor:
         self.unet = torch.compile(c.unet) if compile else c.unet
         self.scheduler = self._make_scheduler(scheduler)
         self._identity: dict[str, Any] | None = None
-        self._text_cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self.prompts = PromptEncoder(c.tokenizer, c.text_encoder, self.device, dtype)
 
     @classmethod
     def from_pipe(cls, pipe, **kwargs) -> "SDEditEditor":
@@ -294,12 +291,7 @@ class SDEditEditor:
         """Method, source, weights hashes and sampler: what outputs depend on besides the request."""
         if self._identity is None:
             c = self.components
-            parts = {
-                "unet": hash_state_dict(c.unet),
-                "vae": hash_state_dict(c.vae),
-                "text_encoder": hash_state_dict(c.text_encoder),
-            }
-            combined = hash_state_dict({k: torch.tensor(list(v.encode())) for k, v in parts.items()})
+            combined, parts = weights_identity(c)
             sched_cfg = {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}
             self._identity = {
                 "method": self.name,
@@ -321,24 +313,9 @@ class SDEditEditor:
     # ``resolution``), so both methods see the same pixels for the same ``resize``.
     preprocess = InstructPix2PixEditor.preprocess
 
-    @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text encoder hidden states ``[N, L, D]`` as diffusers' ``encode_prompt``; cached per prompt."""
-        c = self.components
-        todo = [p for p in OrderedDict.fromkeys(prompts) if p not in self._text_cache]
-        for start in range(0, len(todo), 64):
-            chunk = todo[start : start + 64]
-            tok = c.tokenizer(chunk, padding="max_length", max_length=c.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt")
-            mask = None
-            if getattr(c.text_encoder.config, "use_attention_mask", False):
-                mask = tok.attention_mask.to(self.device)
-            emb = c.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
-            for p, e in zip(chunk, emb):
-                self._text_cache[p] = e
-        while len(self._text_cache) > 4096:
-            self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[p] for p in prompts])
+        """Text encoder hidden states ``[N, L, D]`` as diffusers' ``encode_prompt``; each distinct prompt once."""
+        return self.prompts(prompts)
 
     @torch.no_grad()
     def encode_posterior(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -23,8 +22,9 @@ from PIL import Image, ImageOps
 
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.guidance import cfg_batch, split_cfg_output
-from ip2p.models import Components, components_from_pipe, load_components
+from ip2p.models import Components, components_from_pipe, load_components, weights_identity
 from ip2p.protocol import EditRequest, resolve_knobs
+from ip2p.text import PromptEncoder
 from ip2p.sampling import (
     NoiseSource,
     discrete_sigmas,
@@ -33,7 +33,7 @@ from ip2p.sampling import (
     sample_with_scheduler,
     sigma_to_t,
 )
-from ip2p.util.hashing import hash_state_dict, hash_tensor
+from ip2p.util.hashing import hash_tensor
 from ip2p.util.io import load_pil, pil_to_tensor, tensor_to_pil
 
 RESIZE_MODES = ("paper", "diffusers", None)
@@ -112,7 +112,7 @@ class InstructPix2PixEditor:
         self.unet = torch.compile(c.unet) if compile else c.unet
         sigmas = discrete_sigmas(torch.as_tensor(c.scheduler.alphas_cumprod))
         self._sigma_table = sigmas  # the model's training sigmas, CPU float32
-        self._text_cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self.prompts = PromptEncoder(c.tokenizer, c.text_encoder, self.device, dtype)
 
     # ------------------------------------------------------------ construction
 
@@ -131,12 +131,7 @@ class InstructPix2PixEditor:
         """Method, source and weights hashes: what outputs depend on besides the request."""
         if self._identity is None:
             c = self.components
-            parts = {
-                "unet": hash_state_dict(c.unet),
-                "vae": hash_state_dict(c.vae),
-                "text_encoder": hash_state_dict(c.text_encoder),
-            }
-            combined = hash_state_dict({k: torch.tensor(list(v.encode())) for k, v in parts.items()})
+            combined, parts = weights_identity(c)
             self._identity = {
                 "method": self.name,
                 "source": c.source,
@@ -185,34 +180,17 @@ class InstructPix2PixEditor:
 
     # ------------------------------------------------------------ encoders (deduplicated)
 
-    @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text encoder hidden states ``[N, L, D]``, cached per distinct prompt."""
-        c = self.components
-        todo = [p for p in OrderedDict.fromkeys(prompts) if p not in self._text_cache]
-        for start in range(0, len(todo), 64):
-            chunk = todo[start : start + 64]
-            tok = c.tokenizer(chunk, padding="max_length", max_length=c.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt")
-            mask = None
-            if getattr(c.text_encoder.config, "use_attention_mask", False):
-                mask = tok.attention_mask.to(self.device)
-            emb = c.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0].to(self.dtype)
-            for p, e in zip(chunk, emb):
-                self._text_cache[p] = e
-        while len(self._text_cache) > 4096:
-            self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[p] for p in prompts])
+        """Text encoder hidden states ``[N, L, D]``, each distinct prompt encoded once."""
+        return self.prompts(prompts)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Image-conditioning latents: VAE posterior mode of ``2x - 1``, not scaled."""
+        """Image-conditioning latents: VAE posterior mode of ``2x - 1``, not scaled. One image per
+        VAE call, as diffusers encodes it for one edit: batched convolutions round differently,
+        and an image's latent must not depend on which images were encoded beside it."""
         vae = self.components.vae
-        out = []
-        for start in range(0, len(images), self.max_batch):
-            x = torch.stack(list(images[start : start + self.max_batch])).to(self.device, self.dtype)
-            out.append(vae.encode(2 * x - 1).latent_dist.mode())
-        return torch.cat(out)
+        return torch.cat([vae.encode(2 * x[None].to(self.device, self.dtype) - 1).latent_dist.mode() for x in images])
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,13 @@ def validate_components(c: Components) -> Components:
             f"{c.source or 'model'}: the UNet takes {in_ch} input channels, but InstructPix2Pix needs "
             f"{2 * lat} ({lat} noisy-latent + {lat} image-latent channels for this VAE).{hint}"
         )
+    return check_output_and_text_width(c)
+
+
+def check_output_and_text_width(c: Components) -> Components:
+    """Checks every UNet-VAE-text encoder triple must pass: the UNet predicts the VAE's latent
+    channels, and the text encoder's width equals the UNet's cross-attention width."""
+    lat = int(c.vae.config.latent_channels)
     if int(c.unet.config.out_channels) != lat:
         raise ModelLoadError(
             f"{c.source or 'model'}: the UNet predicts {c.unet.config.out_channels} channels but the VAE latent has {lat}"
@@ -93,6 +100,15 @@ def validate_components(c: Components) -> Components:
             f"cross-attention width (cross_attention_dim={xattn}); they must come from the same model"
         )
     return c
+
+
+def weights_identity(c: Components) -> tuple[str, dict[str, str]]:
+    """(combined hash, per-component hashes) of the UNet, VAE and text encoder weights."""
+    from ip2p.util.hashing import hash_state_dict
+
+    parts = {name: hash_state_dict(getattr(c, name)) for name in ("unet", "vae", "text_encoder")}
+    combined = hash_state_dict({k: torch.tensor(list(v.encode())) for k, v in parts.items()})
+    return combined, parts
 
 
 # ---------------------------------------------------------------- the OpenAI CLIP tokenizer
@@ -349,6 +365,8 @@ __all__ = [
     "register_architecture",
     "resolve_source",
     "validate_components",
+    "check_output_and_text_width",
+    "weights_identity",
     "build_builtin",
     "load_diffusers",
     "load_single_file",

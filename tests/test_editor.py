@@ -112,7 +112,7 @@ def test_each_distinct_image_and_instruction_encoded_once(editor, monkeypatch):
 
     monkeypatch.setattr(editor.components.vae, "encode", count_vae)
     monkeypatch.setattr(editor.components.text_encoder, "forward", count_text)
-    editor._text_cache.clear()
+    editor.prompts.clear()
     imgs = [rand_image(16, 16, seed=s) for s in (4, 5)]
     editor.edit([imgs[0], imgs[1]] * 3, ["make it red", "make it red", "make it blue"] * 2,
                 image_guidance_scale=[1.0, 1.5, 2.0, 1.0, 1.5, 2.0], num_inference_steps=1, resize=None)
