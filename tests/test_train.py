@@ -202,3 +202,14 @@ def test_bad_image_during_training_raises_or_is_skipped(tmp_path):
     item = lenient[bad_pos]  # the next row instead, deterministically
     assert item["input"].shape == (3, 16, 16) and lenient.bad.counts() == {"target_image": 1}
     assert torch.equal(item["input"], lenient[bad_pos]["input"])
+
+
+def test_time_limit_stops_at_a_step_and_exports(tiny_sd, tmp_path):
+    from ip2p.train import TrainConfig, train
+
+    out = train(TrainConfig(base=str(tiny_sd), data="world:train", data_options={"n": 4}, out=str(tmp_path / "t"),
+                            max_steps=50, batch_size=1, resolution=32, val_examples=0, progress=False, report_to="none",
+                            checkpoint_every=0, time_limit_minutes=0.0))
+    run = json.loads((out / "training_config.json").read_text())
+    assert run["final_step"] == 1 and (out / "checkpoints" / "step-00000001").is_dir()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -76,6 +76,7 @@ def train_command(
     val_image_guidance: float = typer.Option(1.5, help="sI for validation."),
     val_text_guidance: float = typer.Option(7.5, help="sT for validation."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on CPU even when a GPU is visible."),
+    time_limit_minutes: Optional[float] = typer.Option(None, help="Stop (checkpoint, export) at the first step after this many minutes."),
 ) -> None:
     """Train an InstructPix2Pix model from a text-to-image model (accelerate; use `accelerate launch` for many GPUs)."""
     from ip2p.train.config import TrainConfig
@@ -97,7 +98,8 @@ def train_command(
         ema=ema, ema_max_decay=ema_max_decay, seed=seed, num_workers=num_workers, checkpoint_every=checkpoint_every,
         checkpoints_keep=checkpoints_keep, resume=resume, log_every=log_every, report_to=report_to, progress=progress,
         validate_every=validate_every, val_data=val_data, val_examples=val_examples, val_steps=val_steps,
-        val_image_guidance=val_image_guidance, val_text_guidance=val_text_guidance, cpu=cpu)
+        val_image_guidance=val_image_guidance, val_text_guidance=val_text_guidance, cpu=cpu,
+        time_limit_minutes=time_limit_minutes)
     path = train(cfg)
     typer.echo(f"wrote {path}")
 

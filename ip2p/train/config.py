@@ -54,6 +54,9 @@ class TrainConfig:
     val_text_guidance: float = 7.5
 
     cpu: bool = False  # force CPU even when a GPU is visible
+    # stop at the first step after this many minutes of training (then checkpoint and export as
+    # usual); the result equals a run with max_steps = the step reached
+    time_limit_minutes: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -224,7 +224,7 @@ def train(cfg: TrainConfig) -> Path:
     batches = iter(loader)
     progress = tqdm(total=cfg.max_steps, initial=start_step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
     step = start_step
-    t0 = time.time()
+    t0 = t_start = time.time()
     loss_sum, loss_count = 0.0, 0
     last_saved = start_step if resume_from is not None else -1
     while step < cfg.max_steps:
@@ -269,6 +269,12 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.validate_every and step % cfg.validate_every == 0 and val_examples and main:
             run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
                            val_examples, weight_dtype)
+        if cfg.time_limit_minutes is not None:  # every process stops at the same step
+            over = torch.tensor(float(time.time() - t_start > 60 * cfg.time_limit_minutes), device=accelerator.device)
+            if accelerator.reduce(over, "sum").item() > 0:
+                if main:
+                    log.info("time limit of %s min reached at step %d; saving and exporting", cfg.time_limit_minutes, step)
+                break
     progress.close()
     if last_saved != step:
         save_checkpoint(accelerator, cfg, step)
