@@ -27,16 +27,19 @@ SHIPPED = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "sche
 
 # the recipe (steps chosen to fit ~25 minutes on 2 shared CPU cores)
 # flip is off: world captions and instructions name left and right
-RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 20000}, resolution=64, max_steps=2500,
-              flip=False, batch_size=32, grad_accum=1, lr=3e-4, lr_warmup_steps=100, seed=0, ema=True, checkpoint_every=500,
-              checkpoints_keep=2, validate_every=500, val_examples=4, val_steps=20, num_workers=0, log_every=25,
-              cpu=True)
+# steps: as many as fit in time_limit_minutes on one CPU thread; the card records the step reached
+# (a run with --steps <that> gives the same weights)
+RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 20000}, resolution=64, max_steps=6000,
+              flip=False, batch_size=16, grad_accum=1, lr=1e-3, lr_warmup_steps=100, seed=0, ema=True,
+              checkpoint_every=250, checkpoints_keep=2, validate_every=500, val_examples=4, val_steps=20,
+              num_workers=0, log_every=25, cpu=True, time_limit_minutes=24.0)
 
 
-def recipe_command(cfg: TrainConfig) -> str:
+def recipe_command(cfg: TrainConfig, steps: int | None = None) -> str:
+    """The equivalent ``ip2p train`` command (``steps``: the step a time-limited run reached)."""
     opts = [f"--base {cfg.base}", f"--data {cfg.data}"]
     opts += [f"--data-option {k}={v}" for k, v in cfg.data_options.items()]
-    opts += [f"--out {cfg.out}", f"--resolution {cfg.resolution}", f"--steps {cfg.max_steps}",
+    opts += [f"--out {cfg.out}", f"--resolution {cfg.resolution}", f"--steps {steps or cfg.max_steps}",
              f"--batch-size {cfg.batch_size}", f"--grad-accum {cfg.grad_accum}", f"--lr {cfg.lr}",
              f"--lr-warmup-steps {cfg.lr_warmup_steps}", "--flip" if cfg.flip else "--no-flip", f"--seed {cfg.seed}", "--ema" if cfg.ema else "--no-ema",
              f"--checkpoint-every {cfg.checkpoint_every}", f"--checkpoints-keep {cfg.checkpoints_keep}",
@@ -207,6 +210,7 @@ def main(argv=None) -> None:
     p.add_argument("what", choices=["train", "evaluate"])
     p.add_argument("--run-dir", default="runs/world-ip2p")
     p.add_argument("--steps", type=int, default=RECIPE["max_steps"])
+    p.add_argument("--time-limit-minutes", type=float, default=RECIPE["time_limit_minutes"])
     p.add_argument("--eval-n", type=int, default=200)
     p.add_argument("--eval-steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)  # 2 threads on 2 busy cores spin: 10x slower
@@ -218,13 +222,14 @@ def main(argv=None) -> None:
     if a.what == "train":
         from ip2p.train.trainer import train
 
-        cfg = TrainConfig(out=a.run_dir, **{**RECIPE, "max_steps": a.steps})
+        cfg = TrainConfig(out=a.run_dir, **{**RECIPE, "max_steps": a.steps, "time_limit_minutes": a.time_limit_minutes})
         t0 = time.time()
         train(cfg)
         wall = round(time.time() - t0, 1)
         run_dir = Path(a.run_dir)
         run = json.loads((run_dir / "training_config.json").read_text())
-        run.update({"command": recipe_command(cfg), "wall_time_s": wall})
+        run.update({"command": recipe_command(cfg, run["final_step"]), "wall_time_s": wall,
+                    "recipe_command": f"python -m ip2p.train.world_recipe train --time-limit-minutes {a.time_limit_minutes}"})
         atomic_write_json(run_dir / "training_config.json", run)
         ship(run_dir)
     results = write_card(SHIP_DIR, n=a.eval_n, steps=a.eval_steps)
