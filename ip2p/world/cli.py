@@ -19,18 +19,20 @@ def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: th
 
 
 @world_app.command("train-vae")
-def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0,
+def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0, decoder_steps: int = 500,
+                  decoder_only: bool = typer.Option(False, help="run phase 2 only, on the phase-1 VAE in --out"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
-    """Train the world's AutoencoderKL (64x64 <-> 16x16x4)."""
+    """Train the world's AutoencoderKL (64x64 <-> 16x16x4): whole VAE, then the decoder alone."""
     from ip2p.world.recipe import SD_DIR
     from ip2p.world.train_vae import train_vae
 
-    rec = train_vae(out or SD_DIR / "vae", steps=steps, batch=batch, seed=seed)
+    rec = train_vae(out or SD_DIR / "vae", steps=steps, batch=batch, seed=seed, decoder_steps=decoder_steps,
+                    decoder_only=decoder_only)
     typer.echo(f"vae: {rec['figures']} scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 
 
 @world_app.command("train-sd")
-def train_sd_cmd(steps: int = 3000, batch: int = 64, seed: int = 0,
+def train_sd_cmd(steps: int = 1500, batch: int = 32, seed: int = 0,
                  out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
     """Train the world's text encoder + UNet on world captions; save a StableDiffusionPipeline folder."""
     from ip2p.world.recipe import SD_DIR

@@ -30,7 +30,6 @@ SCHEDULER_CONFIG = dict(
     set_alpha_to_one=False,
     skip_prk_steps=True,
     steps_offset=1,
-    clip_sample=False,
 )
 
 TEXT_CONFIG = dict(
@@ -48,7 +47,7 @@ UNET_CONFIG = dict(
     out_channels=4,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(32, 64, 128),
+    block_out_channels=(32, 64, 96),
     layers_per_block=1,
     attention_head_dim=4,
     norm_num_groups=16,
@@ -76,9 +75,13 @@ def build_unet(cross_attention_dim: int):
 
 
 def build_scheduler():
+    """SD's PNDM scheduler configuration, including ``clip_sample: false`` as SD's file has it: a
+    DDIM/DDPM scheduler made ``from_config`` would otherwise clip predicted latents to [-1, 1]."""
     from diffusers import PNDMScheduler
 
-    return PNDMScheduler(**SCHEDULER_CONFIG)
+    sched = PNDMScheduler(**SCHEDULER_CONFIG)
+    sched.register_to_config(clip_sample=False)
+    return sched
 
 
 @torch.no_grad()
@@ -101,7 +104,7 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def train_sd(out: Path = SD_DIR, steps: int = 3000, batch: int = 64, lr: float = 1e-3, n_images: int = 8192,
+def train_sd(out: Path = SD_DIR, steps: int = 1500, batch: int = 32, lr: float = 1e-3, n_images: int = 8192,
              caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -124,7 +127,8 @@ def train_sd(out: Path = SD_DIR, steps: int = 3000, batch: int = 64, lr: float =
     warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps",)})
+    noise_sched = DDPMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
     rng = np.random.default_rng(seed)
     losses = []
     bar = tqdm(range(steps), desc="train-sd")

@@ -1,8 +1,10 @@
 """Recipe: the world's VAE, a diffusers ``AutoencoderKL`` mapping 64x64x3 images to 16x16x4 latents.
 
-Trained on freshly rendered training-split scenes with L1 + MSE reconstruction and a tiny KL
-term; at the end the latent standard deviation on training scenes is measured and stored as
-``scaling_factor`` (SD's 0.18215 plays the same role).
+Phase 1 trains the whole VAE on freshly rendered training-split scenes with L1 + MSE
+reconstruction and a tiny KL term; then the latent standard deviation on training scenes is
+measured and stored as ``scaling_factor`` (SD's 0.18215 plays the same role). Phase 2 fine-tunes the
+decoder alone (the encoder, hence the latent space and the world SD trained on it, stays fixed) to
+sharpen reconstructions.
 """
 from __future__ import annotations
 
@@ -42,11 +44,63 @@ def evaluate_vae(vae, n: int = 64) -> dict:
     return {"test_psnr_db_mean": round(float(p.mean()), 2), "test_psnr_db_min": round(float(p.min()), 2), "n_test": n}
 
 
-def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr: float = 2e-3,
-              kl_weight: float = 1e-6, seed: int = 0) -> dict:
+def finetune_decoder(vae, steps: int, batch: int = 32, lr: float = 5e-4, seed: int = 1) -> list[float]:
+    """Phase 2: train the decoder alone on latent samples of a frozen encoder (MSE + L1)."""
     gen = setup(seed)
-    record = RunRecord(f"ip2p world train-vae --steps {steps} --batch {batch}", steps=steps, batch=batch, lr=lr,
-                       kl_weight=kl_weight, seed=seed, vae_config=VAE_CONFIG)
+    vae.train()
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    losses = []
+    bar = tqdm(range(steps), desc="train-vae[decoder]")
+    for step in bar:
+        x, _ = caption_batch("train", 12_000_000 + step * batch, batch, seed=0)
+        x = x * 2 - 1
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    vae.requires_grad_(True)
+    vae.eval()
+    return losses
+
+
+def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr: float = 2e-3,
+              kl_weight: float = 1e-6, seed: int = 0, decoder_steps: int = 500, decoder_only: bool = False) -> dict:
+    """Both phases (or, with ``decoder_only``, phase 2 on the phase-1 VAE already saved in ``out``)."""
+    from ip2p.world.recipe import load_record
+
+    out = Path(out)
+    if decoder_only:
+        from diffusers import AutoencoderKL
+
+        rec1 = load_record(out)
+        if rec1.get("config", {}).get("decoder_steps"):
+            raise RuntimeError(f"{out} already holds a phase-2 VAE; --decoder-only needs the phase-1 output")
+        vae = AutoencoderKL.from_pretrained(str(out))
+        record = RunRecord(rec1["command"].split(" --decoder")[0] + f" --decoder-steps {decoder_steps}",
+                           **rec1["config"], decoder_steps=decoder_steps)
+        record.t0 -= rec1["wall_time_s"]  # wall time of both phases
+        losses = finetune_decoder(vae, decoder_steps, batch=batch)
+        vae.save_pretrained(str(out))
+        return record.save(out, parameters=n_params(vae), scaling_factor=rec1["scaling_factor"],
+                           phase1_figures=rec1.get("figures"), decoder_final_loss=sum(losses[-50:]) / 50,
+                           figures=evaluate_vae(vae))
+    gen = setup(seed)
+    record = RunRecord(f"ip2p world train-vae --steps {steps} --batch {batch} --decoder-steps {decoder_steps}",
+                       steps=steps, batch=batch, lr=lr, kl_weight=kl_weight, seed=seed, vae_config=VAE_CONFIG,
+                       decoder_steps=decoder_steps)
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -73,7 +127,8 @@ def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr:
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         scaling = 1.0 / float(z.std())
     vae.register_to_config(scaling_factor=round(scaling, 5))
-    out = Path(out)
+    phase1 = evaluate_vae(vae)
+    losses = finetune_decoder(vae, decoder_steps, batch=batch) if decoder_steps else [float("nan")] * 50
     vae.save_pretrained(str(out))
-    figures = evaluate_vae(vae)
-    return record.save(out, parameters=n_params(vae), scaling_factor=round(scaling, 5), figures=figures)
+    return record.save(out, parameters=n_params(vae), scaling_factor=round(scaling, 5), phase1_figures=phase1,
+                       decoder_final_loss=sum(losses[-50:]) / 50, figures=evaluate_vae(vae))

@@ -1,0 +1,122 @@
+"""Model cards of the world's shipped models: README.md beside each model's weights.
+
+A card is written from the recipe's run record (``training.json``: command, configuration, wall
+time, hardware) plus the files on disk (sizes, parameter counts) and sanity figures measured on the
+test split by ``ip2p.world.evaluate``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ip2p.util.io import atomic_write_json, atomic_write_text
+from ip2p.world.recipe import SD_DIR, WEIGHTS_DIR, load_record
+
+
+def _sizes(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")
+                  if p.is_file() and p.name not in ("README.md",))
+
+
+def _fmt_sizes(folder: Path) -> str:
+    rows = [f"| `{name}` | {size / 2**20:.2f} MiB |" for name, size in _sizes(folder) if size > 2048]
+    total = sum(s for _, s in _sizes(folder))
+    return "| file | size |\n|---|---|\n" + "\n".join(rows) + f"\n| **all files** | **{total / 2**20:.2f} MiB** |"
+
+
+def _fmt_record(rec: dict) -> str:
+    if not rec:
+        return "_no training record found_"
+    cfg = rec.get("config", {})
+    lines = [
+        f"- recipe: `{rec.get('command', '?')}` (add `OMP_WAIT_POLICY=PASSIVE` on a shared CPU)",
+        f"- steps: {cfg.get('steps')}, batch: {cfg.get('batch')}, lr: {cfg.get('lr')}, seed: {cfg.get('seed')}",
+        f"- wall time: {rec.get('wall_time_s', 0) / 60:.1f} min on {rec.get('hardware', '?')}"
+        " (a 2-core CPU shared with other jobs)",
+    ]
+    if "parameters" in rec:
+        lines.append(f"- parameters: {rec['parameters']}")
+    if "final_loss" in rec:
+        lines.append(f"- final training loss (mean of the last steps): {rec['final_loss']:.4f}")
+    if "scaling_factor" in rec:
+        lines.append(f"- latent scaling_factor (1/std of latents on training scenes): {rec['scaling_factor']}")
+    return "\n".join(lines)
+
+
+def _fmt_figures(fig: dict) -> str:
+    return "\n".join(f"| {k} | {v} |" for k, v in fig.items())
+
+
+def _card(title: str, what: str, folder: Path, rec: dict, figures: dict, extra: str = "") -> Path:
+    text = f"""# {title}
+
+{what}
+
+## Training
+{_fmt_record(rec)}
+
+Configuration: see `training.json` beside this card.
+
+## Sanity figures (test split, recomputed by `ip2p world cards`)
+| figure | value |
+|---|---|
+{_fmt_figures(figures)}
+
+## Files
+{_fmt_sizes(folder)}
+{extra}"""
+    return atomic_write_text(folder / "README.md", text)
+
+
+def write_cards(evaluate: bool = True) -> list[Path]:
+    from ip2p.world import evaluate as ev
+
+    written = []
+    vae_dir = SD_DIR / "vae"
+    if (vae_dir / "config.json").exists():
+        rec = load_record(vae_dir)
+        fig = ev.evaluate_vae(vae_dir) if evaluate else rec.get("figures", {})
+        rec["figures"] = fig
+        atomic_write_json(vae_dir / "training.json", rec)
+        written.append(_card(
+            "world:sd / vae -- the world's AutoencoderKL", "diffusers `AutoencoderKL`: 64x64x3 images in [-1, 1] <-> "
+            "16x16x4 latents. Loads with `AutoencoderKL.from_pretrained(path)`; PSNR is of the posterior mode's "
+            "reconstruction on 64 test-split scenes.", vae_dir, rec, fig))
+    unet_dir = SD_DIR / "unet"
+    clip_dir = WEIGHTS_DIR / "clip"
+    if (unet_dir / "config.json").exists():
+        rec = load_record(unet_dir)
+        fig = rec.get("figures", {})
+        if evaluate and (clip_dir / "open_clip_config.json").exists():
+            fig = ev.evaluate_sd(SD_DIR, clip_dir)
+        rec["figures"] = fig
+        atomic_write_json(unet_dir / "training.json", rec)
+        tok = json.loads((SD_DIR / "tokenizer" / "tokenizer_config.json").read_text())
+        what = ("The world's \"Stable Diffusion\": a standard diffusers `StableDiffusionPipeline` folder "
+                "(`StableDiffusionPipeline.from_pretrained(path)`, offline) with the world VAE (`vae/`), a "
+                "`CLIPTokenizer` whose vocab.json/merges.txt are generated from the world's words "
+                f"(`ip2p world build-tokenizer`; model_max_length {tok.get('model_max_length')}; "
+                "`<|startoftext|>`/`<|endoftext|>` at the two highest ids), a `CLIPTextModel` and a 4-channel "
+                "`UNet2DConditionModel` (16x16 latents) trained together from scratch on world captions with 10% "
+                "caption dropout, and SD's PNDM scheduler configuration (1000 steps, scaled_linear 0.00085..0.012, "
+                "epsilon). The UNet and text encoder weights are the EMA weights.\n\nFigures: text-to-image "
+                "samples (DDIM, 20 steps, guidance 7.5) for test captions, scored by the metric CLIP "
+                "(`world:clip`) against their own captions and against shuffled captions.")
+        written.append(_card("world:sd -- text-to-image pipeline of the small world", what, SD_DIR, rec, fig))
+    for name, which in (("clip", "metric"), ("clip-guide", "guide")):
+        folder = WEIGHTS_DIR / name
+        if not (folder / "open_clip_config.json").exists():
+            continue
+        rec = load_record(folder)
+        fig = ev.evaluate_clip(folder) if evaluate else rec.get("figures", {})
+        rec["figures"] = fig
+        atomic_write_json(folder / "training.json", rec)
+        role = "image-text similarity metrics" if which == "metric" else "the Text2Live-style guide (never for metrics)"
+        what = (f"An `open_clip.CLIP` (ViT, 64x64 input, patch 8) for {role}, trained contrastively on world "
+                "scenes and captions (a random phrasing each time). Format: `open_clip_config.json` "
+                "(`model_cfg`, `preprocess_cfg`) + `open_clip_model.safetensors`; the text tower uses the world "
+                "tokenizer at `../sd/tokenizer` (relative to this folder). Figures: image->caption retrieval top-1 "
+                "among 64 test captions; zero-shot colour/shape accuracy on single-shape test scenes, choosing "
+                "among captions that differ only in that attribute.")
+        written.append(_card(f"world:{name} -- CLIP for {which}", what, folder, rec, fig))
+    return written
