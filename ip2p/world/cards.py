@@ -81,7 +81,12 @@ def write_cards(evaluate: bool = True) -> list[Path]:
         written.append(_card(
             "world:sd / vae -- the world's AutoencoderKL", "diffusers `AutoencoderKL`: 64x64x3 images in [-1, 1] <-> "
             "16x16x4 latents. Loads with `AutoencoderKL.from_pretrained(path)`; PSNR is of the posterior mode's "
-            "reconstruction on 64 test-split scenes.", vae_dir, rec, fig))
+            "reconstruction on 64 test-split scenes. Three phases: (1) whole VAE, L1 + MSE + 1e-6 KL, then "
+            "scaling_factor = 1/std of latents; (2) decoder alone; (3) after `train-sd`, both halves with an L2 "
+            "anchor on the (scaled) latent means, so the SD trained on phase-2 latents stays valid. "
+            f"Per phase: {rec.get('phase1_figures')}, {rec.get('phase2_figures')}; final latent drift "
+            f"(mean squared, scaled units, latents have std ~1): {rec.get('refine_final_drift_mse')}.",
+            vae_dir, rec, fig))
     unet_dir = SD_DIR / "unet"
     clip_dir = WEIGHTS_DIR / "clip"
     if (unet_dir / "config.json").exists():

@@ -21,11 +21,17 @@ def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: th
 @world_app.command("train-vae")
 def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0, decoder_steps: int = 500,
                   decoder_only: bool = typer.Option(False, help="run phase 2 only, on the phase-1 VAE in --out"),
+                  refine_steps: int = typer.Option(0, help="run phase 3 only (after train-sd): anchored refinement"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
-    """Train the world's AutoencoderKL (64x64 <-> 16x16x4): whole VAE, then the decoder alone."""
+    """Train the world's AutoencoderKL (64x64 <-> 16x16x4): whole VAE, then the decoder alone;
+    after train-sd, `--refine-steps N` refines both halves with the latents anchored in place."""
     from ip2p.world.recipe import SD_DIR
-    from ip2p.world.train_vae import train_vae
+    from ip2p.world.train_vae import refine_vae, train_vae
 
+    if refine_steps:
+        rec = refine_vae(out or SD_DIR / "vae", steps=refine_steps, batch=batch)
+        typer.echo(f"vae (refined): {rec['figures']} drift {rec['refine_final_drift_mse']:.4f} in {rec['wall_time_s']} s")
+        return
     rec = train_vae(out or SD_DIR / "vae", steps=steps, batch=batch, seed=seed, decoder_steps=decoder_steps,
                     decoder_only=decoder_only)
     typer.echo(f"vae: {rec['figures']} scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")

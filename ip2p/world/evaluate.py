@@ -32,7 +32,7 @@ def clip_features(folder: str | Path, images: torch.Tensor | None = None, texts:
     return fi, ft
 
 
-def test_caption_items(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[str], list[Scene]]:
+def eval_caption_items(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, list[str], list[Scene]]:
     from ip2p.world.recipe import caption_batch
 
     imgs, caps = caption_batch("test", 0, n, seed=seed)
@@ -69,7 +69,7 @@ def zero_shot(folder: str | Path, attribute: str, n: int = 96) -> float:
 
 @torch.no_grad()
 def retrieval_top1(folder: str | Path, n: int = 64) -> float:
-    imgs, caps, _ = test_caption_items(n)
+    imgs, caps, _ = eval_caption_items(n)
     fi, ft = clip_features(folder, imgs, caps)
     return float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean())
 
@@ -99,9 +99,10 @@ def sd_samples(sd_folder: str | Path, captions: list[str], steps: int = 20, guid
 
 @torch.no_grad()
 def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> dict:
-    _, caps, _ = test_caption_items(n)
+    real, caps, _ = eval_caption_items(n)
     imgs = sd_samples(sd_folder, caps)
     fi, ft = clip_features(clip_folder, imgs, caps)
+    fr, _ = clip_features(clip_folder, real)
     own = (fi * ft).sum(-1)
     perm = torch.roll(torch.arange(n), 1)  # a derangement: every image gets another caption
     shuffled = (fi * ft[perm]).sum(-1)
@@ -109,6 +110,8 @@ def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> 
         "clip_score_own_caption": round(float(own.mean()), 4),
         "clip_score_shuffled_caption": round(float(shuffled.mean()), 4),
         "clip_top1_among_n": round(float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
+        "reference_true_scenes_own_caption": round(float((fr * ft).sum(-1).mean()), 4),
+        "reference_true_scenes_shuffled_caption": round(float((fr * ft[perm]).sum(-1).mean()), 4),
         "n": n, "steps": 20, "guidance": 7.5, "sampler": "DDIM",
     }
 

@@ -52,9 +52,9 @@ def t2i_figure(path: Path, n: int = 16, sd_folder: str = "world:sd") -> Path:
     import matplotlib.pyplot as plt
 
     from ip2p.models import resolve_source
-    from ip2p.world.evaluate import sd_samples, test_caption_items
+    from ip2p.world.evaluate import sd_samples, eval_caption_items
 
-    real, caps, _ = test_caption_items(n)
+    real, caps, _ = eval_caption_items(n)
     gen = sd_samples(resolve_source(sd_folder), caps)
     cols = 4
     rows = (n + cols - 1) // cols

@@ -76,6 +76,68 @@ def finetune_decoder(vae, steps: int, batch: int = 32, lr: float = 5e-4, seed: i
     return losses
 
 
+def refine_anchored(vae, steps: int, batch: int = 32, lr: float = 5e-4, anchor_weight: float = 1.0,
+                    seed: int = 2) -> dict:
+    """Phase 3: train encoder and decoder together while holding the latent means (scaled) close to
+    those of the VAE as it was (an L2 anchor), so a diffusion model trained on the old latents stays
+    valid. Returns losses and the final mean latent drift (scaled units; latents have std ~1)."""
+    import copy
+
+    gen = setup(seed)
+    frozen = copy.deepcopy(vae).eval().requires_grad_(False)
+    sf = float(vae.config.scaling_factor)
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    rec_losses, drifts = [], []
+    bar = tqdm(range(steps), desc="train-vae[refine]")
+    for step in bar:
+        x, _ = caption_batch("train", 14_000_000 + step * batch, batch, seed=0)
+        x = x * 2 - 1
+        with torch.no_grad():
+            mu_old = frozen.encode(x).latent_dist.mean
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        rec_loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean()
+        drift = ((post.mean - mu_old) * sf).pow(2).mean()
+        loss = rec_loss + anchor_weight * drift
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        rec_losses.append(rec_loss.item())
+        drifts.append(drift.item())
+        if step % 20 == 0:
+            bar.set_postfix(rec=f"{sum(rec_losses[-20:]) / len(rec_losses[-20:]):.4f}",
+                            drift=f"{sum(drifts[-20:]) / len(drifts[-20:]):.4f}")
+    vae.eval()
+    return {"refine_final_rec_loss": sum(rec_losses[-50:]) / 50, "refine_final_drift_mse": sum(drifts[-50:]) / 50}
+
+
+def refine_vae(out: Path = SD_DIR / "vae", steps: int = 500, batch: int = 32) -> dict:
+    """Run phase 3 on the VAE saved in ``out`` (after ``train-sd``), keeping its record."""
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.recipe import load_record
+
+    out = Path(out)
+    rec0 = load_record(out)
+    if rec0.get("config", {}).get("refine_steps"):
+        raise RuntimeError(f"{out} already holds a refined VAE; refine the phase-2 output")
+    vae = AutoencoderKL.from_pretrained(str(out))
+    record = RunRecord(rec0["command"] + f" && ip2p world train-sd && ip2p world train-vae --refine-steps {steps}",
+                       **rec0["config"], refine_steps=steps)
+    record.t0 -= rec0["wall_time_s"]
+    before = evaluate_vae(vae)
+    extra = refine_anchored(vae, steps, batch=batch)
+    vae.save_pretrained(str(out))
+    return record.save(out, parameters=n_params(vae), scaling_factor=rec0["scaling_factor"],
+                       phase1_figures=rec0.get("phase1_figures"), phase2_figures=before,
+                       decoder_final_loss=rec0.get("decoder_final_loss"), **extra, figures=evaluate_vae(vae))
+
+
 def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr: float = 2e-3,
               kl_weight: float = 1e-6, seed: int = 0, decoder_steps: int = 500, decoder_only: bool = False) -> dict:
     """Both phases (or, with ``decoder_only``, phase 2 on the phase-1 VAE already saved in ``out``)."""

@@ -1,0 +1,134 @@
+"""The shipped world models, offline: they load through the project's loaders and pass their sanity bars."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ip2p.models import resolve_source
+from ip2p.world import WEIGHTS_DIR, world_model_path
+from ip2p.world.evaluate import eval_caption_items
+from ip2p.world.scenes import COLOURS, KINDS, caption, render
+
+
+def _need(name: str, marker: str):
+    try:
+        path = world_model_path(name)
+    except Exception:
+        pytest.skip(f"world:{name} not built")
+    if not (path / marker).exists():
+        pytest.skip(f"world:{name} not built ({marker} missing)")
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def metric_clip():
+    _need("clip", "open_clip_model.safetensors")
+    from ip2p.metrics import ClipSimilarity
+
+    return ClipSimilarity("world:clip", pretrained=None, cache=False)
+
+
+def test_names_resolve_to_shipped_folders():
+    for name, folder in (("sd", "sd"), ("clip", "clip"), ("clip-guide", "clip-guide")):
+        p = _need(name, "")
+        assert resolve_source(f"world:{name}") == str(p) and p == WEIGHTS_DIR / folder
+    with pytest.raises(Exception, match="unknown world model"):
+        resolve_source("world:nope")
+
+
+def test_weight_budget():
+    """All world files (leaving ~9 MiB for world:ip2p) within 45 MiB; no file over 16 MiB."""
+    files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file() and "ip2p" not in p.relative_to(WEIGHTS_DIR).parts[:1]]
+    if not files:
+        pytest.skip("no world weights")
+    assert max(p.stat().st_size for p in files) <= 16 * 2**20
+    assert sum(p.stat().st_size for p in files) <= 45 * 2**20
+    unet = WEIGHTS_DIR / "sd" / "unet" / "diffusion_pytorch_model.safetensors"
+    if unet.exists():
+        assert unet.stat().st_size <= 8.5 * 2**20  # world:ip2p is as large again
+
+
+def test_vae_reconstructs_test_scenes():
+    path = _need("sd", "vae/config.json") / "vae"
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.recipe import psnr
+
+    vae = AutoencoderKL.from_pretrained(str(path)).eval()
+    x, _, _ = eval_caption_items(64)
+    with torch.no_grad():
+        post = vae.encode(x * 2 - 1).latent_dist
+        rec = (vae.decode(post.mode()).sample + 1) / 2
+    assert post.mean.shape == (64, 4, 16, 16)
+    assert float(psnr(rec, x).mean()) >= 25.0
+    # scaling_factor brings latents to about unit variance, as SD's 0.18215 does
+    z = post.sample(generator=torch.Generator().manual_seed(0)) * vae.config.scaling_factor
+    assert 0.7 < float(z.std()) < 1.4
+
+
+def test_metric_clip_retrieval_and_zero_shot(metric_clip):
+    imgs, caps, scenes = eval_caption_items(64)
+    fi = metric_clip.encode_images(imgs)
+    ft = metric_clip.encode_texts(caps)
+    top1 = float(((fi @ ft.t()).argmax(1) == torch.arange(64)).float().mean())
+    assert top1 >= 0.6
+    # zero-shot: among captions differing only in the colour (or kind) of a single shape
+    single = [s for s in (scenes + [s for s in eval_caption_items(256)[2][64:]]) if len(s.shapes) == 1
+              and s.shapes[0].kind in KINDS][:48]
+    from ip2p.world.dataset import to_tensor
+
+    x = torch.stack([to_tensor(render(s)) for s in single])
+    fx = metric_clip.encode_images(x)
+    for field, values, bar in (("colour", list(COLOURS), 0.6), ("kind", list(KINDS), 0.45)):
+        texts = [caption(s.replace(shapes=(dataclasses.replace(s.shapes[0], **{field: v}),)), 0)
+                 for s in single for v in values]
+        f = metric_clip.encode_texts(texts).view(len(single), len(values), -1)
+        pred = (fx[:, None] * f).sum(-1).argmax(1)
+        truth = torch.tensor([values.index(getattr(s.shapes[0], field)) for s in single])
+        acc = float((pred == truth).float().mean())
+        assert acc >= bar, f"zero-shot {field} accuracy {acc:.2f} (chance {1 / len(values):.2f})"
+
+
+def test_guide_clip_differs_and_works():
+    g = _need("clip-guide", "open_clip_model.safetensors")
+    m = _need("clip", "open_clip_model.safetensors")
+    cg = json.loads((g / "open_clip_config.json").read_text())["model_cfg"]
+    cm = json.loads((m / "open_clip_config.json").read_text())["model_cfg"]
+    assert cg != cm  # different size
+    from ip2p.metrics import ClipSimilarity
+
+    guide = ClipSimilarity("world:clip-guide", pretrained=None, cache=False)
+    imgs, caps, _ = eval_caption_items(64)
+    top1 = float(((guide.encode_images(imgs) @ guide.encode_texts(caps).t()).argmax(1) == torch.arange(64)).float().mean())
+    assert top1 >= 0.4
+
+
+def test_text_to_image_matches_its_captions(metric_clip):
+    """Samples (DDIM 20 steps, guidance 7.5) from the shipped diffusers folder fit their own captions."""
+    path = _need("sd", "unet/config.json")
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    assert pipe.unet.dtype == torch.float32 and pipe.unet.config.in_channels == 4
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    _, caps, _ = eval_caption_items(16)
+    gens = [torch.Generator().manual_seed(i) for i in range(16)]
+    with torch.no_grad():
+        imgs = pipe(caps, num_inference_steps=20, guidance_scale=7.5, generator=gens, output_type="pt").images
+    assert imgs.shape == (16, 3, 64, 64) and torch.isfinite(imgs).all()
+    fi, ft = metric_clip.encode_images(imgs.clamp(0, 1)), metric_clip.encode_texts(caps)
+    own = (fi * ft).sum(-1).mean()
+    shuffled = (fi * ft.roll(1, 0)).sum(-1).mean()
+    assert own - shuffled >= 0.05, (float(own), float(shuffled))
