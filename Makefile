@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ip2p-installed
 
+# Idle OpenMP threads yield the CPU instead of spinning (a 2-core machine runs 2 test workers).
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: demo test setup clean-venv
 
 $(STAMP): pyproject.toml
