@@ -3,6 +3,7 @@
 
     python -m ip2p.train.world_recipe train     # trains into runs/world-ip2p, ships to weights/ip2p
     python -m ip2p.train.world_recipe evaluate  # re-measures the card figures of the shipped folder
+    python -m ip2p.train.world_recipe card      # rewrites the card from the stored evaluation.json
 
 The card (``README.md`` in the shipped folder) records the command, steps, hardware, wall time and,
 at sI 1.5 / sT 7.5, CLIP directional and image similarity (``world:clip``), and L1 and LPIPS
@@ -130,6 +131,15 @@ def model_card(run: dict, results: dict) -> str:
         rows.append(f"| {name} | {_fmt(r.get('clip_direction'))} | {_fmt(r.get('clip_image'))} | "
                     f"{_fmt(r.get('l1_target'))} | {_fmt(r.get('lpips_target'))} | {_fmt(r.get('psnr_target'))} |")
     notes = "".join(f"\n- {n}" for n in results.get("notes", []))
+    ours, ident = results["editors"]["world:ip2p"]["l1_target"], results["editors"]["identity"]["l1_target"]
+    if ours < ident:
+        verdict = f"**world:ip2p beats the identity editor on L1 against the targets ({ours:.4f} < {ident:.4f}).**"
+    else:
+        verdict = (f"**world:ip2p does NOT beat the identity editor on L1 against the targets ({ours:.4f} vs "
+                   f"{ident:.4f}).** It is under-trained: within the CPU time budget the UNet learns to use the new "
+                   f"image-conditioning channels only weakly (its outputs follow the text-to-image prior more than "
+                   f"the input image; see `validation.png`: input | edited | target). Train longer (the recipe with a "
+                   f"larger --time-limit-minutes, or on a GPU) to get a useful world:ip2p.")
     return f"""# world:ip2p -- the small world's InstructPix2Pix
 
 A diffusers `StableDiffusionInstructPix2PixPipeline` folder (64x64 images, 16x16x4 latents),
@@ -161,6 +171,8 @@ Load with `ip2p.load_editor("world:ip2p")` or
 `ip2p.load_editor(..., resize=None)`. CLIP: `ip2p.metrics.ClipSimilarity("world:clip")` (paper preprocessing;
 directional = cos(I1 - I0, T1 - T0) with the input/output captions). L1 and LPIPS against the exact targets
 (lower is better). "identity" returns its input unchanged; "exact target" scores the true edits.
+
+{verdict}
 
 | editor | CLIP directional | CLIP image | L1 vs target | LPIPS vs target | PSNR vs target (dB) |
 |---|---|---|---|---|---|
@@ -207,7 +219,7 @@ def main(argv=None) -> None:
     import logging
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "evaluate"])
+    p.add_argument("what", choices=["train", "evaluate", "card"])  # card: rewrite README.md from evaluation.json
     p.add_argument("--run-dir", default="runs/world-ip2p")
     p.add_argument("--steps", type=int, default=RECIPE["max_steps"])
     p.add_argument("--time-limit-minutes", type=float, default=RECIPE["time_limit_minutes"])
@@ -232,7 +244,12 @@ def main(argv=None) -> None:
                     "recipe_command": f"python -m ip2p.train.world_recipe train --time-limit-minutes {a.time_limit_minutes}"})
         atomic_write_json(run_dir / "training_config.json", run)
         ship(run_dir)
-    results = write_card(SHIP_DIR, n=a.eval_n, steps=a.eval_steps)
+    if a.what == "card":
+        run = json.loads((SHIP_DIR / "training_config.json").read_text())
+        results = json.loads((SHIP_DIR / "evaluation.json").read_text())
+        atomic_write_text(SHIP_DIR / "README.md", model_card(run, results))
+    else:
+        results = write_card(SHIP_DIR, n=a.eval_n, steps=a.eval_steps)
     print(json.dumps(results, indent=2))
 
 
