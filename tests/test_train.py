@@ -212,4 +212,5 @@ def test_time_limit_stops_at_a_step_and_exports(tiny_sd, tmp_path):
                             checkpoint_every=0, time_limit_minutes=0.0))
     run = json.loads((out / "training_config.json").read_text())
     assert run["final_step"] == 1 and (out / "checkpoints" / "step-00000001").is_dir()
+    assert run["base_changed_during_training"] == [] and set(run["frozen_weights_hashes"]) == {"vae", "text_encoder"}
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()

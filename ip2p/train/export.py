@@ -48,8 +48,18 @@ def write_run_files(out: Path, cfg: TrainConfig, dataset, extra: dict | None = N
         "bad_rows": dataset.bad_rows.counts(), "versions": _versions(), "hardware": hardware(), **(extra or {})})
 
 
-def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_scheduler, *, step: int) -> Path:
-    """Write the pipeline into ``out`` (each component replaced by rename, so no half-written folder)."""
+def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_scheduler, *, step: int,
+                    frozen_hashes: dict | None = None) -> Path:
+    """Write the pipeline into ``out`` (each component replaced by rename, so no half-written folder).
+
+    The VAE, text encoder and tokenizer are re-read from the base; ``frozen_hashes`` (weights hashes
+    taken when training started) detect a base that changed during training: then a warning is
+    logged and ``training_config.json`` records ``base_changed_during_training``.
+    """
+    import logging
+
+    from ip2p.util.hashing import hash_state_dict
+
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
     from ip2p.train.trainer import load_base
@@ -59,6 +69,14 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
     out = Path(out)
     unet = unet_copy(trained_unet, ema, "cpu", torch.float32)
     tokenizer, text_encoder, vae, _, _ = load_base(cfg.base)  # fresh fp32 copies of the frozen parts
+    changed = []
+    if frozen_hashes:
+        now = {"vae": hash_state_dict(vae), "text_encoder": hash_state_dict(text_encoder)}
+        changed = sorted(k for k in frozen_hashes if frozen_hashes[k] != now.get(k))
+        if changed:
+            logging.getLogger("ip2p.train").warning(
+                "the base model's %s changed on disk during training (%s); the exported folder holds the new "
+                "one, which the UNet was not trained with", ", ".join(changed), cfg.base)
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=EulerAncestralDiscreteScheduler.from_config(noise_scheduler.config),
@@ -78,6 +96,7 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
     cfg_path = out / "training_config.json"
     run = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {"config": cfg.to_dict()}
     run.update({"final_step": step, "ema_weights_exported": bool(ema is not None),
+                "frozen_weights_hashes": frozen_hashes, "base_changed_during_training": changed,
                 "ema_updates": None if ema is None else ema.num_updates,
                 "wall_time_s_this_process": round(time.time() - _STARTED, 1)})
     atomic_write_json(cfg_path, run)

@@ -167,6 +167,10 @@ def train(cfg: TrainConfig) -> Path:
     if main:
         log.info("training data: %s", dataset.describe())
     tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
+    from ip2p.util.hashing import hash_state_dict
+
+    # identity of the frozen parts trained against: export checks the base did not change meanwhile
+    frozen_hashes = {"vae": hash_state_dict(vae), "text_encoder": hash_state_dict(text_encoder)}
     widen_conv_in(unet, 8)
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
@@ -283,7 +287,7 @@ def train(cfg: TrainConfig) -> Path:
         if val_examples and (not cfg.validate_every or step % cfg.validate_every != 0):
             run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
                            val_examples, weight_dtype)
-        export_pipeline(out, cfg, trained, ema, noise_scheduler, step=step)
+        export_pipeline(out, cfg, trained, ema, noise_scheduler, step=step, frozen_hashes=frozen_hashes)
         if dataset.bad_rows.rows or samples.bad.rows:
             log.warning("bad rows: reader %s; during training %s", dataset.bad_rows.summary(), samples.bad.summary())
     accelerator.wait_for_everyone()

@@ -160,7 +160,7 @@ Load with `ip2p.load_editor("world:ip2p")` or
   flip {cfg['flip']}, precision {cfg['mixed_precision']}, seed {cfg['seed']}.
 - Data: `{cfg['data']}` with {cfg['data_options']} ({run.get('dataset')}).
 - Weights: the EMA weights (decay min({cfg['ema_max_decay']}, (1+n)/(10+n)), {run.get('ema_updates')} updates), as the paper's `extract_ema`.
-- Hardware: {run.get('hardware')}; wall time {run.get('wall_time_s')} s (training run, including data set-up,
+{('- VAE: ' + run['vae_note'] + chr(10)) if run.get('vae_note') else ''}- Hardware: {run.get('hardware')}; wall time {run.get('wall_time_s')} s (training run, including data set-up,
   validation grids and export).
 - Versions: {json.dumps(run.get('versions', {}))}.
 
