@@ -114,16 +114,9 @@ def weights_identity(c: Components) -> tuple[str, dict[str, str]]:
 # ---------------------------------------------------------------- the OpenAI CLIP tokenizer
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to 256+."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = keep[:]
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(keep, map(chr, chars)))
+    from ip2p.util.bpe import bytes_to_unicode
+
+    return bytes_to_unicode()
 
 
 @lru_cache(maxsize=1)

@@ -14,16 +14,10 @@ import torch
 
 
 def _byte_chars() -> list[str]:
-    """The 256 printable stand-ins CLIP's byte-level BPE uses for bytes (GPT-2's table)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+    """The 256 printable stand-ins CLIP's byte-level BPE uses for bytes, in CLIP's order."""
+    from ip2p.util.bpe import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
 
 
 def write_tiny_tokenizer(folder: str | Path, max_length: int = 16):

@@ -19,16 +19,10 @@ MODEL_MAX_LENGTH = 48  # longest world caption is about 40 tokens with bos/eos
 
 
 def byte_symbols() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (printable bytes map to themselves)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table = {}
-    extra = 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    """The 256 printable stand-ins for bytes used by byte-level BPE, in byte order."""
+    from ip2p.util.bpe import bytes_to_unicode
+
+    table = bytes_to_unicode()
     return [table[b] for b in range(256)]
 
 
