@@ -37,13 +37,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ip2p.editor import RESIZE_MODES, InstructPix2PixEditor
-from ip2p.errors import DataRowError, ModelLoadError, NonFiniteOutputError
+from ip2p.editor import RESIZE_MODES, InstructPix2PixEditor, _who, check_finite
+from ip2p.errors import DataRowError, ModelLoadError
 from ip2p.guidance import as_scale
 from ip2p.models import (
     BUILTIN_ARCHITECTURES,
     Components,
     check_output_and_text_width,
+    local_files_only_default,
     openai_clip_tokenizer_dir,
     resolve_source,
     weights_identity,
@@ -134,8 +135,7 @@ def load_t2i_diffusers(source: str, *, local_files_only: bool | None = None, tor
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    local_files_only = local_files_only_default(local_files_only)
     is_dir = Path(source).is_dir()
     kw: dict[str, Any] = {"local_files_only": local_files_only}
     if revision is not None:
@@ -435,13 +435,10 @@ class SDEditEditor:
                     [seeds[i] for i in chunk],
                 )
                 decoded = self.decode(latents).cpu()
+                check_finite(decoded, latents, [
+                    f"{_who(item_ids, i)}: the model produced NaN/Inf (output caption {prompts[i]!r}, strength={strength[i]}, "
+                    f"guidance_scale={scale[i]}, steps={steps[i]}, seed={seeds[i]}, dtype={self.dtype})" for i in chunk])
                 for j, i in enumerate(chunk):
-                    if not torch.isfinite(decoded[j]).all() or not torch.isfinite(latents[j]).all():
-                        who = f"item {item_ids[i]!r}" if item_ids and item_ids[i] else f"request {i}"
-                        raise NonFiniteOutputError(
-                            f"{who}: the model produced NaN/Inf (output caption {prompts[i]!r}, strength={strength[i]}, "
-                            f"guidance_scale={scale[i]}, steps={steps[i]}, seed={seeds[i]}, dtype={self.dtype})"
-                        )
                     outs[i] = decoded[j]
         return outs  # type: ignore[return-value]
 

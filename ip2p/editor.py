@@ -312,13 +312,10 @@ class InstructPix2PixEditor:
                 sched,
             )
             decoded = self.decode(latents).cpu()
+            check_finite(decoded, latents, [
+                f"{_who(item_ids, i)}: the model produced NaN/Inf (instruction {instructions[i]!r}, sI={s_i[i]}, "
+                f"sT={s_t[i]}, steps={steps[i]}, seed={seeds[i]}, dtype={self.dtype})" for i in idx])
             for j, i in enumerate(idx):
-                if not torch.isfinite(decoded[j]).all() or not torch.isfinite(latents[j]).all():
-                    who = f"item {item_ids[i]!r}" if item_ids and item_ids[i] else f"request {i}"
-                    raise NonFiniteOutputError(
-                        f"{who}: the model produced NaN/Inf (instruction {instructions[i]!r}, sI={s_i[i]}, "
-                        f"sT={s_t[i]}, steps={steps[i]}, seed={seeds[i]}, dtype={self.dtype})"
-                    )
                 outs[i] = decoded[j]
         return outs  # type: ignore[return-value]
 
@@ -363,6 +360,18 @@ class InstructPix2PixEditor:
 
             return sample_euler_ancestral(denoise, x, sigmas, noise)
         return sample_with_scheduler(eps_model, shape, scheduler, n_steps, noise, device=self.device, dtype=torch.float32)
+
+
+def _who(item_ids, i: int) -> str:
+    return f"item {item_ids[i]!r}" if item_ids and item_ids[i] else f"request {i}"
+
+
+def check_finite(images: torch.Tensor, latents: torch.Tensor, messages: Sequence[str]) -> None:
+    """Raise NonFiniteOutputError with ``messages[j]`` for the first sample j whose decoded image
+    or final latent holds NaN or Inf."""
+    bad = ~(torch.isfinite(images.flatten(1)).all(1) & torch.isfinite(latents.flatten(1)).all(1).cpu())
+    if bad.any():
+        raise NonFiniteOutputError(messages[int(bad.nonzero()[0])])
 
 
 def _broadcast(value, n: int, name: str) -> list:

@@ -48,6 +48,13 @@ def resolve_source(source: str | Path) -> str:
     return s
 
 
+def local_files_only_default(local_files_only: bool | None) -> bool:
+    """``local_files_only`` as given, or, when None, whether ``HF_HUB_OFFLINE`` is set."""
+    if local_files_only is not None:
+        return bool(local_files_only)
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 @dataclass
 class Components:
     """The parts of an InstructPix2Pix model, as diffusers/transformers objects."""
@@ -204,8 +211,7 @@ def load_diffusers(source: str, *, local_files_only: bool | None = None, torch_d
     from diffusers.schedulers import EulerAncestralDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    local_files_only = local_files_only_default(local_files_only)
     is_dir = Path(source).is_dir()
     kw: dict[str, Any] = {"local_files_only": local_files_only}
     if revision is not None:
@@ -270,8 +276,7 @@ def load_single_file(
             f"{p} is a pickle ({p.suffix}), which can run code when loaded. Pass trust_pickle=True "
             f"(CLI: --trust-pickle) only if you trust its origin, or convert it to .safetensors."
         )
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    local_files_only = local_files_only_default(local_files_only)
     # No safety checker. (diffusers treats any `load_safety_checker` value, False included, as a
     # request to download CompVis/stable-diffusion-safety-checker.)
     kw: dict[str, Any] = {"local_files_only": local_files_only, "safety_checker": None,
@@ -360,6 +365,7 @@ __all__ = [
     "validate_components",
     "check_output_and_text_width",
     "weights_identity",
+    "local_files_only_default",
     "build_builtin",
     "load_diffusers",
     "load_single_file",
