@@ -45,12 +45,13 @@ from ip2p.models import (
     Components,
     check_output_and_text_width,
     local_files_only_default,
+    place_for_inference,
     openai_clip_tokenizer_dir,
     resolve_source,
     weights_identity,
 )
 from ip2p.protocol import EditRequest, resolve_knobs
-from ip2p.sampling import NoiseSource, fresh_scheduler
+from ip2p.sampling import NoiseSource, fresh_scheduler, scheduler_from
 from ip2p.text import PromptEncoder
 from ip2p.util.hashing import hash_bytes, hash_tensor
 
@@ -254,12 +255,8 @@ class SDEditEditor:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.resize = resize
         self.resolution = int(resolution or c.resolution or 512)
-        for m in (c.unet, c.vae, c.text_encoder):
-            if m.device != self.device or m.dtype != dtype:
-                m.to(self.device, dtype=dtype)
-            m.eval().requires_grad_(False)
-        self.unet = torch.compile(c.unet) if compile else c.unet
-        self.scheduler = self._make_scheduler(scheduler)
+        self.unet = place_for_inference(c, self.device, dtype, compile=compile)
+        self.scheduler = c.scheduler if scheduler is None else scheduler_from(scheduler, c.scheduler.config)
         self._identity: dict[str, Any] | None = None
         self.prompts = PromptEncoder(c.tokenizer, c.text_encoder, self.device, dtype)
 
@@ -270,18 +267,6 @@ class SDEditEditor:
         kwargs.setdefault("device", pipe.device)
         kwargs.setdefault("dtype", pipe.unet.dtype)
         return cls(pipe, **kwargs)
-
-    def _make_scheduler(self, scheduler):
-        if scheduler is None:
-            return self.components.scheduler
-        if isinstance(scheduler, str):
-            import diffusers
-
-            cls = getattr(diffusers, scheduler, None)
-            if cls is None or not hasattr(cls, "from_config"):
-                raise ValueError(f"unknown diffusers scheduler {scheduler!r}")
-            return cls.from_config(self.components.scheduler.config)
-        return scheduler
 
     @property
     def vae_scale_factor(self) -> int:
@@ -333,15 +318,7 @@ class SDEditEditor:
             stds.append(dist.std)
         return torch.cat(means), torch.cat(stds)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.components.vae
-        out = []
-        for start in range(0, len(latents), self.max_batch):
-            z = latents[start : start + self.max_batch].to(self.device, self.dtype)
-            y = vae.decode(z / vae.config.scaling_factor).sample
-            out.append((y.float() / 2 + 0.5).clamp(0, 1))
-        return torch.cat(out)
+    decode = InstructPix2PixEditor.decode  # same VAE decoding, chunked by max_batch
 
     # ------------------------------------------------------------ public API
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.guidance import cfg_batch, split_cfg_output
-from ip2p.models import Components, components_from_pipe, load_components, weights_identity
+from ip2p.models import Components, components_from_pipe, load_components, place_for_inference, weights_identity
 from ip2p.protocol import EditRequest, resolve_knobs
 from ip2p.text import PromptEncoder
 from ip2p.sampling import (
@@ -31,6 +31,7 @@ from ip2p.sampling import (
     get_sigmas,
     sample_euler_ancestral,
     sample_with_scheduler,
+    scheduler_from,
     sigma_to_t,
 )
 from ip2p.util.hashing import hash_tensor
@@ -105,11 +106,7 @@ class InstructPix2PixEditor:
         self.resolution = int(resolution or components.resolution or 512)
         self._identity: dict[str, Any] | None = None
         c = components
-        for m in (c.unet, c.vae, c.text_encoder):
-            if m.device != self.device or m.dtype != dtype:
-                m.to(self.device, dtype=dtype)
-            m.eval().requires_grad_(False)
-        self.unet = torch.compile(c.unet) if compile else c.unet
+        self.unet = place_for_inference(c, self.device, dtype, compile=compile)
         sigmas = discrete_sigmas(torch.as_tensor(c.scheduler.alphas_cumprod))
         self._sigma_table = sigmas  # the model's training sigmas, CPU float32
         self.prompts = PromptEncoder(c.tokenizer, c.text_encoder, self.device, dtype)
@@ -322,14 +319,7 @@ class InstructPix2PixEditor:
     def _scheduler(self, scheduler):
         if scheduler is None or scheduler == "paper":
             return None
-        if isinstance(scheduler, str):
-            import diffusers
-
-            cls = getattr(diffusers, scheduler, None)
-            if cls is None:
-                raise ValueError(f"unknown diffusers scheduler {scheduler!r}")
-            return cls.from_config(self.components.scheduler.config)
-        return scheduler
+        return scheduler_from(scheduler, self.components.scheduler.config)
 
     def guided_eps(self, x_in, t, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale):
         """One UNet call on the 3B batch ``[text+img, img only, uncond]`` and dual guidance.

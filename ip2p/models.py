@@ -109,6 +109,16 @@ def check_output_and_text_width(c: Components) -> Components:
     return c
 
 
+def place_for_inference(c: Components, device: torch.device, dtype: torch.dtype, *, compile: bool = False):
+    """Move UNet, VAE and text encoder to ``device``/``dtype`` (only when needed), freeze them in
+    eval mode; returns the UNet to call (compiled when asked)."""
+    for m in (c.unet, c.vae, c.text_encoder):
+        if m.device != device or m.dtype != dtype:
+            m.to(device, dtype=dtype)
+        m.eval().requires_grad_(False)
+    return torch.compile(c.unet) if compile else c.unet
+
+
 def weights_identity(c: Components) -> tuple[str, dict[str, str]]:
     """(combined hash, per-component hashes) of the UNet, VAE and text encoder weights."""
     from ip2p.util.hashing import hash_state_dict
@@ -365,6 +375,7 @@ __all__ = [
     "validate_components",
     "check_output_and_text_width",
     "weights_identity",
+    "place_for_inference",
     "local_files_only_default",
     "build_builtin",
     "load_diffusers",

@@ -27,6 +27,7 @@ __all__ = [
     "to_d",
     "sample_euler_ancestral",
     "sample_with_scheduler",
+    "scheduler_from",
 ]
 
 
@@ -149,6 +150,19 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def fresh_scheduler(scheduler):
     """An independent copy of a diffusers scheduler (schedulers keep per-run step state)."""
     return type(scheduler).from_config(scheduler.config)
+
+
+def scheduler_from(scheduler, base_config):
+    """A diffusers scheduler given as an instance (returned as is) or a class name such as
+    ``"DDIMScheduler"`` (built from ``base_config``, the model's own scheduler config)."""
+    if not isinstance(scheduler, str):
+        return scheduler
+    import diffusers
+
+    cls = getattr(diffusers, scheduler, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"unknown diffusers scheduler {scheduler!r}")
+    return cls.from_config(base_config)
 
 
 def sample_with_scheduler(

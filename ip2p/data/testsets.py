@@ -314,6 +314,17 @@ def _first(entry: dict, keys: Sequence[str]) -> tuple[str | None, Any]:
     return None, None
 
 
+def _required_text(entry: dict, keys: Sequence[str], field: str, src: str, bad: BadRowLog) -> str | None:
+    """The text under the first present spelling in ``keys``; None (reported as ``field``) if
+    every spelling is missing or the text is empty."""
+    key, _ = _first(entry, keys)
+    if key is None:
+        others = ", ".join(repr(k) for k in keys if k != field)
+        bad.report(src, field, f"missing field (also looked for {others})")
+        return None
+    return require_text(entry, key, src, bad)
+
+
 def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Iterator[EditExample]:
     root = Path(location)
     files = [root] if root.is_file() else sorted(root.rglob("img_txt.json"))
@@ -334,18 +345,10 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
             if not isinstance(entry, dict):
                 bad.report(src, "(entry)", f"expected a mapping, got {type(entry).__name__}")
                 continue
-            k_ins, instruction = _first(entry, _EW_INSTRUCTION)
-            if k_ins is None:
-                bad.report(src, "instruction", "missing field (also looked for 'instuction')")
-                continue
-            instruction = require_text(entry, k_ins, src, bad)
+            instruction = _required_text(entry, _EW_INSTRUCTION, "instruction", src, bad)
             if instruction is None:
                 continue
-            k_out, out_cap = _first(entry, _EW_OUTPUT_CAPTION)
-            if k_out is None:
-                bad.report(src, "target_caption", "missing field (also looked for 'target_cation', 'output_caption')")
-                continue
-            out_cap = require_text(entry, k_out, src, bad)
+            out_cap = _required_text(entry, _EW_OUTPUT_CAPTION, "target_caption", src, bad)
             if out_cap is None:
                 continue
             img_val = entry.get("original_img_path")
