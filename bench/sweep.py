@@ -208,6 +208,8 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     plan = plan_batches(units, spec.batch_size, rank, world_size)
     mine = [u for b in plan for u in b]
     done = store.done_keys()
+    if done:
+        _check_stored_models(store, method_specs, dev)
     todo_batches = [[u for u in b if u.key not in done] for b in plan]
     todo_batches = [b for b in todo_batches if b]
     todo = [u for b in todo_batches for u in b]
@@ -362,6 +364,23 @@ def _check_outputs(outs, batch, items, label) -> None:
         if not torch.isfinite(x).all():
             raise NonFiniteOutputError(f"method {label!r}, item {u.item_id!r}, knobs {u.knobs_json}, seed {u.seed}: "
                                        "output has NaN or Inf values")
+
+
+def _check_stored_models(store, method_specs: dict, device: str) -> None:
+    """Refuse to extend stored results made with other weights: rows of one method must share one model."""
+    df = load_results(store.root)
+    if not len(df) or "model_hash" not in df:
+        return
+    for method, g in df.groupby("method", sort=False):
+        if method not in method_specs:
+            continue
+        index, mspec = method_specs[method]
+        _, identity = _build_editor(mspec, index, device)
+        now, stored = _model_hash(identity), sorted(set(g["model_hash"].astype(str)))
+        if stored != [now]:
+            raise SpecError(f"methods[{index}] ({mspec.name}, model {identity.get('source')!r}): the results stored in "
+                            f"{store.root} were made with weights {', '.join(stored)}, the model now loaded has {now}; "
+                            "write to a new output folder (or delete the old one) instead of mixing them")
 
 
 def _model_hash(identity: dict) -> str:

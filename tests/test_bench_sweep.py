@@ -75,3 +75,23 @@ def test_growing_the_grid_runs_only_new_units_and_other_specs_are_refused(refere
     other = tiny_spec(None)  # different metrics: rows would not be comparable
     with pytest.raises(SpecError, match="different experiment"):
         run_sweep(parse_spec(other), grown, progress=False)
+
+
+def test_results_of_other_weights_are_not_extended(tmp_path, clip_dir):
+    """A model folder retrained in place: its old rows and new ones must not mix in one run folder."""
+    from tests.editor_fixtures import tiny_pipe
+
+    folder = tmp_path / "model"
+    tiny_pipe(seed=0).save_pretrained(str(folder))
+    spec = tiny_spec(clip_dir)
+    spec["methods"][0]["model"] = str(folder)
+    run = tmp_path / "run"
+    assert run_sweep(parse_spec(spec), run, progress=False).units_run == 12
+    assert run_sweep(parse_spec(spec), run, progress=False).units_run == 0  # same weights: reused
+    tiny_pipe(seed=1).save_pretrained(str(folder))  # other weights, same folder name
+    from bench import sweep
+
+    sweep._EDITORS.clear()
+    with pytest.raises(SpecError, match="weights"):
+        run_sweep(parse_spec(spec), run, progress=False)
+    assert len(load_results(run)) == 12  # nothing stored is lost

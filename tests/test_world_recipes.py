@@ -36,3 +36,25 @@ def test_world_commands_registered():
         assert cmd in out.output
     bad = CliRunner().invoke(app, ["world", "train-clip", "--which", "huge"])
     assert bad.exit_code != 0 and "metric" in (bad.output + str(bad.exception))
+
+
+def test_sharpen_posterior_keeps_mean_and_decoder_and_refuses_twice(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.train_vae import build_vae, sharpen_posterior
+
+    torch.manual_seed(0)
+    build_vae().save_pretrained(str(tmp_path / "vae"))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = AutoencoderKL.from_pretrained(str(tmp_path / "vae")).encode(x).latent_dist
+    rec = sharpen_posterior(tmp_path / "vae", logvar_shift=-10.0)
+    vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
+    with torch.no_grad():
+        after = vae.encode(x).latent_dist
+    assert torch.equal(after.mean, before.mean)
+    assert torch.allclose(after.std, before.std * torch.exp(torch.tensor(-5.0)), rtol=1e-4)
+    assert rec["posterior_std_after"] < rec["posterior_std_before"] / 100
+    assert rec["config"]["posterior_logvar_shift"] == -10.0 and "sharpen-vae" in rec["command"]
+    with pytest.raises(RuntimeError, match="already"):
+        sharpen_posterior(tmp_path / "vae")

@@ -32,6 +32,8 @@ class TrainConfig:
     resolution: int = 256
     flip: bool = True
     cond_dropout: float = 0.05
+    snr_gamma: float | None = None  # None: plain MSE (the paper); a number: Min-SNR-gamma weighting
+    timestep_sampling: str = "uniform"  # uniform (the paper) | cubic (T2I-Adapter: more weight on t near T)
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     ema: bool = True
@@ -73,6 +75,8 @@ class TrainConfig:
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16"),
             (self.on_bad_row in ("raise", "skip"), "on_bad_row", "must be raise or skip"),
             (0 <= self.cond_dropout <= 1 / 3, "cond_dropout", "must be in [0, 1/3]"),
+            (self.timestep_sampling in ("uniform", "cubic"), "timestep_sampling", "must be uniform or cubic"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "must be > 0 (or unset)"),
             (self.report_to in ("tensorboard", "none"), "report_to", "must be tensorboard or none"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
         ]

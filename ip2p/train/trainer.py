@@ -64,8 +64,15 @@ def encode_text(tokenizer, text_encoder, texts: list[str], device) -> torch.Tens
 
 
 def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddings: torch.Tensor,
-                          null_text_embedding: torch.Tensor, cond_dropout: float, weight_dtype) -> torch.Tensor:
-    """The training loss of one micro-batch (mean over its samples)."""
+                          null_text_embedding: torch.Tensor, cond_dropout: float, weight_dtype,
+                          snr_gamma: float | None = None, timestep_sampling: str = "uniform") -> torch.Tensor:
+    """The training loss of one micro-batch (mean over its samples).
+
+    ``snr_gamma=None`` is the paper's plain MSE. A number applies Min-SNR weighting (Hang et al.
+    2023): each sample's MSE times ``min(SNR_t, gamma) / SNR_t`` for epsilon prediction (``/ (SNR_t
+    + 1)`` for v), with ``SNR_t = alpha_bar_t / (1 - alpha_bar_t)``; it stops the nearly-clean
+    timesteps, whose targets the image condition cannot tell, from dominating the gradient.
+    """
     device = text_embeddings.device
     with torch.no_grad():
         pixels = torch.cat([batch["edited"], batch["input"]]).to(device, weight_dtype)
@@ -76,8 +83,8 @@ def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddin
         latents = (posterior.mean[:n] + posterior.std[:n] * eps).float() * vae.config.scaling_factor
         # condition latent: posterior mode, not scaled
         image_latents = posterior.mode()[n:].float()
-    timesteps = (batch["t_unit"].to(device) * noise_scheduler.config.num_train_timesteps).long()
-    timesteps = timesteps.clamp_(max=noise_scheduler.config.num_train_timesteps - 1)
+    timesteps = training_timesteps(batch["t_unit"].to(device), noise_scheduler.config.num_train_timesteps,
+                                   timestep_sampling)
     noise = batch["noise"].to(device, torch.float32)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     text, image_latents = apply_conditioning_dropout(text_embeddings.float(), null_text_embedding.float(),
@@ -89,7 +96,39 @@ def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddin
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
+
+
+TIMESTEP_SAMPLING = ("uniform", "cubic")
+
+
+def training_timesteps(u: torch.Tensor, num_train_timesteps: int, sampling: str = "uniform") -> torch.Tensor:
+    """Training timesteps from uniform draws ``u`` in [0, 1).
+
+    "uniform" (the paper): ``floor(u * T)``. "cubic" (T2I-Adapter's non-uniform sampling):
+    ``floor((1 - u^3) * T)``, which puts about half the samples above 0.9 T, where the sample's layout
+    is decided and the image condition matters most.
+    """
+    if sampling == "uniform":
+        f = u
+    elif sampling == "cubic":
+        f = 1 - u.double() ** 3
+    else:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {sampling!r}")
+    return (f * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights of ``timesteps`` (float32, on their device)."""
+    ac = noise_scheduler.alphas_cumprod.to(timesteps.device, torch.float64)[timesteps]
+    snr = ac / (1 - ac)
+    clipped = snr.clamp(max=gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return (clipped / (snr + 1)).float()
+    return (clipped / snr).float()
 
 
 def checkpoint_dirs(out: str | Path) -> list[Path]:
@@ -240,7 +279,8 @@ def train(cfg: TrainConfig) -> Path:
             with ctx:
                 with torch.no_grad():
                     text = encode_text(tokenizer, text_encoder, list(batch["instruction"]), accelerator.device)
-                loss = instruct_pix2pix_loss(unet, vae, noise_scheduler, batch, text, null_text, cfg.cond_dropout, weight_dtype)
+                loss = instruct_pix2pix_loss(unet, vae, noise_scheduler, batch, text, null_text, cfg.cond_dropout, weight_dtype,
+                                              snr_gamma=cfg.snr_gamma, timestep_sampling=cfg.timestep_sampling)
                 accelerator.backward(loss / cfg.grad_accum)
             step_loss += loss.detach().item() / cfg.grad_accum
         if cfg.max_grad_norm:

@@ -85,7 +85,11 @@ def write_cards(evaluate: bool = True) -> list[Path]:
             "scaling_factor = 1/std of latents; (2) decoder alone; (3) after `train-sd`, both halves with an L2 "
             "anchor on the (scaled) latent means, so the SD trained on phase-2 latents stays valid. "
             f"Per phase: {rec.get('phase1_figures')}, {rec.get('phase2_figures')}; final latent drift "
-            f"(mean squared, scaled units, latents have std ~1): {rec.get('refine_final_drift_mse')}.",
+            f"(mean squared, scaled units, latents have std ~1): {rec.get('refine_final_drift_mse')}. "
+            "(4) `sharpen-vae`: the encoder's log-variance output shifted by "
+            f"{rec.get('config', {}).get('posterior_logvar_shift')} (posterior std {rec.get('posterior_std_before')} -> "
+            f"{rec.get('posterior_std_after')}, unscaled): mean, mode and decoder unchanged; as SD's, the posterior is "
+            "nearly deterministic, so InstructPix2Pix's target scale * posterior.sample() carries no unpredictable noise.",
             vae_dir, rec, fig))
     unet_dir = SD_DIR / "unet"
     clip_dir = WEIGHTS_DIR / "clip"

@@ -37,6 +37,17 @@ def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0, decoder_step
     typer.echo(f"vae: {rec['figures']} scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 
 
+@world_app.command("sharpen-vae")
+def sharpen_vae_cmd(logvar_shift: float = typer.Option(-10.0, help="added to the encoder's log-variance output"),
+                    out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
+    """After train-vae: make the VAE posterior nearly deterministic, as SD's (mean and decoder unchanged)."""
+    from ip2p.world.recipe import SD_DIR
+    from ip2p.world.train_vae import sharpen_posterior
+
+    rec = sharpen_posterior(out or SD_DIR / "vae", logvar_shift=logvar_shift)
+    typer.echo(f"vae posterior std {rec['posterior_std_before']:.4f} -> {rec['posterior_std_after']:.6f}")
+
+
 @world_app.command("train-sd")
 def train_sd_cmd(steps: int = 1500, batch: int = 32, seed: int = 0,
                  out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
