@@ -48,7 +48,7 @@ from ip2p.models import (
     place_for_inference,
     openai_clip_tokenizer_dir,
     resolve_source,
-    weights_identity,
+    editor_identity,
 )
 from ip2p.protocol import EditRequest, resolve_knobs
 from ip2p.sampling import NoiseSource, fresh_scheduler, scheduler_from
@@ -275,21 +275,11 @@ class SDEditEditor:
     def identity(self) -> dict[str, Any]:
         """Method, source, weights hashes and sampler: what outputs depend on besides the request."""
         if self._identity is None:
-            c = self.components
-            combined, parts = weights_identity(c)
             sched_cfg = {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}
-            self._identity = {
-                "method": self.name,
-                "source": c.source,
-                "weights_hash": combined,
-                "component_hashes": parts,
-                "dtype": str(self.dtype).replace("torch.", ""),
-                "sampler": type(self.scheduler).__name__,
-                "scheduler_config_hash": hash_bytes(json.dumps(sched_cfg, sort_keys=True, default=str).encode()),
-                "prompt": "output_caption",
-                "resize": self.resize,
-                "resolution": self.resolution,
-            }
+            self._identity = editor_identity(
+                self.name, self.components, self.dtype, sampler=type(self.scheduler).__name__,
+                scheduler_config_hash=hash_bytes(json.dumps(sched_cfg, sort_keys=True, default=str).encode()),
+                prompt="output_caption", resize=self.resize, resolution=self.resolution)
         return dict(self._identity)
 
     # ------------------------------------------------------------ preprocessing and encoders

@@ -76,6 +76,15 @@ class RunStore:
             keys.update(pd.read_parquet(p, columns=["unit_key"])["unit_key"].tolist())
         return keys
 
+    def model_hashes(self) -> dict[str, set[str]]:
+        """Method key -> the model hashes its stored rows were made with."""
+        out: dict[str, set[str]] = {}
+        for p in self.shard_files():
+            df = pd.read_parquet(p, columns=["method", "model_hash"])
+            for method, h in zip(df["method"], df["model_hash"].astype(str)):
+                out.setdefault(method, set()).add(h)
+        return out
+
     def load(self) -> pd.DataFrame:
         return load_results(self.root)
 

@@ -368,15 +368,12 @@ def _check_outputs(outs, batch, items, label) -> None:
 
 def _check_stored_models(store, method_specs: dict, device: str) -> None:
     """Refuse to extend stored results made with other weights: rows of one method must share one model."""
-    df = load_results(store.root)
-    if not len(df) or "model_hash" not in df:
-        return
-    for method, g in df.groupby("method", sort=False):
+    for method, hashes in store.model_hashes().items():
         if method not in method_specs:
             continue
         index, mspec = method_specs[method]
         _, identity = _build_editor(mspec, index, device)
-        now, stored = _model_hash(identity), sorted(set(g["model_hash"].astype(str)))
+        now, stored = _model_hash(identity), sorted(hashes)
         if stored != [now]:
             raise SpecError(f"methods[{index}] ({mspec.name}, model {identity.get('source')!r}): the results stored in "
                             f"{store.root} were made with weights {', '.join(stored)}, the model now loaded has {now}; "

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.guidance import cfg_batch, split_cfg_output
-from ip2p.models import Components, components_from_pipe, load_components, place_for_inference, weights_identity
+from ip2p.models import Components, components_from_pipe, load_components, place_for_inference, editor_identity
 from ip2p.protocol import EditRequest, resolve_knobs
 from ip2p.text import PromptEncoder
 from ip2p.sampling import (
@@ -127,18 +127,9 @@ class InstructPix2PixEditor:
     def identity(self) -> dict[str, Any]:
         """Method, source and weights hashes: what outputs depend on besides the request."""
         if self._identity is None:
-            c = self.components
-            combined, parts = weights_identity(c)
-            self._identity = {
-                "method": self.name,
-                "source": c.source,
-                "weights_hash": combined,
-                "component_hashes": parts,
-                "dtype": str(self.dtype).replace("torch.", ""),
-                "sampler": "euler_ancestral_discrete (paper)",
-                "resize": self.resize,
-                "resolution": self.resolution,
-            }
+            self._identity = editor_identity(self.name, self.components, self.dtype,
+                                             sampler="euler_ancestral_discrete (paper)", resize=self.resize,
+                                             resolution=self.resolution)
         return dict(self._identity)
 
     # ------------------------------------------------------------ preprocessing

@@ -128,6 +128,16 @@ def weights_identity(c: Components) -> tuple[str, dict[str, str]]:
     return combined, parts
 
 
+def editor_identity(method: str, c: Components, dtype: torch.dtype, *, sampler: str, resize, resolution: int,
+                    **extra) -> dict:
+    """What an editor's outputs depend on besides the request: method, source, weights hashes,
+    dtype, sampler, any ``extra`` fields, resize mode and resolution."""
+    combined, parts = weights_identity(c)
+    return {"method": method, "source": c.source, "weights_hash": combined, "component_hashes": parts,
+            "dtype": str(dtype).replace("torch.", ""), "sampler": sampler, **extra, "resize": resize,
+            "resolution": resolution}
+
+
 # ---------------------------------------------------------------- the OpenAI CLIP tokenizer
 
 def _bytes_to_unicode() -> dict[int, str]:

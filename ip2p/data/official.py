@@ -21,7 +21,7 @@ from typing import Iterator
 from ip2p.data.registry import register_dataset_kind
 from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
-from ip2p.util.io import load_image
+from ip2p.util.io import load_image, read_json
 
 SPLIT_FRACTIONS = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0), "all": (0.0, 1.0)}
 METADATA_FIELDS = ("p2p_threshold", "cfg_scale", "clip_sim_0", "clip_sim_1", "clip_sim_dir", "clip_sim_image")
@@ -37,12 +37,7 @@ def read_seeds(root: Path) -> list[tuple[str, list[int]]]:
     from ip2p.errors import DataRowError
 
     path = root / "seeds.json"
-    if not path.is_file():
-        raise DataRowError(f"{path}: not found; an official-layout dataset needs seeds.json at its root")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataRowError(f"{path}: not valid JSON: {e}") from e
+    data = read_json(path, DataRowError, missing=f"{path}: not found; an official-layout dataset needs seeds.json at its root")
     out = []
     for i, entry in enumerate(data):
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)):

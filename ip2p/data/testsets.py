@@ -43,7 +43,7 @@ from ip2p.data.registry import register_dataset_kind
 from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError
-from ip2p.util.io import load_image
+from ip2p.util.io import load_image, read_json
 
 # ---- shared parquet helpers ------------------------------------------------------------------
 
@@ -230,13 +230,8 @@ def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_bord
                    mask_shape: tuple[int, int] = (512, 512)) -> Iterator[EditExample]:
     p = Path(location)
     mapping = p if p.is_file() else p / "mapping_file.json"
-    if not mapping.is_file():
-        raise DataRowError(f"PIE-Bench {location!r}: mapping_file.json not found")
     root = mapping.parent
-    try:
-        data = json.loads(mapping.read_text())
-    except json.JSONDecodeError as e:
-        raise DataRowError(f"{mapping}: not valid JSON: {e}") from e
+    data = read_json(mapping, DataRowError, missing=f"PIE-Bench {location!r}: mapping_file.json not found")
     if not isinstance(data, dict):
         raise DataRowError(f"{mapping}: expected a mapping {{id: entry}}, got {type(data).__name__}")
     for key, entry in data.items():

@@ -31,6 +31,7 @@ import torch
 
 from ip2p.errors import ModelLoadError
 from ip2p.util.hashing import hash_bytes, hash_folder, hash_state_dict
+from ip2p.util.io import read_json
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -233,12 +234,8 @@ def read_clip_folder_config(folder: str | os.PathLike) -> dict:
     """Read and check ``open_clip_config.json`` of a CLIP folder."""
     folder = Path(folder)
     cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"CLIP folder {folder}: {CONFIG_NAME} is missing (expected the open_clip hf-hub layout)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"CLIP folder {folder}: {CONFIG_NAME} is not valid JSON: {e}") from e
+    cfg = read_json(cfg_path, ModelLoadError, where=f"CLIP folder {folder}: {CONFIG_NAME}",
+                    missing=f"CLIP folder {folder}: {CONFIG_NAME} is missing (expected the open_clip hf-hub layout)")
     mc = cfg.get("model_cfg")
     if not isinstance(mc, dict) or not all(k in mc for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ModelLoadError(

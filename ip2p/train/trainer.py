@@ -188,7 +188,6 @@ def train(cfg: TrainConfig) -> Path:
 
     from ip2p.train.export import export_pipeline, write_run_files
     from ip2p.train.validation import run_validation
-    from ip2p.util.io import atomic_write_json
 
     cfg.validate()
     out = Path(cfg.out)

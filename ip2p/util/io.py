@@ -48,6 +48,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_json(path: str | os.PathLike, error: type[Exception], *, missing: str, where: str | None = None) -> Any:
+    """The JSON document in ``path``; ``error(missing)`` when there is no such file, and
+    ``error("<where>: not valid JSON: ...")`` (``where`` defaults to the path) when it does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{where or path}: not valid JSON: {e}") from e
+
+
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image -> float ``[3, H, W]`` in [0, 1] (RGB)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)

@@ -213,6 +213,7 @@ def sharpen_posterior(out: Path = SD_DIR / "vae", logvar_shift: float = POSTERIO
     """
     from diffusers import AutoencoderKL
 
+    from ip2p.util.io import atomic_write_json
     from ip2p.world.recipe import load_record
 
     out = Path(out)
@@ -222,14 +223,11 @@ def sharpen_posterior(out: Path = SD_DIR / "vae", logvar_shift: float = POSTERIO
     vae = AutoencoderKL.from_pretrained(str(out))
     x, _ = caption_batch("test", 0, 64, seed=0)
     std_before = float(vae.encode(x * 2 - 1).latent_dist.std.mean())
-    latent_channels = vae.config.latent_channels
-    vae.quant_conv.bias[latent_channels:] += logvar_shift
+    vae.quant_conv.bias[vae.config.latent_channels:] += logvar_shift
     std_after = float(vae.encode(x * 2 - 1).latent_dist.std.mean())
     vae.save_pretrained(str(out))
     command = rec0.get("command", "ip2p world train-vae") + f" && ip2p world sharpen-vae --logvar-shift {logvar_shift}"
     rec = {**rec0, "command": command, "config": {**rec0.get("config", {}), "posterior_logvar_shift": logvar_shift},
            "posterior_std_before": std_before, "posterior_std_after": std_after}
-    from ip2p.util.io import atomic_write_json
-
     atomic_write_json(out / "training.json", rec)
     return rec
