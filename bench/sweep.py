@@ -208,8 +208,9 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     plan = plan_batches(units, spec.batch_size, rank, world_size)
     mine = [u for b in plan for u in b]
     done = store.done_keys()
+    editors: dict[str, Any] = {}  # method key -> (editor, identity), built once per run
     if done:
-        _check_stored_models(store, method_specs, dev)
+        _check_stored_models(store, method_specs, dev, editors)
     todo_batches = [[u for u in b if u.key not in done] for b in plan]
     todo_batches = [b for b in todo_batches if b]
     todo = [u for b in todo_batches for u in b]
@@ -221,8 +222,6 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     images = _ImageCache(items)
     # batch units of one method and one input size together (the editor runs one call per batch)
     stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None}
-    editors: dict[str, Any] = {}
-    identities: dict[str, dict] = {}
     scorer = None
     pending: list[dict] = []
     shards = 0
@@ -237,9 +236,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         for batch in todo_batches:
             label = batch[0].method
             mi, mspec = method_specs[label]
-            if label not in editors:
-                editors[label], identities[label] = _build_editor(mspec, mi, dev)
-            editor = editors[label]
+            editor, identity = _cached_editor(editors, label, mspec, mi, dev)
             if scorer is None:
                 from bench.scoring import Scorer
 
@@ -255,7 +252,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
             stats["edit_seconds"] += time.time() - t1
             _check_outputs(outs, batch, items, label)
             rows = _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, mspec,
-                                   identities[label], scorer, stats, editor)
+                                   identity, scorer, stats, editor)
             pending.extend(rows)
             killer.tick("batch")
             bar.update(len(batch))
@@ -366,13 +363,21 @@ def _check_outputs(outs, batch, items, label) -> None:
                                        "output has NaN or Inf values")
 
 
-def _check_stored_models(store, method_specs: dict, device: str) -> None:
-    """Refuse to extend stored results made with other weights: rows of one method must share one model."""
+def _cached_editor(editors: dict, label: str, mspec, index: int, device: str):
+    """(editor, identity) of a method, built on first use and kept in ``editors``."""
+    if label not in editors:
+        editors[label] = _build_editor(mspec, index, device)
+    return editors[label]
+
+
+def _check_stored_models(store, method_specs: dict, device: str, editors: dict) -> None:
+    """Refuse to extend stored results made with other weights: rows of one method must share one model.
+    The editors it builds are kept in ``editors`` for the sweep itself."""
     for method, hashes in store.model_hashes().items():
         if method not in method_specs:
             continue
         index, mspec = method_specs[method]
-        _, identity = _build_editor(mspec, index, device)
+        _, identity = _cached_editor(editors, method, mspec, index, device)
         now, stored = _model_hash(identity), sorted(hashes)
         if stored != [now]:
             raise SpecError(f"methods[{index}] ({mspec.name}, model {identity.get('source')!r}): the results stored in "

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+TIMESTEP_SAMPLING = ("uniform", "cubic")  # see ip2p.train.trainer.training_timesteps
+
+
 @dataclass
 class TrainConfig:
     base: str  # text-to-image diffusers folder, hub id, or world:<name>
@@ -75,7 +78,7 @@ class TrainConfig:
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16"),
             (self.on_bad_row in ("raise", "skip"), "on_bad_row", "must be raise or skip"),
             (0 <= self.cond_dropout <= 1 / 3, "cond_dropout", "must be in [0, 1/3]"),
-            (self.timestep_sampling in ("uniform", "cubic"), "timestep_sampling", "must be uniform or cubic"),
+            (self.timestep_sampling in TIMESTEP_SAMPLING, "timestep_sampling", f"must be one of {TIMESTEP_SAMPLING}"),
             (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "must be > 0 (or unset)"),
             (self.report_to in ("tensorboard", "none"), "report_to", "must be tensorboard or none"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),

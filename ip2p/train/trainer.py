@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ip2p.train.conditioning import apply_conditioning_dropout
-from ip2p.train.config import TrainConfig
+from ip2p.train.config import TIMESTEP_SAMPLING, TrainConfig
 from ip2p.train.ema import EMA
 from ip2p.train.samples import StepBatches, TrainSamples
 from ip2p.train.unet_init import widen_conv_in
@@ -100,9 +100,6 @@ def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddin
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * min_snr_weights(noise_scheduler, timesteps, snr_gamma)).mean()
-
-
-TIMESTEP_SAMPLING = ("uniform", "cubic")
 
 
 def training_timesteps(u: torch.Tensor, num_train_timesteps: int, sampling: str = "uniform") -> torch.Tensor:

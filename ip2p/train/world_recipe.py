@@ -153,8 +153,8 @@ def model_card(run: dict, results: dict) -> str:
                    f"where identity differs from the target only inside the edited region (L1 ~0.01): there the "
                    f"VAE round trip alone costs 0.015-0.027 (0.10 on remove, whose targets are often empty "
                    f"scenes that world:sd's VAE reconstructs badly) and copying of the unedited regions is not yet "
-                   f"exact. Image use grows with training (L1 0.207 at 3500 steps, 0.079 at 14933, same recipe "
-                   f"resumed): continue with `--resume latest` and a larger --time-limit-minutes, or on a GPU.")
+                   f"exact. Image use grows with training: continue the recipe with `--resume latest` and a larger "
+                   f"--time-limit-minutes, or on a GPU.")
     loss_line = (f"  timesteps {cfg.get('timestep_sampling', 'uniform')}, loss "
                  + (f"Min-SNR-{cfg['snr_gamma']} weighted eps MSE" if cfg.get("snr_gamma") else "eps MSE") + ",")
     vae_line = ("- VAE: " + run["vae_note"] + "\n") if run.get("vae_note") else ""
