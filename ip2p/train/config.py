@@ -7,6 +7,8 @@ from typing import Any
 
 
 TIMESTEP_SAMPLING = ("uniform", "cubic")  # see ip2p.train.trainer.training_timesteps
+# diffusers.optimization schedules, all after a linear warm-up; constant is the paper's
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4  # the paper: AdamW 1e-4 constant
     lr_warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant (the paper) | cosine | linear: decay to 0 at max_steps
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -60,7 +63,8 @@ class TrainConfig:
 
     cpu: bool = False  # force CPU even when a GPU is visible
     # stop at the first step after this many minutes of training (then checkpoint and export as
-    # usual); the result equals a run with max_steps = the step reached
+    # usual); with the constant schedule the result equals a run with max_steps = the step reached
+    # (a decaying schedule is a function of max_steps, so there it does not)
     time_limit_minutes: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +78,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.grad_accum >= 1, "grad_accum", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}"),
             (self.resolution >= 8 and self.resolution % 8 == 0, "resolution", "must be a multiple of 8"),
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16"),
             (self.on_bad_row in ("raise", "skip"), "on_bad_row", "must be raise or skip"),

@@ -225,7 +225,8 @@ def train(cfg: TrainConfig) -> Path:
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps)
+    lr_scheduler = get_scheduler(f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
+                                 optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
     # the lr schedule is not prepared: accelerate would step it once per process, and warm-up is
     # counted in optimiser steps here; it is checkpointed like the rest
     unet, optimizer = accelerator.prepare(unet, optimizer)

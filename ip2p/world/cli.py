@@ -48,6 +48,19 @@ def sharpen_vae_cmd(logvar_shift: float = typer.Option(-10.0, help="added to the
     typer.echo(f"vae posterior std {rec['posterior_std_before']:.4f} -> {rec['posterior_std_after']:.6f}")
 
 
+@world_app.command("finetune-vae-decoder")
+def finetune_vae_decoder_cmd(items: int = typer.Option(2000, help="training edits (inputs and targets) to train on"),
+                             steps: int = 300, batch: int = 32,
+                             out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
+    """After sharpen-vae: fine-tune the decoder alone on world edits (encoder and latents unchanged)."""
+    from ip2p.world.recipe import SD_DIR
+    from ip2p.world.train_vae import finetune_decoder_on_edits
+
+    rec = finetune_decoder_on_edits(out or SD_DIR / "vae", n_items=items, steps=steps, batch=batch)
+    typer.echo(f"vae: edit round-trip L1 {rec['edit_roundtrip_l1_before']['l1_mean']} -> "
+               f"{rec['edit_roundtrip_l1_after']['l1_mean']} in {rec['wall_time_s']} s")
+
+
 @world_app.command("train-sd")
 def train_sd_cmd(steps: int = 1500, batch: int = 32, seed: int = 0,
                  out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
