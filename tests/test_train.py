@@ -214,3 +214,22 @@ def test_time_limit_stops_at_a_step_and_exports(tiny_sd, tmp_path):
     assert run["final_step"] == 1 and (out / "checkpoints" / "step-00000001").is_dir()
     assert run["base_changed_during_training"] == [] and set(run["frozen_weights_hashes"]) == {"vae", "text_encoder"}
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_training_on_from_an_instruct_pix2pix_folder_starts_from_its_weights(tiny_sd, tmp_path):
+    """A second stage (`--base` an exported InstructPix2Pix folder, as world:ip2p's stage 2) keeps the
+    8-channel conv_in and every trained weight instead of widening a text-to-image UNet again."""
+    from ip2p.train import TrainConfig, train
+
+    kw = dict(data="world:train", data_options={"n": 8}, batch_size=1, resolution=32, val_examples=0, progress=False,
+              report_to="none", checkpoint_every=0, ema=False)
+    first = train(TrainConfig(base=str(tiny_sd), out=str(tmp_path / "s1"), max_steps=2, lr=1e-3, **kw))
+    second = train(TrainConfig(base=str(first), out=str(tmp_path / "s2"), max_steps=1, lr=1e-9, lr_schedule="cosine", **kw))
+    w1, w2 = _unet_weights(first), _unet_weights(second)
+    assert w1["conv_in.weight"][:, 4:].abs().max() > 1e-4  # stage 1 trained the image channels
+    assert w2["conv_in.weight"].shape[1] == 8
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-6), name
+    run = json.loads((second / "training_config.json").read_text())
+    assert run["config"]["base"] == str(first) and run["config"]["lr_schedule"] == "cosine"

@@ -78,3 +78,33 @@ def test_bad_weighting_options_are_refused():
     for kw, field in (({"snr_gamma": 0.0}, "snr_gamma"), ({"timestep_sampling": "cosine"}, "timestep_sampling")):
         with pytest.raises(SpecError, match=field):
             TrainConfig(base="b", data="d", out="o", **kw).validate()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedule_follows_its_formula_after_warm_up(schedule):
+    import math
+
+    from ip2p.train.config import TrainConfig
+    from ip2p.train.trainer import make_lr_scheduler
+
+    cfg = TrainConfig(base="b", data="d", out="o", lr=0.5, lr_warmup_steps=4, max_steps=20, lr_schedule=schedule)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_lr_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(cfg.max_steps + 1):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    decay = {"constant": lambda p: 1.0, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p}
+    for k, lr in enumerate(lrs):
+        want = cfg.lr * (k / 4 if k < 4 else decay[schedule]((k - 4) / 16))
+        assert lr == pytest.approx(want, abs=1e-9), (schedule, k)
+    assert lrs[20] == pytest.approx(0.0 if schedule != "constant" else 0.5, abs=1e-9)
+
+
+def test_unknown_lr_schedule_is_refused():
+    from ip2p.errors import SpecError
+    from ip2p.train.config import TrainConfig
+
+    with pytest.raises(SpecError, match="lr_schedule"):
+        TrainConfig(base="b", data="d", out="o", lr_schedule="exponential").validate()

@@ -58,3 +58,25 @@ def test_sharpen_posterior_keeps_mean_and_decoder_and_refuses_twice(tmp_path):
     assert rec["config"]["posterior_logvar_shift"] == -10.0 and "sharpen-vae" in rec["command"]
     with pytest.raises(RuntimeError, match="already"):
         sharpen_posterior(tmp_path / "vae")
+
+
+def test_decoder_finetune_on_edits_keeps_the_encoder_and_refuses_twice(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.train_vae import build_vae, finetune_decoder_on_edits
+
+    torch.manual_seed(0)
+    build_vae().save_pretrained(str(tmp_path / "vae"))
+    before = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
+    rec = finetune_decoder_on_edits(tmp_path / "vae", n_items=4, steps=3, batch=4, eval_n=12)
+    after = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
+    b, a = before.state_dict(), after.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(a[k], b[k]) for k in b if k.startswith("decoder."))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(after.encode(x).latent_dist.mean, before.encode(x).latent_dist.mean)
+    assert rec["edit_roundtrip_l1_before"]["n"] == 12 and set(rec["edit_roundtrip_l1_after"]["l1_by_category"])
+    assert rec["config"]["edit_decoder_steps"] == 3 and "finetune-vae-decoder" in rec["command"]
+    with pytest.raises(RuntimeError, match="already"):
+        finetune_decoder_on_edits(tmp_path / "vae", n_items=4, steps=1, batch=4, eval_n=12)

@@ -57,6 +57,16 @@ def load_base(base: str):
     return tokenizer, text_encoder, vae, unet, noise_scheduler
 
 
+def make_lr_scheduler(optimizer, cfg: TrainConfig):
+    """The lr schedule of ``cfg``: linear warm-up over ``lr_warmup_steps``, then constant (the paper)
+    or a cosine / linear decay reaching 0 at ``max_steps`` (stepped once per optimiser step)."""
+    from diffusers.optimization import get_scheduler
+
+    name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
+    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                         num_training_steps=cfg.max_steps)
+
+
 def encode_text(tokenizer, text_encoder, texts: list[str], device) -> torch.Tensor:
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids.to(device)
@@ -180,7 +190,6 @@ def train(cfg: TrainConfig) -> Path:
     """Run training as configured; returns the output folder (a diffusers InstructPix2Pix pipeline)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     from ip2p.train.export import export_pipeline, write_run_files
@@ -225,8 +234,7 @@ def train(cfg: TrainConfig) -> Path:
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    lr_scheduler = get_scheduler(f"{cfg.lr_schedule}_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule,
-                                 optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_steps)
+    lr_scheduler = make_lr_scheduler(optimizer, cfg)
     # the lr schedule is not prepared: accelerate would step it once per process, and warm-up is
     # counted in optimiser steps here; it is checkpointed like the rest
     unet, optimizer = accelerator.prepare(unet, optimizer)

@@ -255,7 +255,7 @@ def edit_roundtrip_l1(vae, split: str = "test", n: int = 300, batch: int = 50) -
 
 
 def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, steps: int = 300, batch: int = 32,
-                              lr: float = 5e-4, seed: int = 5) -> dict:
+                              lr: float = 5e-4, seed: int = 5, eval_n: int = 300) -> dict:
     """Phase 5: fine-tune the decoder (and post_quant_conv) of the VAE in ``out`` on the inputs and
     targets of ``n_items`` training edits (L1 + MSE, cosine lr), the encoder frozen. Latents are
     encoded once (posterior mode: the sharpened posterior's std is ~0.001). Refused twice."""
@@ -272,7 +272,7 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
     t0 = time.time()
     gen = setup(seed)
     vae = AutoencoderKL.from_pretrained(str(out)).eval()
-    before = edit_roundtrip_l1(vae)
+    before = edit_roundtrip_l1(vae, n=eval_n)
     items = list(open_dataset("world:train", n=n_items))
     x = torch.cat([torch.stack([e.load_input() for e in tqdm(items, desc="render inputs")]),
                    torch.stack([e.load_target() for e in tqdm(items, desc="render targets")])]) * 2 - 1
@@ -297,7 +297,7 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     vae.eval()
-    after = edit_roundtrip_l1(vae)
+    after = edit_roundtrip_l1(vae, n=eval_n)
     vae.save_pretrained(str(out))
     command = rec0.get("command", "ip2p world train-vae") + f" && ip2p world finetune-vae-decoder --items {n_items} --steps {steps}"
     rec = {**rec0, "command": command,
