@@ -14,14 +14,6 @@ from ip2p.world import WEIGHTS_DIR
 VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
-
-
 def _need_shipped():
     if not (SHIP_DIR / "unet" / "diffusion_pytorch_model.safetensors").exists():
         pytest.skip("world:ip2p not built")

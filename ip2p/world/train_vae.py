@@ -48,6 +48,18 @@ def evaluate_vae(vae, n: int = 64) -> dict:
     return {"test_psnr_db_mean": round(float(p.mean()), 2), "test_psnr_db_min": round(float(p.min()), 2), "n_test": n}
 
 
+def _optimiser_step(loss, opt, sched, params, losses: list[float], bar) -> None:
+    """One step of a decoder loop: backward, clip to norm 1, step optimiser and lr, log to ``bar`` every 20."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+    if (len(losses) - 1) % 20 == 0:
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+
+
 def finetune_decoder(vae, steps: int, batch: int = 32, lr: float = 5e-4, seed: int = 1) -> list[float]:
     """Phase 2: train the decoder alone on latent samples of a frozen encoder (MSE + L1)."""
     gen = setup(seed)
@@ -66,15 +78,7 @@ def finetune_decoder(vae, steps: int, batch: int = 32, lr: float = 5e-4, seed: i
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
-        loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        _optimiser_step((rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean(), opt, sched, params, losses, bar)
     vae.requires_grad_(True)
     vae.eval()
     return losses
@@ -287,15 +291,7 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
     for step in bar:
         idx = torch.randint(len(x), (batch,), generator=gen)
         rec = vae.decode(z[idx]).sample
-        loss = (rec - x[idx]).abs().mean() + (rec - x[idx]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        _optimiser_step((rec - x[idx]).abs().mean() + (rec - x[idx]).pow(2).mean(), opt, sched, params, losses, bar)
     vae.eval()
     after = edit_roundtrip_l1(vae, n=eval_n)
     vae.save_pretrained(str(out))
