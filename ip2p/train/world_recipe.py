@@ -52,9 +52,23 @@ VAE_NOTE = ("world:sd's VAE, whose posterior was made nearly deterministic befor
             "sharpen-vae`: std ~0.26 -> ~0.001 on a latent std of ~2.7; mean, mode and decoder unchanged), as SD's "
             "is: with the original std, scale * posterior.sample() -- the training target -- carried noise no input "
             "image can predict.")
-VAE_NOTE_STAGE2 = (VAE_NOTE + " Before stage 2 its decoder alone was fine-tuned on world edits (`ip2p world "
-                   "finetune-vae-decoder`: VAE round-trip L1 of the test targets 0.0265 -> 0.0180, 0.102 -> 0.011 "
-                   "on remove, whose empty scenes it had never seen); encoder and latents unchanged.")
+
+
+def vae_note(stage: int) -> str:
+    """The card's line on the VAE; for stage 2 with the decoder fine-tune's figures from world:sd's VAE
+    record (world:ip2p ships that VAE: tests/test_world_ip2p.py holds the two equal)."""
+    if stage == 1:
+        return VAE_NOTE
+    from ip2p.world.recipe import SD_DIR, load_record
+
+    rec = load_record(SD_DIR / "vae")
+    before, after = rec.get("edit_roundtrip_l1_before"), rec.get("edit_roundtrip_l1_after")
+    if not (before and after):
+        return VAE_NOTE
+    return (VAE_NOTE + " Before stage 2 its decoder alone was fine-tuned on world edits (`ip2p world "
+            f"finetune-vae-decoder`: VAE round-trip L1 of the test targets {before['l1_mean']} -> {after['l1_mean']}, "
+            f"{before['l1_by_category']['remove']} -> {after['l1_by_category']['remove']} on remove, whose empty scenes "
+            "it had never seen); encoder and latents unchanged.")
 
 
 def recipe_command(cfg: TrainConfig, steps: int | None = None) -> str:
@@ -309,7 +323,7 @@ def main(argv=None) -> None:
         stopped = cfg.lr_schedule != "constant" and step < cfg.max_steps  # not equal to a run with --steps <step>
         limit = f" --time-limit-minutes {cfg.time_limit_minutes}" if cfg.time_limit_minutes else ""
         run.update({"command": recipe_command(cfg, None if stopped else step) + (f"  # stopped by the time limit at step {step}" if stopped else ""),
-                    "wall_time_s": wall, "vae_note": VAE_NOTE if a.stage == 1 else VAE_NOTE_STAGE2, "previous_stages": previous,
+                    "wall_time_s": wall, "vae_note": vae_note(a.stage), "previous_stages": previous,
                     "recipe_command": f"python -m ip2p.train.world_recipe train --stage {a.stage}{limit}"})
         atomic_write_json(run_dir / "training_config.json", run)
         ship(run_dir)
