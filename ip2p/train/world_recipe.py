@@ -41,9 +41,8 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 20000}, re
 # lr decayed to 0 by a cosine at max_steps -- at stage 1's constant 1e-3 the error was still falling, but
 # slowly. Batch 64 trains 1.3x the samples per second of batch 16 on 2 CPU cores (measured: 1.3 s vs 0.42 s
 # a step, 2 threads, OMP_WAIT_POLICY unset). Its steps are fixed (not a time limit): a decaying schedule is a
-# function of max_steps. Stage 2 starts from the VAE
-# whose decoder was fine-tuned on world edits (`ip2p world finetune-vae-decoder`); the encoder, hence every
-# latent stage 1 trained on, is unchanged.
+# function of max_steps. Stage 2 takes world:sd's VAE, whose decoder was fine-tuned on world edits (`ip2p
+# world finetune-vae-decoder`); the encoder, hence every latent stage 1 trained on, is unchanged.
 RECIPE_STAGE2 = {**RECIPE, "batch_size": 64, "lr": 5e-4, "lr_schedule": "cosine", "lr_warmup_steps": 100, "max_steps": 3000,
                  "checkpoint_every": 200, "validate_every": 600, "time_limit_minutes": None}
 
@@ -265,6 +264,23 @@ def ship(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
     return ship_dir
 
 
+def stage2_base(run_dir: Path, stage1: Path = SHIP_DIR) -> Path:
+    """Stage 2's base, ``run_dir/stage1``: a copy of the stage-1 folder (shipping overwrites the shipped
+    folder, and a resumed stage 2 must find the same base) with world:sd's current VAE in place of its
+    own (after `finetune-vae-decoder`: same encoder, so the same latents), which stage 2 then ships.
+    An existing base is kept as it is."""
+    from ip2p.world.recipe import SD_DIR
+
+    base = run_dir / "stage1"
+    if not base.exists():
+        tmp = base.with_name(base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(stage1, tmp, ignore=shutil.ignore_patterns("vae"))
+        shutil.copytree(SD_DIR / "vae", tmp / "vae", ignore=shutil.ignore_patterns("README.md", "training.json"))
+        tmp.rename(base)
+    return base
+
+
 def write_card(ship_dir: Path = SHIP_DIR, n: int = 200, steps: int = 50) -> dict:
     run = json.loads((ship_dir / "training_config.json").read_text())
     results, edited, inputs, targets = evaluate(ship_dir, n=n, steps=steps)
@@ -305,12 +321,7 @@ def main(argv=None) -> None:
         run_dir = Path(a.run_dir or ("runs/world-ip2p" if a.stage == 1 else "runs/world-ip2p-stage2"))
         previous = []
         if a.stage == 2:
-            # the stage-1 folder is copied into the run first: shipping overwrites the shipped folder,
-            # and a resumed stage 2 must find the same base
-            base = run_dir / "stage1"
-            if not base.exists():
-                src = Path(a.base) if a.base else SHIP_DIR
-                shutil.copytree(src, base)
+            base = stage2_base(run_dir, Path(a.base) if a.base else SHIP_DIR)
             stage1 = json.loads((base / "training_config.json").read_text())
             previous = stage1.pop("previous_stages", []) + [stage1]
             recipe["base"] = str(base)
