@@ -1,7 +1,7 @@
 """``ip2p demo``: the small world end to end, on CPU in minutes.
 
 Sweep ``bench/suites/world.yaml`` (InstructPix2Pix of the world over sI x sT, plus every baseline
-registered in ``bench.methods`` with a demo grid), metrics with ``world:clip``, then aggregate,
+registered in ``ip2p.registry`` with a demo grid), metrics with ``world:clip``, then aggregate,
 figure and HTML report. The run folder (resumable) defaults to ``results/runs/demo-world``; what
 is worth committing goes to ``--out`` (default ``reports/demo/``):
 
@@ -47,7 +47,7 @@ def demo_spec(items: int | None = None, steps: int | None = None, model: str | N
               clip_model: str | None = None, baselines: bool = True) -> dict:
     """The world suite plus the registered baselines' demo grids, as a spec mapping.
     ``model`` / ``clip_model`` replace world:ip2p / world:clip (smoke tests with other models)."""
-    from bench.methods import registered_methods
+    from ip2p.registry import registered_methods
 
     data = yaml.safe_load(SUITE.read_text())
     if model is not None:

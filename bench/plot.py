@@ -3,7 +3,7 @@
 x = mean ``clip_sim_direction`` (how well the change follows the caption change), y = mean
 ``clip_sim_image`` (how much of the input survives). One curve per method and per value of its
 other swept knobs (e.g. one per sT for InstructPix2Pix); along a curve the method's curve knob
-varies (sI for InstructPix2Pix, as registered in ``bench.methods``), and each point is labelled
+varies (sI for InstructPix2Pix, as registered in ``ip2p.registry``), and each point is labelled
 with its value. Error bars are the bootstrap 95% intervals of both means. Written as PDF and PNG.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def curve_knob_of(method_name: str | None, varying: list[str], counts: dict[str,
         return None
     if method_name:
         try:
-            from bench.methods import get_method
+            from ip2p.registry import get_method
 
             ck = get_method(method_name).curve_knob
             if ck in varying:

@@ -127,6 +127,7 @@ class ExperimentSpec(_Strict):
     batch_size: int = Field(default=8, gt=0)
     device: str = "auto"
     save_images: bool = True
+    plugins: list[str] = Field(default_factory=list)  # modules to import first: they register methods
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -177,8 +178,9 @@ def _format_validation_error(e: ValidationError) -> str:
 
 def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
     """Checks pydantic cannot express: registry names, knob names and values, grids, paths."""
-    from bench.methods import get_method
+    from ip2p.registry import get_method, load_plugins
 
+    load_plugins(spec.plugins)
     ds = spec.dataset
     if ds.kind != "world":
         if not ds.path:

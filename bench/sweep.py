@@ -33,12 +33,12 @@ import torch
 import yaml
 
 from ip2p.errors import NonFiniteOutputError, SpecError
-from ip2p.protocol import EditRequest
+from ip2p.protocol import EditRequest, check_identity
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes
 
 from bench.data import load_items
-from bench.methods import get_method
+from ip2p.registry import get_method
 from bench.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
 from bench.store import RunStore, load_results
@@ -345,7 +345,7 @@ def _build_editor(mspec, index: int, device: str):
         if unknown:
             raise SpecError(f"methods[{index}].knobs.{unknown[0]}: the loaded editor {editor.name!r} has no such knob; "
                             f"its knobs are {sorted(editor.knobs)}")
-    identity = dict(editor.identity())
+    identity = check_identity(editor.identity(), mspec.name)
     identity.setdefault("method", mspec.name)
     identity.setdefault("source", model)
     return editor, identity
@@ -386,24 +386,14 @@ def _check_stored_models(store, method_specs: dict, device: str, editors: dict) 
 
 
 def _model_hash(identity: dict) -> str:
-    for k in ("weights_hash", "model_hash", "unet_hash"):
-        if identity.get(k):
-            return str(identity[k])
-    return hash_bytes(json.dumps(identity, sort_keys=True, default=str).encode())
+    return str(identity["weights_hash"])  # required by check_identity
 
 
 def _metric_input(editor, image: torch.Tensor, knobs: dict, hw: tuple[int, int]) -> torch.Tensor:
-    """The input as the editor saw it (its own preprocessing when it exposes one), at the
-    output's size: the reference image of the metrics."""
-    prep = getattr(editor, "preprocess", None)
-    if callable(prep):
-        try:
-            x = prep(image, knobs.get("resize", getattr(editor, "resize", "paper")))
-        except TypeError:
-            x = prep(image)
-        if tuple(x.shape[-2:]) == tuple(hw):
-            return x
-    return _fit_to(image, hw)
+    """The input as the editor processed it (``Editor.metric_input``), at the output's size: the
+    reference image of the metrics."""
+    x = editor.metric_input(EditRequest(image=image, instruction="", knobs=knobs))
+    return x if tuple(x.shape[-2:]) == tuple(hw) else _fit_to(x, hw)
 
 
 def _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, mspec, identity, scorer, stats, editor):

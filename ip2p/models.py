@@ -1,37 +1,44 @@
-"""Loading editor components: diffusers folders and hub ids, original single-file checkpoints,
-and built-in architectures by name (`sd15`, `tiny`) with random weights; `world:<name>` names
-resolve to the shipped small-world folders through the same code paths as real models.
+"""The one loading layer: a model source becomes ``Components``, checked for what the caller expects.
 
-Every loader returns ``Components`` and every ``Components`` is validated the same way: the
-UNet must take 8 input channels (4 noisy latent + 4 image latent) and the text encoder's width
-must equal the UNet's cross-attention width.
+Sources: a built-in architecture with random weights (``sd15``, ``tiny``; ``sd15-t2i``, ``tiny-t2i``
+for their text-to-image versions), a shipped small-world name (``world:ip2p``, ``world:sd``), a
+diffusers pipeline folder or hub id, or an original single-file checkpoint (``.safetensors``;
+``.ckpt`` only with ``trust_pickle``). Every caller (the InstructPix2Pix editor, SDEdit, the trainer's
+base, the world recipes, the pair generator, the profiler) says which kind of pipeline it expects:
+
+- ``"ip2p"``: an InstructPix2Pix UNet (``in_channels == 2 * latent channels``);
+- ``"t2i"``: a text-to-image UNet (``in_channels == latent channels``);
+- ``"any"``: either (the trainer's base).
+
+A wrong kind is refused with the reason, before any weights load where the configs tell. Every
+``Components`` also passes the checks any UNet-VAE-text-encoder triple must pass, and its
+scheduler's ``prediction_type`` (epsilon, v_prediction, sample) must be one the samplers know.
+CLIP models load through ``ip2p.metrics.load_clip``, not here.
 """
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ip2p.builtin import (
+    BUILTIN_ARCHITECTURES,
+    CONFIG_DIR,
+    T2I_SUFFIX,
+    build_modules,
+    builtin_config_dir,
+    builtin_name,
+    openai_clip_tokenizer_dir,
+    register_architecture,
+)
 from ip2p.errors import ModelLoadError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-# name -> JSON file describing a built-in architecture (users may register more).
-BUILTIN_ARCHITECTURES: dict[str, Path] = {
-    "sd15": CONFIG_DIR / "sd15.json",
-    "tiny": CONFIG_DIR / "tiny.json",
-}
-
-
-def register_architecture(name: str, config_path: str | os.PathLike) -> None:
-    """Make ``load_components(name)`` build the architecture described by a JSON file."""
-    BUILTIN_ARCHITECTURES[name] = Path(config_path)
+KINDS = ("ip2p", "t2i", "any")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def resolve_source(source: str | Path) -> str:
@@ -57,7 +64,7 @@ def local_files_only_default(local_files_only: bool | None) -> bool:
 
 @dataclass
 class Components:
-    """The parts of an InstructPix2Pix model, as diffusers/transformers objects."""
+    """The parts of a latent-diffusion model, as diffusers/transformers objects."""
 
     unet: Any
     vae: Any
@@ -72,42 +79,81 @@ class Components:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
 
-def validate_components(c: Components) -> Components:
-    """Refuse combinations that cannot run as InstructPix2Pix, saying which part is wrong."""
-    in_ch = int(c.unet.config.in_channels)
-    lat = int(c.vae.config.latent_channels)
-    if in_ch != 2 * lat:
-        hint = (
-            " It looks like a text-to-image UNet: fine-tune it into an editor with `ip2p train --base ...`."
-            if in_ch == lat
-            else ""
-        )
-        raise ModelLoadError(
-            f"{c.source or 'model'}: the UNet takes {in_ch} input channels, but InstructPix2Pix needs "
-            f"{2 * lat} ({lat} noisy-latent + {lat} image-latent channels for this VAE).{hint}"
-        )
-    return check_output_and_text_width(c)
+    @property
+    def kind(self) -> str:
+        """``"ip2p"`` or ``"t2i"`` from the UNet's input channels (``"unknown"`` otherwise)."""
+        in_ch, lat = int(self.unet.config.in_channels), self.latent_channels
+        return "ip2p" if in_ch == 2 * lat else "t2i" if in_ch == lat else "unknown"
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts, from its scheduler config: epsilon, v_prediction or sample."""
+        return str(getattr(self.scheduler.config, "prediction_type", None) or "epsilon")
 
 
-def check_output_and_text_width(c: Components) -> Components:
-    """Checks every UNet-VAE-text encoder triple must pass: the UNet predicts the VAE's latent
-    channels, and the text encoder's width equals the UNet's cross-attention width."""
-    lat = int(c.vae.config.latent_channels)
+# ---------------------------------------------------------------- checks
+
+def _kind_error(source: str, in_ch: int, lat: int, kind: str) -> ModelLoadError:
+    if kind == "ip2p":
+        hint = (" It looks like a text-to-image UNet: fine-tune it into an editor with `ip2p train --base ...`."
+                if in_ch == lat else "")
+        return ModelLoadError(
+            f"{source or 'model'}: the UNet takes {in_ch} input channels, but InstructPix2Pix needs "
+            f"{2 * lat} ({lat} noisy-latent + {lat} image-latent channels for this VAE).{hint}")
+    if kind == "t2i":
+        hint = (" It is an InstructPix2Pix (image-conditioned) UNet; pass the text-to-image model it was "
+                "fine-tuned from, e.g. world:sd or stable-diffusion-v1-5/stable-diffusion-v1-5."
+                if in_ch == 2 * lat else "")
+        return ModelLoadError(
+            f"{source or 'model'}: the UNet takes {in_ch} input channels, but a text-to-image model needs "
+            f"{lat} (the VAE's latent channels).{hint}")
+    return ModelLoadError(f"{source or 'model'}: the UNet takes {in_ch} input channels; expected {lat} "
+                          f"(text-to-image) or {2 * lat} (InstructPix2Pix) for this VAE")
+
+
+def check_kind(source: str, in_channels: int, latent_channels: int, kind: str) -> None:
+    """Refuse a UNet whose input channels do not fit the expected pipeline ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    ok = {"ip2p": in_channels == 2 * latent_channels, "t2i": in_channels == latent_channels,
+          "any": in_channels in (latent_channels, 2 * latent_channels)}[kind]
+    if not ok:
+        raise _kind_error(source, in_channels, latent_channels, kind)
+
+
+def check_prediction_type(source: str, prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelLoadError(f"{source or 'model'}: scheduler/scheduler_config.json has prediction_type "
+                             f"{prediction_type!r}, which no sampler here knows; expected one of {list(PREDICTION_TYPES)}")
+
+
+def validate_components(c: Components, kind: str = "ip2p") -> Components:
+    """Refuse components that cannot run as ``kind``, saying which part is wrong: the UNet's input
+    channels, its output channels, the text encoder's width against the UNet's cross-attention
+    width, guidance-distilled UNets, and an unknown ``prediction_type``."""
+    check_kind(c.source, int(c.unet.config.in_channels), c.latent_channels, kind)
+    lat = c.latent_channels
     if int(c.unet.config.out_channels) != lat:
         raise ModelLoadError(
-            f"{c.source or 'model'}: the UNet predicts {c.unet.config.out_channels} channels but the VAE latent has {lat}"
-        )
+            f"{c.source or 'model'}: the UNet predicts {c.unet.config.out_channels} channels but the VAE latent has {lat}")
     width = int(c.text_encoder.config.hidden_size)
     xattn = c.unet.config.cross_attention_dim
     xattn = int(xattn[0] if isinstance(xattn, (list, tuple)) else xattn)
     if width != xattn:
         raise ModelLoadError(
             f"{c.source or 'model'}: the text encoder's width (hidden_size={width}) does not match the UNet's "
-            f"cross-attention width (cross_attention_dim={xattn}); they must come from the same model"
-        )
+            f"cross-attention width (cross_attention_dim={xattn}); they must come from the same model")
+    if getattr(c.unet.config, "time_cond_proj_dim", None) is not None:
+        raise ModelLoadError(f"{c.source or 'model'}: guidance-distilled UNets (time_cond_proj_dim) are not supported")
+    check_prediction_type(c.source, c.prediction_type)
     return c
 
+
+# ---------------------------------------------------------------- placement and identity
 
 def place_for_inference(c: Components, device: torch.device, dtype: torch.dtype, *, compile: bool = False):
     """Move UNet, VAE and text encoder to ``device``/``dtype`` (only when needed), freeze them in
@@ -131,104 +177,59 @@ def weights_identity(c: Components) -> tuple[str, dict[str, str]]:
 def editor_identity(method: str, c: Components, dtype: torch.dtype, *, sampler: str, resize, resolution: int,
                     **extra) -> dict:
     """What an editor's outputs depend on besides the request: method, source, weights hashes,
-    dtype, sampler, any ``extra`` fields, resize mode and resolution."""
+    dtype, sampler, prediction type, any ``extra`` fields, resize mode and resolution."""
     combined, parts = weights_identity(c)
     return {"method": method, "source": c.source, "weights_hash": combined, "component_hashes": parts,
-            "dtype": str(dtype).replace("torch.", ""), "sampler": sampler, **extra, "resize": resize,
-            "resolution": resolution}
-
-
-# ---------------------------------------------------------------- the OpenAI CLIP tokenizer
-
-def _bytes_to_unicode() -> dict[int, str]:
-    from ip2p.util.bpe import bytes_to_unicode
-
-    return bytes_to_unicode()
-
-
-@lru_cache(maxsize=1)
-def openai_clip_tokenizer_dir() -> Path:
-    """A CLIPTokenizer folder (vocab.json, merges.txt) built from the BPE merges file that
-    open_clip ships, so the SD tokenizer is available with no download. Cached on disk."""
-    import open_clip
-
-    from ip2p.util.io import atomic_write_json, atomic_write_text
-
-    bpe = Path(open_clip.__file__).resolve().parent / "bpe_simple_vocab_16e6.txt.gz"
-    if not bpe.exists():
-        raise ModelLoadError(f"open_clip's BPE file is missing: {bpe}; reinstall open_clip_torch")
-    cache = Path(os.environ.get("IP2P_CACHE", Path.home() / ".cache" / "ip2p")) / "tokenizers" / "openai-clip"
-    if (cache / "tokenizer_config.json").exists():
-        return cache
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    alphabet = list(_bytes_to_unicode().values())
-    vocab = alphabet + [a + "</w>" for a in alphabet] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    atomic_write_json(cache / "vocab.json", {tok: i for i, tok in enumerate(vocab)})
-    atomic_write_text(cache / "merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    atomic_write_json(
-        cache / "tokenizer_config.json",
-        {
-            "tokenizer_class": "CLIPTokenizer",
-            "model_max_length": 77,
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "unk_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "do_lower_case": True,
-        },
-    )
-    return cache
+            "dtype": str(dtype).replace("torch.", ""), "sampler": sampler, "prediction_type": c.prediction_type,
+            **extra, "resize": resize, "resolution": resolution}
 
 
 # ---------------------------------------------------------------- built-in architectures
 
-def build_builtin(name: str, *, seed: int = 0, torch_dtype=None) -> Components:
-    """Random-weight model of a named built-in architecture (deterministic from ``seed``)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.schedulers import EulerAncestralDiscreteScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def build_builtin(name: str, *, seed: int = 0, torch_dtype=None, kind: str = "ip2p") -> Components:
+    """Random-weight model of a named built-in architecture (deterministic from ``seed``);
+    ``kind="t2i"`` (or a ``<name>-t2i`` name) gives its text-to-image version."""
+    parsed = builtin_name(name)
+    arch, kind = parsed if parsed and parsed[1] == "t2i" else (name, kind)
+    unet, vae, text_encoder, tokenizer, scheduler, res = build_modules(arch, kind, seed=seed)
+    if kind == "ip2p":  # the paper's sampler (only its training sigmas are used by default)
+        from diffusers import EulerAncestralDiscreteScheduler
 
-    path = BUILTIN_ARCHITECTURES.get(name)
-    if path is None:
-        raise ModelLoadError(f"unknown built-in architecture {name!r}; known: {sorted(BUILTIN_ARCHITECTURES)}")
-    cfg = json.loads(Path(path).read_text())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**cfg["unet"])
-        vae = AutoencoderKL(**cfg["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    if cfg.get("tokenizer", "openai-clip") != "openai-clip":
-        raise ModelLoadError(f"{path}: tokenizer {cfg['tokenizer']!r} is not supported (use 'openai-clip')")
-    tokenizer = CLIPTokenizer.from_pretrained(str(openai_clip_tokenizer_dir()))
-    sched_cfg = {k: v for k, v in cfg["scheduler"].items() if not k.startswith("_")}
-    scheduler = EulerAncestralDiscreteScheduler(**sched_cfg)
-    c = Components(unet, vae, text_encoder.eval(), tokenizer, scheduler, source=name, resolution=cfg.get("resolution"))
-    c.info = {"kind": "builtin", "architecture": name, "seed": seed}
+        scheduler = EulerAncestralDiscreteScheduler.from_config(scheduler.config)
+    source = arch + (T2I_SUFFIX if kind == "t2i" else "")
+    c = Components(unet, vae, text_encoder, tokenizer, scheduler, source=source, resolution=res)
+    c.info = {"kind": "builtin", "architecture": arch, "seed": seed, "unet_in_channels": int(unet.config.in_channels)}
     if torch_dtype is not None:
         for m in (c.unet, c.vae, c.text_encoder):
             m.to(torch_dtype)
-    return validate_components(c)
+    return validate_components(c, kind)
+
+
+def build_t2i_builtin(arch: str = "tiny", *, seed: int = 0, torch_dtype=None) -> Components:
+    """Random-weight text-to-image model of a built-in architecture (``<arch>-t2i``)."""
+    return build_builtin(arch, seed=seed, torch_dtype=torch_dtype, kind="t2i")
 
 
 # ---------------------------------------------------------------- diffusers folders / hub ids
 
-def _missing_weights_error(source: str, local_files_only: bool, err: Exception) -> ModelLoadError:
+def _missing_weights_error(source: str, what: str, local_files_only: bool, err: Exception) -> ModelLoadError:
     where = "the local Hugging Face cache" if local_files_only else "the Hub or the local cache"
+    first = str(err).splitlines()[0] if str(err) else ""
     return ModelLoadError(
-        f"cannot load model {source!r}: it is not a local folder and was not found in {where} ({type(err).__name__}: "
-        f"{str(err).splitlines()[0] if str(err) else ''}). Supply the weights: on a machine with network run "
+        f"cannot load model {source!r} ({what}): it is not a local folder and was not found in {where} "
+        f"({type(err).__name__}: {first}). Supply the weights: on a machine with network run "
         f"`hf download {source} --local-dir <folder>` and pass that folder, or copy them into $HF_HOME/hub "
         f"(then use local_files_only=True / HF_HUB_OFFLINE=1)."
     )
 
 
-def load_diffusers(source: str, *, local_files_only: bool | None = None, torch_dtype=None, revision=None) -> Components:
-    """Components from a diffusers folder (model_index.json with unet/vae/text_encoder/tokenizer/
-    scheduler subfolders) or a hub id; ``local_files_only`` defaults to ``HF_HUB_OFFLINE``."""
+def load_diffusers(source: str, *, kind: str = "ip2p", local_files_only: bool | None = None, torch_dtype=None,
+                   revision=None) -> Components:
+    """Components from a diffusers folder (unet/vae/text_encoder/tokenizer/scheduler subfolders) or a
+    hub id; ``local_files_only`` defaults to ``HF_HUB_OFFLINE``. The UNet's channels are checked
+    against ``kind`` from the configs, before any weights load."""
+    import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.schedulers import EulerAncestralDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
     local_files_only = local_files_only_default(local_files_only)
@@ -236,37 +237,45 @@ def load_diffusers(source: str, *, local_files_only: bool | None = None, torch_d
     kw: dict[str, Any] = {"local_files_only": local_files_only}
     if revision is not None:
         kw["revision"] = revision
-    if torch_dtype is not None:
-        kw["torch_dtype"] = torch_dtype
+    wkw = {**kw, **({"torch_dtype": torch_dtype} if torch_dtype is not None else {})}
 
-    def part(cls, sub, **extra):
-        if is_dir and not (Path(source) / sub).is_dir():
-            raise ModelLoadError(f"{source}: the diffusers folder has no '{sub}/' subfolder (expected unet, vae, text_encoder, tokenizer, scheduler)")
+    def attempt(what, fn):
         try:
-            return cls.from_pretrained(source, subfolder=sub, **kw, **extra)
+            return fn()
         except ModelLoadError:
             raise
         except (OSError, ValueError) as e:  # huggingface_hub errors derive from these
             if is_dir:
-                raise ModelLoadError(f"{source}/{sub}: cannot load {cls.__name__}: {e}") from e
-            raise _missing_weights_error(source, local_files_only, e) from e
+                raise ModelLoadError(f"{source}/{what}: cannot load: {type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            raise _missing_weights_error(source, what, local_files_only, e) from e
 
-    unet = part(UNet2DConditionModel, "unet")
-    vae = part(AutoencoderKL, "vae")
-    text_encoder = part(CLIPTextModel, "text_encoder")
-    tok_kw = {k: v for k, v in kw.items() if k != "torch_dtype"}
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **tok_kw)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{source}: cannot load the tokenizer (tokenizer/vocab.json, merges.txt): {e}") from e
-    try:
-        scheduler = EulerAncestralDiscreteScheduler.from_pretrained(source, subfolder="scheduler", **tok_kw)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{source}: cannot load the scheduler config (scheduler/scheduler_config.json): {e}") from e
+    if is_dir:
+        for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if not (Path(source) / sub).is_dir():
+                raise ModelLoadError(f"{source}: the diffusers folder has no '{sub}/' subfolder "
+                                     f"(expected unet, vae, text_encoder, tokenizer, scheduler)")
+    unet_cfg = attempt("unet", lambda: UNet2DConditionModel.load_config(source, subfolder="unet", **kw))
+    vae_cfg = attempt("vae", lambda: AutoencoderKL.load_config(source, subfolder="vae", **kw))
+    check_kind(source, int(unet_cfg["in_channels"]), int(vae_cfg.get("latent_channels", 4)), kind)
+    # any scheduler class reads scheduler_config.json; its _class_name picks the class
+    sched_cfg = attempt("scheduler", lambda: diffusers.DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
+    check_prediction_type(source, str(sched_cfg.get("prediction_type") or "epsilon"))
+    unet = attempt("unet", lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", **wkw))
+    vae = attempt("vae", lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", **wkw))
+    text_encoder = attempt("text_encoder", lambda: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **wkw))
+    tokenizer = attempt("tokenizer", lambda: CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw))
+    if int(unet_cfg["in_channels"]) == 2 * int(vae_cfg.get("latent_channels", 4)):
+        sched_cls = diffusers.EulerAncestralDiscreteScheduler  # the paper's sampler over the model's sigmas
+    else:
+        sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name", "")), None)
+        if sched_cls is None:
+            raise ModelLoadError(f"{source}/scheduler: unknown scheduler class {sched_cfg.get('_class_name')!r}")
+    scheduler = sched_cls.from_config(sched_cfg)
     res = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
     c = Components(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, source=source, resolution=res)
     c.info = {"kind": "diffusers", "local_files_only": local_files_only}
-    return validate_components(c)
+    return validate_components(c, kind)
 
 
 # ---------------------------------------------------------------- original single-file checkpoints
@@ -274,24 +283,27 @@ def load_diffusers(source: str, *, local_files_only: bool | None = None, torch_d
 def load_single_file(
     path: str,
     *,
+    kind: str = "ip2p",
     config: str | None = None,
     trust_pickle: bool = False,
     local_files_only: bool | None = None,
     torch_dtype=None,
 ) -> Components:
-    """Components from an original (LDM layout) InstructPix2Pix checkpoint, e.g.
+    """Components from an original (LDM layout) checkpoint, e.g.
     ``instruct-pix2pix-00-22000.safetensors``, through diffusers' ``from_single_file`` (EMA
     weights extracted when present). ``config`` is a diffusers folder or hub id whose configs
     describe the architecture (default: diffusers infers it, which needs the hub cache), or a
     built-in architecture name (``tiny``, ``sd15``: a weight-free config folder is written once
     under ``$IP2P_CACHE/configs/<name>/``). ``.ckpt`` files are pickles and load only with
     ``trust_pickle=True``."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+
+    from ip2p.ldm_layout import check_single_file
 
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"checkpoint file not found: {p}")
-    if p.suffix in (".ckpt", ".pt", ".pth", ".bin") and not trust_pickle:
+    if p.suffix in _PICKLE_SUFFIXES and not trust_pickle:
         raise ModelLoadError(
             f"{p} is a pickle ({p.suffix}), which can run code when loaded. Pass trust_pickle=True "
             f"(CLI: --trust-pickle) only if you trust its origin, or convert it to .safetensors."
@@ -302,20 +314,17 @@ def load_single_file(
     kw: dict[str, Any] = {"local_files_only": local_files_only, "safety_checker": None,
                           "feature_extractor": None, "requires_safety_checker": False}
     if config is not None:
-        from ip2p.export import builtin_config_dir, check_single_file
-
-        if str(config) in BUILTIN_ARCHITECTURES:
-            kw["config"] = str(builtin_config_dir(str(config)))
-        else:
-            kw["config"] = resolve_source(config)
-        check_single_file(p, kw["config"])  # .safetensors: names and shapes, before diffusers builds anything
+        kw["config"] = str(builtin_config_dir(str(config))) if str(config) in BUILTIN_ARCHITECTURES else resolve_source(config)
+        if kind == "ip2p":  # .safetensors: names and shapes, before diffusers builds anything
+            check_single_file(p, kw["config"])
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
     from diffusers.loaders.single_file_utils import SingleFileComponentError
     from safetensors import SafetensorError
 
+    pipe_cls = StableDiffusionPipeline if kind == "t2i" else StableDiffusionInstructPix2PixPipeline
     try:
-        pipe = StableDiffusionInstructPix2PixPipeline.from_single_file(str(p), **kw)
+        pipe = pipe_cls.from_single_file(str(p), **kw)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError) as e:
         if "meta tensor" in str(e):  # diffusers left modules empty: the file lacks their weights
             raise ModelLoadError(
@@ -333,20 +342,27 @@ def load_single_file(
                 f"cannot load single-file checkpoint {p}: it holds no weights for {len(missing)} {name} "
                 f"parameter(s), e.g. {missing[:3]}; it does not match the architecture of config={config!r}"
             )
-    c = components_from_pipe(pipe, source=str(p))
+    c = components_from_pipe(pipe, source=str(p), kind=kind)
     c.info = {"kind": "single_file", "config": config}
     return c
 
 
-def components_from_pipe(pipe, *, source: str = "") -> Components:
-    """Components of an existing diffusers InstructPix2Pix pipeline (shared, not copied)."""
+def components_from_pipe(pipe, *, source: str = "", kind: str = "ip2p") -> Components:
+    """Components of an existing diffusers pipeline, or of anything with ``unet, vae,
+    text_encoder, tokenizer, scheduler`` attributes (shared, not copied), checked as ``kind``."""
+    if isinstance(pipe, Components):
+        return validate_components(pipe, kind)
+    missing = [a for a in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, a, None) is None]
+    if missing:
+        raise ModelLoadError(f"{type(pipe).__name__} has no {missing[0]!r}; a model needs unet, vae, text_encoder, "
+                             f"tokenizer and scheduler")
     res = int(pipe.unet.config.sample_size) * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     c = Components(
         pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler,
-        source=source or getattr(pipe, "name_or_path", "") or "pipeline", resolution=res,
+        source=source or getattr(pipe, "name_or_path", "") or type(pipe).__name__, resolution=res,
     )
     c.info = {"kind": "pipeline"}
-    return validate_components(c)
+    return validate_components(c, kind)
 
 
 # ---------------------------------------------------------------- one entry point
@@ -354,44 +370,93 @@ def components_from_pipe(pipe, *, source: str = "") -> Components:
 def load_components(
     source: str | os.PathLike,
     *,
+    kind: str = "ip2p",
     local_files_only: bool | None = None,
     torch_dtype=None,
     trust_pickle: bool = False,
     config: str | None = None,
     seed: int = 0,
 ) -> Components:
-    """Load from a built-in name, ``world:<name>``, a diffusers folder or hub id, or a single file."""
+    """Load ``kind`` ("ip2p", "t2i" or "any") from a built-in name, ``world:<name>``, a diffusers
+    folder or hub id, or a single file."""
     s = str(source)
-    if s in BUILTIN_ARCHITECTURES:
-        return build_builtin(s, seed=seed, torch_dtype=torch_dtype)
+    parsed = builtin_name(s)
+    if parsed is not None:
+        arch, built_kind = parsed
+        if kind not in ("any", built_kind):
+            other = arch + T2I_SUFFIX if kind == "t2i" else arch
+            raise ModelLoadError(f"{s!r} is the built-in {'text-to-image' if built_kind == 't2i' else 'InstructPix2Pix'} "
+                                 f"architecture; the {'text-to-image' if kind == 't2i' else 'InstructPix2Pix'} "
+                                 f"version is {other!r}")
+        return build_builtin(arch, seed=seed, torch_dtype=torch_dtype, kind=built_kind)
     resolved = resolve_source(s)
     p = Path(resolved)
-    if p.is_file() or p.suffix in (".safetensors", ".ckpt", ".pt", ".pth"):
-        return load_single_file(resolved, config=config, trust_pickle=trust_pickle,
-                                local_files_only=local_files_only, torch_dtype=torch_dtype)
-    if p.is_dir() and not (p / "model_index.json").exists() and not (p / "unet").is_dir():
-        raise ModelLoadError(f"{p} is a folder but not a diffusers pipeline folder (no model_index.json or unet/)")
-    c = load_diffusers(resolved, local_files_only=local_files_only, torch_dtype=torch_dtype)
+    if p.is_file() or p.suffix in (".safetensors",) + _PICKLE_SUFFIXES:
+        c = load_single_file(resolved, kind="ip2p" if kind == "any" else kind, config=config,
+                             trust_pickle=trust_pickle, local_files_only=local_files_only, torch_dtype=torch_dtype)
+    else:
+        if p.is_dir() and not (p / "model_index.json").exists() and not (p / "unet").is_dir():
+            if s.startswith("world:"):
+                raise ModelLoadError(f"world model {s!r} is not fully built: {p} has no unet/ subfolder. "
+                                     f"Build it with its recipe (see ip2p/world/README.md).")
+            raise ModelLoadError(f"{p} is a folder but not a diffusers pipeline folder (no model_index.json or unet/)")
+        c = load_diffusers(resolved, kind=kind, local_files_only=local_files_only, torch_dtype=torch_dtype)
     if s != resolved:
         c.source = s
     return c
 
 
+def load_vae(folder: str | os.PathLike):
+    """An ``AutoencoderKL`` from a VAE folder (``config.json`` + weights), eval mode."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(str(folder)).eval()
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder}: cannot load a VAE (config.json and weights): {e}") from e
+
+
+def load_tokenizer(folder: str | os.PathLike):
+    """A ``CLIPTokenizer`` from a tokenizer folder (vocab.json, merges.txt)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder}: cannot load a CLIP tokenizer (vocab.json, merges.txt): {e}") from e
+
+
+def training_scheduler(c: Components):
+    """The DDPM noise scheduler of a model's scheduler config (what training adds noise with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(c.scheduler.config)
+
+
 __all__ = [
     "Components",
+    "KINDS",
+    "PREDICTION_TYPES",
     "BUILTIN_ARCHITECTURES",
+    "CONFIG_DIR",
+    "T2I_SUFFIX",
     "register_architecture",
     "resolve_source",
     "validate_components",
-    "check_output_and_text_width",
+    "check_kind",
     "weights_identity",
+    "editor_identity",
     "place_for_inference",
     "local_files_only_default",
     "build_builtin",
+    "build_t2i_builtin",
     "load_diffusers",
     "load_single_file",
     "components_from_pipe",
     "load_components",
+    "load_vae",
+    "load_tokenizer",
+    "training_scheduler",
     "openai_clip_tokenizer_dir",
     "ModelLoadError",
 ]

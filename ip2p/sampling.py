@@ -25,6 +25,9 @@ __all__ = [
     "t_to_sigma",
     "get_ancestral_step",
     "to_d",
+    "denoised_from_output",
+    "model_input_scale",
+    "discrete_denoiser",
     "sample_euler_ancestral",
     "sample_with_scheduler",
     "scheduler_from",
@@ -117,6 +120,49 @@ def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
 
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+# ---------------------------------------------------------------- discrete-time denoisers
+
+def model_input_scale(sigma: float) -> float:
+    """``c_in = 1 / sqrt(sigma^2 + 1)``: the sampler's ``x`` (data + sigma * noise) scaled to the
+    variance-preserving input the UNet was trained on (k-diffusion's discrete denoisers)."""
+    return 1.0 / math.sqrt(sigma**2 + 1.0)
+
+
+def denoised_from_output(x: torch.Tensor, sigma: float, out: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The denoised estimate from a model output at noise level ``sigma``, for the sampler's
+    ``x = data + sigma * noise`` (k-diffusion's ``DiscreteEpsDDPMDenoiser`` and ``DiscreteVDDPMDenoiser``):
+
+    - ``epsilon``:      ``x - sigma * out``
+    - ``v_prediction``: ``x / (sigma^2 + 1) - out * sigma / sqrt(sigma^2 + 1)``
+    - ``sample``:       ``out`` (the model predicts the clean latent)
+
+    Each is affine in ``out`` with the same ``x`` term, so guidance (an affine combination with
+    weights summing to 1) gives the same result applied before or after this conversion."""
+    if prediction_type == "epsilon":
+        return x - sigma * out
+    if prediction_type == "v_prediction":
+        return x / (sigma**2 + 1.0) - out * (sigma / math.sqrt(sigma**2 + 1.0))
+    if prediction_type == "sample":
+        return out
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def discrete_denoiser(model: ModelFn, sigma_table: torch.Tensor, prediction_type: str, device="cpu") -> Denoiser:
+    """``denoise(x, sigma)`` from a model trained on discrete timesteps: ``model(x * c_in, t(sigma))``
+    (its raw output: eps, v or the clean sample) converted by ``denoised_from_output``."""
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        t = sigma_to_t(torch.tensor([sigma]), sigma_table).to(device)
+        return denoised_from_output(x, sigma, model(x * model_input_scale(sigma), t), prediction_type)
+
+    return denoise
 
 
 def sample_euler_ancestral(
