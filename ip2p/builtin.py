@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -185,27 +184,11 @@ def builtin_config_dir(name: str) -> Path:
 
     if current():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}."))
-    tmp.chmod(0o755)
-    try:
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(dest) as tmp:
         write_diffusers_config(json.loads(raw), tmp)
         (tmp / "ip2p_stamp.txt").write_text(stamp + "\n")
-        if dest.exists():
-            old = dest.with_name(f".{name}.old.{os.getpid()}")
-            try:
-                os.replace(dest, old)
-                shutil.rmtree(old, ignore_errors=True)
-            except OSError:
-                pass
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another process won the race
-            if not current():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

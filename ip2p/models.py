@@ -274,7 +274,7 @@ def load_diffusers(source: str, *, kind: str = "ip2p", local_files_only: bool | 
     scheduler = sched_cls.from_config(sched_cfg)
     res = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
     c = Components(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer, scheduler, source=source, resolution=res)
-    c.info = {"kind": "diffusers", "local_files_only": local_files_only}
+    c.info = {"kind": "diffusers", "local_files_only": local_files_only, "scheduler_config": dict(sched_cfg)}
     return validate_components(c, kind)
 
 
@@ -430,7 +430,7 @@ def training_scheduler(c: Components):
     """The DDPM noise scheduler of a model's scheduler config (what training adds noise with)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(c.scheduler.config)
+    return DDPMScheduler.from_config(c.info.get("scheduler_config") or c.scheduler.config)
 
 
 __all__ = [

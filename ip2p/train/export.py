@@ -62,13 +62,14 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
 
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    from ip2p.train.trainer import load_base
+    from ip2p.models import load_components
     from ip2p.train.validation import unet_copy
-    from ip2p.util.io import atomic_write_json, atomic_write_text
+    from ip2p.util.io import atomic_write_json, atomic_write_text, swap_in_dir
 
     out = Path(out)
     unet = unet_copy(trained_unet, ema, "cpu", torch.float32)
-    tokenizer, text_encoder, vae, _, _ = load_base(cfg.base)  # fresh fp32 copies of the frozen parts
+    base = load_components(cfg.base, kind="any")  # fresh fp32 copies of the frozen parts
+    tokenizer, text_encoder, vae = base.tokenizer, base.text_encoder, base.vae
     changed = []
     if frozen_hashes:
         now = {"vae": hash_state_dict(vae), "text_encoder": hash_state_dict(text_encoder)}
@@ -88,9 +89,10 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
             src, dst = tmp / name, out / name
             if not src.exists():
                 continue
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            os.replace(src, dst)
+            if src.is_dir():
+                swap_in_dir(src, dst)  # each part: the old folder or the new one, never neither
+            else:
+                os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     cfg_path = out / "training_config.json"

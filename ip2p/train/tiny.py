@@ -48,10 +48,17 @@ def make_tiny_sd(folder: str | Path, seed: int = 0, sample_size: int = 16) -> Pa
     attention 16; text encoder: 2 layers, width 16, 16 tokens. ``sample_size`` is the UNet's
     latent size (the pipeline's default image size is ``2 * sample_size``).
     """
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(folder) as tmp:
+        _write_tiny_sd(Path(tmp), seed, sample_size)
+    return Path(folder)
+
+
+def _write_tiny_sd(folder: Path, seed: int, sample_size: int) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = Path(folder)
     torch.manual_seed(seed)
     tok = write_tiny_tokenizer(folder / "tokenizer")
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -78,4 +85,3 @@ def make_tiny_sd(folder: str | Path, seed: int = 0, sample_size: int = 16) -> Pa
         "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
-    return folder

@@ -34,27 +34,12 @@ STATE_FILE = "trainer_state.json"
 
 
 def load_base(base: str):
-    """(tokenizer, text_encoder, vae, unet, noise_scheduler) from a diffusers folder or name."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """(tokenizer, text_encoder, vae, unet, noise_scheduler) of the base model, through the loading
+    layer (``ip2p.models``, kind "any": a text-to-image model or an InstructPix2Pix to train on)."""
+    from ip2p.models import load_components, training_scheduler
 
-    from ip2p.errors import ModelLoadError
-    from ip2p.models import resolve_source
-
-    src = resolve_source(base)
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
-        noise_scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load the base model {base!r} ({src}) as a diffusers folder with "
-                             f"tokenizer/, text_encoder/, vae/, unet/, scheduler/: {e}") from e
-    if unet.config.in_channels not in (4, 8):
-        raise ModelLoadError(f"base UNet of {base!r} has in_channels={unet.config.in_channels}; expected 4 "
-                             f"(text-to-image) or 8 (InstructPix2Pix)")
-    return tokenizer, text_encoder, vae, unet, noise_scheduler
+    c = load_components(base, kind="any")
+    return c.tokenizer, c.text_encoder, c.vae, c.unet, training_scheduler(c)
 
 
 def make_lr_scheduler(optimizer, cfg: TrainConfig):

@@ -246,21 +246,18 @@ raw figures in `evaluation.json`.
 
 def ship(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
     """Copy the pipeline parts of a run into the shipped folder (no checkpoints or logs)."""
-    tmp = ship_dir.with_name(ship_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in SHIPPED:
-        src = run_dir / name
-        if src.is_dir():
-            shutil.copytree(src, tmp / name)
-        elif src.is_file():
-            shutil.copy2(src, tmp / name)
-    grids = sorted((run_dir / "validation").glob("step-*.png"))
-    if grids:
-        shutil.copy2(grids[-1], tmp / "validation.png")
-    if ship_dir.exists():
-        shutil.rmtree(ship_dir)
-    tmp.rename(ship_dir)
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(ship_dir) as tmp:
+        for name in SHIPPED:
+            src = run_dir / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        grids = sorted((run_dir / "validation").glob("step-*.png"))
+        if grids:
+            shutil.copy2(grids[-1], tmp / "validation.png")
     return ship_dir
 
 
@@ -271,13 +268,14 @@ def stage2_base(run_dir: Path, stage1: Path = SHIP_DIR) -> Path:
     An existing base is kept as it is."""
     from ip2p.world.recipe import SD_DIR
 
+    from ip2p.util.io import replacing_dir
+
     base = run_dir / "stage1"
     if not base.exists():
-        tmp = base.with_name(base.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(stage1, tmp, ignore=shutil.ignore_patterns("vae"))
-        shutil.copytree(SD_DIR / "vae", tmp / "vae", ignore=shutil.ignore_patterns("README.md", "training.json"))
-        tmp.rename(base)
+        with replacing_dir(base) as tmp:
+            shutil.rmtree(tmp)
+            shutil.copytree(stage1, tmp, ignore=shutil.ignore_patterns("vae"))
+            shutil.copytree(SD_DIR / "vae", tmp / "vae", ignore=shutil.ignore_patterns("README.md", "training.json"))
     return base
 
 

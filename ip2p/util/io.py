@@ -6,12 +6,16 @@ is renamed into place, so a reader never sees a half-written file (DESIGN invari
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +50,82 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- whole folders
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system does not offer it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def recover_dir(dest: str | os.PathLike) -> None:
+    """Finish a swap that was interrupted between its two renames (systems without an atomic
+    exchange): when ``dest`` is missing and its old copy is beside it, put the old copy back."""
+    dest = Path(dest)
+    if dest.exists() or not dest.parent.is_dir():
+        return
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"))
+    if olds:
+        os.rename(olds[-1], dest)
+
+
+def swap_in_dir(new: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Make folder ``new`` (beside ``dest``) become ``dest``; the old ``dest``, if any, is removed.
+    At every instant ``dest`` is the old folder or the new one, never neither (an atomic exchange
+    where the system has one; elsewhere two renames, and ``recover_dir`` undoes a half-done swap)."""
+    new, dest = Path(new), Path(dest)
+    recover_dir(dest)
+    if not dest.exists():
+        os.rename(new, dest)
+        return dest
+    if _exchange(new, dest):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old folder
+        return dest
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    os.rename(dest, old)
+    os.rename(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+@contextlib.contextmanager
+def replacing_dir(dest: str | os.PathLike, *, start_from_existing: bool = False) -> Iterator[Path]:
+    """Write a whole folder at once: yields an empty folder beside ``dest`` (a copy of ``dest`` when
+    ``start_from_existing``); when the block ends without error it is swapped in as ``dest``
+    (``swap_in_dir``); on error it is removed and ``dest`` is left as it was. Folder modes follow
+    the user's umask."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.new-"))
+    try:
+        if start_from_existing and dest.is_dir():
+            shutil.rmtree(tmp)
+            shutil.copytree(dest, tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        swap_in_dir(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str | os.PathLike, error: type[Exception], *, missing: str, where: str | None = None) -> Any:

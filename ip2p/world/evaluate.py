@@ -21,14 +21,18 @@ from ip2p.world.scenes import COLOURS, KINDS, Scene, caption, render
 
 @torch.no_grad()
 def clip_features(folder: str | Path, images: torch.Tensor | None = None, texts: list[str] | None = None):
-    from ip2p.world.train_clip import load_world_clip, preprocess
+    """L2-normalised image and text features of a CLIP folder (loaded through ``ip2p.metrics``)."""
+    from ip2p.metrics import load_clip
+    from ip2p.metrics.preprocess import paper_preprocess
 
-    model, tokenize, pre = load_world_clip(folder)
+    clip = load_clip(str(folder), device="cpu")
+    pre = clip.preprocess_cfg
     fi = ft = None
     if images is not None:
-        fi = torch.nn.functional.normalize(model.encode_image(preprocess(images, pre)), dim=-1)
+        x = paper_preprocess(images, clip.image_size, pre["mean"], pre["std"])
+        fi = torch.nn.functional.normalize(clip.model.encode_image(x), dim=-1)
     if texts is not None:
-        ft = torch.nn.functional.normalize(model.encode_text(tokenize(texts)), dim=-1)
+        ft = torch.nn.functional.normalize(clip.model.encode_text(clip.tokenizer(list(texts))), dim=-1)
     return fi, ft
 
 
@@ -89,7 +93,12 @@ def sd_samples(sd_folder: str | Path, captions: list[str], steps: int = 20, guid
     """Images ``[N, 3, 64, 64]`` in [0, 1] from the world SD (DDIM), one generator per image."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(sd_folder))
+    from ip2p.models import load_components
+
+    c = load_components(str(sd_folder), kind="t2i")
+    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(captions))]
@@ -117,11 +126,10 @@ def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> 
 
 
 def evaluate_vae(vae_folder: str | Path, n: int = 64) -> dict:
-    from diffusers import AutoencoderKL
-
+    from ip2p.models import load_vae
     from ip2p.world.train_vae import evaluate_vae as _ev
 
-    return _ev(AutoencoderKL.from_pretrained(str(vae_folder)).eval(), n)
+    return _ev(load_vae(vae_folder), n)
 
 
 __all__ = ["evaluate_clip", "evaluate_sd", "evaluate_vae", "retrieval_top1", "zero_shot", "sd_samples", "clip_features"]

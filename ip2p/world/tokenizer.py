@@ -118,10 +118,18 @@ def write_tokenizer_files(folder: str | Path) -> Path:
 
 
 def build_tokenizer(folder: str | Path):
-    """Build and save the world's ``CLIPTokenizer`` (transformers format) in ``folder``; return it."""
+    """Build and save the world's ``CLIPTokenizer`` (transformers format) in ``folder`` (one folder
+    swap); return it."""
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(folder) as tmp:
+        tok = _write_tokenizer(Path(tmp))
+    return tok
+
+
+def _write_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
     write_tokenizer_files(folder)
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]

@@ -60,26 +60,6 @@ def build_clip(model_cfg: dict):
     return open_clip.CLIP(**cfg)
 
 
-def load_world_clip(folder: str | Path):
-    """(model, tokenizer function, preprocess config) of a world CLIP folder, eval mode, on CPU."""
-    from safetensors.torch import load_file
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    cfg = json.loads((folder / "open_clip_config.json").read_text())
-    model = build_clip(cfg["model_cfg"])
-    model.load_state_dict(load_file(str(folder / "open_clip_model.safetensors")))
-    model.eval()
-    tok_dir = (folder / cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"]).resolve()
-    hf_tok = CLIPTokenizer.from_pretrained(str(tok_dir))
-    ctx = cfg["model_cfg"]["text_cfg"]["context_length"]
-
-    def tokenize(texts: list[str]) -> torch.Tensor:
-        return hf_tok(list(texts), padding="max_length", max_length=ctx, truncation=True, return_tensors="pt").input_ids
-
-    return model, tokenize, cfg["preprocess_cfg"]
-
-
 def preprocess(images: torch.Tensor, pre: dict) -> torch.Tensor:
     """Images ``[N, 3, H, W]`` in [0, 1] -> normalised model input (square bicubic resize, no crop)."""
     size = pre["image_size"]
@@ -91,10 +71,9 @@ def preprocess(images: torch.Tensor, pre: dict) -> torch.Tensor:
 
 
 def train_clip(which: str, out: Path | None = None, steps: int | None = None) -> dict:
-    from safetensors.torch import save_file
-    from transformers import CLIPTokenizer
-
-    from ip2p.util.io import atomic_write_json
+    from ip2p.metrics.clip_models import save_clip_folder
+    from ip2p.models import load_tokenizer
+    from ip2p.util.io import replacing_dir
     from ip2p.world.recipe import TOKENIZER_DIR
 
     r = dict(CLIP_RECIPES[which])
@@ -104,7 +83,7 @@ def train_clip(which: str, out: Path | None = None, steps: int | None = None) ->
     out = Path(out) if out else WEIGHTS_DIR / r["folder"]
     record = RunRecord(f"ip2p world train-clip --which {which} --steps {steps}", steps=steps, batch=batch, lr=lr,
                        seed=seed, model_cfg=r["model_cfg"])
-    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    tok = load_tokenizer(TOKENIZER_DIR)
     if len(tok) != VOCAB_SIZE or tok.eos_token_id != EOT_ID:
         raise RuntimeError(f"world tokenizer has {len(tok)} tokens (eos {tok.eos_token_id}); "
                            f"train_clip expects {VOCAB_SIZE} (eos {EOT_ID}): update VOCAB_SIZE")
@@ -137,9 +116,8 @@ def train_clip(which: str, out: Path | None = None, steps: int | None = None) ->
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", scale=f"{scale.item():.1f}")
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
-    atomic_write_json(out / "open_clip_config.json", {"model_cfg": r["model_cfg"], "preprocess_cfg": PREPROCESS_CFG})
+    with replacing_dir(out, start_from_existing=True) as tmp:  # the layout ip2p.metrics.load_clip reads
+        save_clip_folder(tmp, model, r["model_cfg"], PREPROCESS_CFG)
     from ip2p.world.evaluate import evaluate_clip
 
     figures = evaluate_clip(out)

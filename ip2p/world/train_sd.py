@@ -106,16 +106,17 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 def train_sd(out: Path = SD_DIR, steps: int = 1500, batch: int = 32, lr: float = 1e-3, n_images: int = 8192,
              caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0) -> dict:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from ip2p.models import load_tokenizer, load_vae
 
     gen = setup(seed)
     out = Path(out)
     record = RunRecord(f"ip2p world train-sd --steps {steps} --batch {batch}", steps=steps, batch=batch, lr=lr,
                        n_images=n_images, caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed,
                        text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
-    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
-    vae = AutoencoderKL.from_pretrained(str(out / "vae")).eval().requires_grad_(False)
+    tokenizer = load_tokenizer(out / "tokenizer")
+    vae = load_vae(out / "vae").requires_grad_(False)
     scale = float(vae.config.scaling_factor)
     mean, std, scenes = encode_dataset(vae, n_images, seed)
 
@@ -163,7 +164,10 @@ def train_sd(out: Path = SD_DIR, steps: int = 1500, batch: int = 32, lr: float =
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.save_pretrained(str(out))
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(out, start_from_existing=True) as tmp:  # one swap: the old pipeline or the new
+        pipe.save_pretrained(str(tmp))
     return record.save(out / "unet", final_loss=float(np.mean(losses[-100:])),
                        parameters={"unet": n_params(unet), "text_encoder": n_params(text_encoder)},
                        loss_curve=[round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)])

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ip2p.models import load_vae
 from ip2p.world.recipe import SD_DIR, RunRecord, caption_batch, n_params, psnr, setup
 
 VAE_CONFIG = dict(
@@ -126,21 +127,19 @@ def refine_anchored(vae, steps: int, batch: int = 32, lr: float = 5e-4, anchor_w
 
 def refine_vae(out: Path = SD_DIR / "vae", steps: int = 500, batch: int = 32) -> dict:
     """Run phase 3 on the VAE saved in ``out`` (after ``train-sd``), keeping its record."""
-    from diffusers import AutoencoderKL
-
     from ip2p.world.recipe import load_record
 
     out = Path(out)
     rec0 = load_record(out)
     if rec0.get("config", {}).get("refine_steps"):
         raise RuntimeError(f"{out} already holds a refined VAE; refine the phase-2 output")
-    vae = AutoencoderKL.from_pretrained(str(out))
+    vae = load_vae(out)
     record = RunRecord(rec0["command"] + f" && ip2p world train-sd && ip2p world train-vae --refine-steps {steps}",
                        **rec0["config"], refine_steps=steps)
     record.t0 -= rec0["wall_time_s"]
     before = evaluate_vae(vae)
     extra = refine_anchored(vae, steps, batch=batch)
-    vae.save_pretrained(str(out))
+    save_vae(vae, out)
     return record.save(out, parameters=n_params(vae), scaling_factor=rec0["scaling_factor"],
                        phase1_figures=rec0.get("phase1_figures"), phase2_figures=before,
                        decoder_final_loss=rec0.get("decoder_final_loss"), **extra, figures=evaluate_vae(vae))
@@ -153,17 +152,15 @@ def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr:
 
     out = Path(out)
     if decoder_only:
-        from diffusers import AutoencoderKL
-
         rec1 = load_record(out)
         if rec1.get("config", {}).get("decoder_steps"):
             raise RuntimeError(f"{out} already holds a phase-2 VAE; --decoder-only needs the phase-1 output")
-        vae = AutoencoderKL.from_pretrained(str(out))
+        vae = load_vae(out)
         record = RunRecord(rec1["command"].split(" --decoder")[0] + f" --decoder-steps {decoder_steps}",
                            **rec1["config"], decoder_steps=decoder_steps)
         record.t0 -= rec1["wall_time_s"]  # wall time of both phases
         losses = finetune_decoder(vae, decoder_steps, batch=batch)
-        vae.save_pretrained(str(out))
+        save_vae(vae, out)
         return record.save(out, parameters=n_params(vae), scaling_factor=rec1["scaling_factor"],
                            phase1_figures=rec1.get("figures"), decoder_final_loss=sum(losses[-50:]) / 50,
                            figures=evaluate_vae(vae))
@@ -199,7 +196,7 @@ def train_vae(out: Path = SD_DIR / "vae", steps: int = 700, batch: int = 32, lr:
     vae.register_to_config(scaling_factor=round(scaling, 5))
     phase1 = evaluate_vae(vae)
     losses = finetune_decoder(vae, decoder_steps, batch=batch) if decoder_steps else [float("nan")] * 50
-    vae.save_pretrained(str(out))
+    save_vae(vae, out)
     return record.save(out, parameters=n_params(vae), scaling_factor=round(scaling, 5), phase1_figures=phase1,
                        decoder_final_loss=sum(losses[-50:]) / 50, figures=evaluate_vae(vae))
 
@@ -219,8 +216,6 @@ def sharpen_posterior(out: Path = SD_DIR / "vae", logvar_shift: float = POSTERIO
     nearly deterministic; after the shift (std ~0.001) the world's is too. Only the bias of the
     log-variance half of ``quant_conv`` changes; applying it twice is refused.
     """
-    from diffusers import AutoencoderKL
-
     from ip2p.util.io import atomic_write_json
     from ip2p.world.recipe import load_record
 
@@ -228,12 +223,12 @@ def sharpen_posterior(out: Path = SD_DIR / "vae", logvar_shift: float = POSTERIO
     rec0 = load_record(out)
     if rec0.get("config", {}).get("posterior_logvar_shift"):
         raise RuntimeError(f"{out} already holds a sharpened VAE (logvar shift {rec0['config']['posterior_logvar_shift']})")
-    vae = AutoencoderKL.from_pretrained(str(out))
+    vae = load_vae(out)
     x, _ = caption_batch("test", 0, 64, seed=0)
     std_before = float(vae.encode(x * 2 - 1).latent_dist.std.mean())
     vae.quant_conv.bias[vae.config.latent_channels:] += logvar_shift
     std_after = float(vae.encode(x * 2 - 1).latent_dist.std.mean())
-    vae.save_pretrained(str(out))
+    save_vae(vae, out)
     command = rec0.get("command", "ip2p world train-vae") + f" && ip2p world sharpen-vae --logvar-shift {logvar_shift}"
     rec = {**rec0, "command": command, "config": {**rec0.get("config", {}), "posterior_logvar_shift": logvar_shift},
            "posterior_std_before": std_before, "posterior_std_after": std_after}
@@ -263,8 +258,6 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
     """Phase 5: fine-tune the decoder (and post_quant_conv) of the VAE in ``out`` on the inputs and
     targets of ``n_items`` training edits (L1 + MSE, cosine lr), the encoder frozen. Latents are
     encoded once (posterior mode: the sharpened posterior's std is ~0.001). Refused twice."""
-    from diffusers import AutoencoderKL
-
     from ip2p.data.registry import open_dataset
     from ip2p.util.io import atomic_write_json
     from ip2p.world.recipe import load_record
@@ -275,7 +268,7 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
         raise RuntimeError(f"{out} already holds a VAE whose decoder was fine-tuned on edits")
     t0 = time.time()
     gen = setup(seed)
-    vae = AutoencoderKL.from_pretrained(str(out)).eval()
+    vae = load_vae(out).eval()
     before = edit_roundtrip_l1(vae, n=eval_n)
     items = list(open_dataset("world:train", n=n_items))
     x = torch.cat([torch.stack([e.load_input() for e in tqdm(items, desc="render inputs")]),
@@ -294,7 +287,7 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
         _optimiser_step((rec - x[idx]).abs().mean() + (rec - x[idx]).pow(2).mean(), opt, sched, params, losses, bar)
     vae.eval()
     after = edit_roundtrip_l1(vae, n=eval_n)
-    vae.save_pretrained(str(out))
+    save_vae(vae, out)
     command = rec0.get("command", "ip2p world train-vae") + f" && ip2p world finetune-vae-decoder --items {n_items} --steps {steps}"
     rec = {**rec0, "command": command,
            "config": {**rec0.get("config", {}), "edit_decoder_steps": steps, "edit_decoder_items": n_items,
@@ -304,3 +297,11 @@ def finetune_decoder_on_edits(out: Path = SD_DIR / "vae", n_items: int = 2000, s
            "edit_roundtrip_l1_before": before, "edit_roundtrip_l1_after": after, "figures": evaluate_vae(vae)}
     atomic_write_json(out / "training.json", rec)
     return rec
+
+
+def save_vae(vae, out: Path) -> None:
+    """Write the VAE into ``out`` as one folder swap (its other files, records and card, kept)."""
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(out, start_from_existing=True) as tmp:
+        vae.save_pretrained(str(tmp))
