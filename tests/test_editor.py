@@ -193,3 +193,43 @@ def test_edit_uses_the_editors_resize_by_default(pipe):
     assert out.shape == (1, 3, 16, 20)  # floored to the VAE factor (2), not the paper's 64-multiples
     out = ed.edit(rand_image(16, 16, seed=9), "make it red", num_inference_steps=1, resize="paper")
     assert out.shape == (1, 3, 64, 64)  # the paper rule at the tiny model's resolution 16 rounds up to 64
+
+
+@pytest.mark.parametrize("scheduler_cls", [None, DDIMScheduler])
+def test_v_prediction_model_is_sampled_by_its_own_parameterisation(scheduler_cls):
+    """A tiny random v-prediction InstructPix2Pix: the default (paper) sampler and DDIM both equal
+    diffusers' pipeline with the same scheduler config (4 steps: the paper's sigmas coincide with
+    Euler ancestral's linspace grid there)."""
+    from ip2p.models import build_builtin
+
+    c = build_builtin("tiny", seed=3)
+    v_cfg = EulerAncestralDiscreteScheduler.from_config(c.scheduler.config, prediction_type="v_prediction").config
+    ref_cls = EulerAncestralDiscreteScheduler if scheduler_cls is None else scheduler_cls
+    pipe = tiny_pipe(seed=3)
+    pipe.scheduler = ref_cls.from_config(v_cfg)
+    ed = InstructPix2PixEditor.from_pipe(pipe)
+    assert ed.prediction_type == "v_prediction"
+    img = rand_image(16, 16, seed=4)
+    ref = pipe("make it night", image=img[None], num_inference_steps=4, guidance_scale=7.5, image_guidance_scale=1.5,
+               generator=torch.Generator().manual_seed(5), output_type="pt").images
+    out = ed.edit(img, "make it night", num_inference_steps=4, seeds=5, resize=None,
+                  scheduler=None if scheduler_cls is None else pipe.scheduler)
+    assert (out - ref).abs().max().item() <= 1e-4
+    # treating the v output as epsilon (the old defect) lands far away
+    eps_pipe = tiny_pipe(seed=3)
+    eps_pipe.scheduler = ref_cls.from_config(c.scheduler.config)
+    eps_ref = eps_pipe("make it night", image=img[None], num_inference_steps=4, guidance_scale=7.5,
+                       image_guidance_scale=1.5, generator=torch.Generator().manual_seed(5), output_type="pt").images
+    assert (eps_ref - ref).abs().max().item() > 1e-2
+
+
+def test_unknown_prediction_type_is_refused_naming_it():
+    from ip2p.errors import ModelLoadError
+    from ip2p.models import build_builtin
+
+    pipe = tiny_pipe(seed=0)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(ModelLoadError, match="prediction_type 'flow'"):
+        InstructPix2PixEditor.from_pipe(pipe)
+    assert build_builtin("tiny").prediction_type == "epsilon"
