@@ -16,8 +16,8 @@ VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
 
 
 def _need_shipped():
-    if not (SHIP_DIR / "unet" / "diffusion_pytorch_model.safetensors").exists():
-        pytest.skip("world:ip2p not built")
+    shipped = SHIP_DIR / "unet" / "diffusion_pytorch_model.safetensors"
+    assert shipped.exists(), f"world:ip2p is shipped without {shipped}"
 
 
 def test_world_ip2p_ships_world_sd_vae():

@@ -14,12 +14,9 @@ from ip2p.world.scenes import COLOURS, KINDS, caption, render
 
 
 def _need(name: str, marker: str):
-    try:
-        path = world_model_path(name)
-    except Exception:
-        pytest.skip(f"world:{name} not built")
-    if not (path / marker).exists():
-        pytest.skip(f"world:{name} not built ({marker} missing)")
+    """The shipped folder of world:<name>; a missing shipped file fails the test (never a skip)."""
+    path = world_model_path(name)  # raises ModelLoadError naming the missing folder
+    assert (path / marker).exists(), f"world:{name} is shipped without {marker} ({path})"
     return path
 
 
@@ -50,8 +47,7 @@ def test_names_resolve_to_shipped_folders():
 def test_weight_budget():
     """All world files (leaving ~9 MiB for world:ip2p) within 45 MiB; no file over 16 MiB."""
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file() and "ip2p" not in p.relative_to(WEIGHTS_DIR).parts[:1]]
-    if not files:
-        pytest.skip("no world weights")
+    assert files, f"no world weights under {WEIGHTS_DIR}"
     assert max(p.stat().st_size for p in files) <= 16 * 2**20
     assert sum(p.stat().st_size for p in files) <= 45 * 2**20
     unet = WEIGHTS_DIR / "sd" / "unet" / "diffusion_pytorch_model.safetensors"
@@ -132,3 +128,22 @@ def test_text_to_image_matches_its_captions(metric_clip):
     own = (fi * ft).sum(-1).mean()
     shuffled = (fi * ft.roll(1, 0)).sum(-1).mean()
     assert own - shuffled >= 0.05, (float(own), float(shuffled))
+
+
+SHIPPED_WEIGHT_FILES = {
+    "sd": ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+           "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+           "scheduler/scheduler_config.json", "model_index.json"],
+    "ip2p": ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+             "text_encoder/model.safetensors", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json",
+             "model_index.json"],
+    "clip": ["open_clip_model.safetensors", "open_clip_config.json"],
+    "clip-guide": ["open_clip_model.safetensors", "open_clip_config.json"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_WEIGHT_FILES))
+def test_every_shipped_weight_file_is_present(name):
+    """A missing shipped file is a failure, never a skip: the package must carry its small world."""
+    for rel in SHIPPED_WEIGHT_FILES[name]:
+        _need(name, rel)

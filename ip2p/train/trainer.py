@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ip2p.text import encode_prompts
 from ip2p.train.conditioning import apply_conditioning_dropout
 from ip2p.train.config import TIMESTEP_SAMPLING, TrainConfig
 from ip2p.train.ema import EMA
@@ -50,12 +51,6 @@ def make_lr_scheduler(optimizer, cfg: TrainConfig):
     name = "constant_with_warmup" if cfg.lr_schedule == "constant" else cfg.lr_schedule
     return get_scheduler(name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                          num_training_steps=cfg.max_steps)
-
-
-def encode_text(tokenizer, text_encoder, texts: list[str], device) -> torch.Tensor:
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
-    return text_encoder(ids)[0]
 
 
 def instruct_pix2pix_loss(unet, vae, noise_scheduler, batch: dict, text_embeddings: torch.Tensor,
@@ -248,7 +243,7 @@ def train(cfg: TrainConfig) -> Path:
         write_run_files(out, cfg, dataset, extra={"world_size": accelerator.num_processes})
 
     with torch.no_grad():
-        null_text = encode_text(tokenizer, text_encoder, [""], accelerator.device)
+        null_text = encode_prompts(tokenizer, text_encoder, [""], accelerator.device)
     loader = torch.utils.data.DataLoader(
         samples, num_workers=cfg.num_workers, persistent_workers=False,
         batch_sampler=StepBatches(start_step, cfg.max_steps, grad_accum=cfg.grad_accum,
@@ -268,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
             ctx = contextlib.nullcontext() if sync else accelerator.no_sync(unet)
             with ctx:
                 with torch.no_grad():
-                    text = encode_text(tokenizer, text_encoder, list(batch["instruction"]), accelerator.device)
+                    text = encode_prompts(tokenizer, text_encoder, list(batch["instruction"]), accelerator.device)
                 loss = instruct_pix2pix_loss(unet, vae, noise_scheduler, batch, text, null_text, cfg.cond_dropout, weight_dtype,
                                               snr_gamma=cfg.snr_gamma, timestep_sampling=cfg.timestep_sampling)
                 accelerator.backward(loss / cfg.grad_accum)
