@@ -30,6 +30,7 @@ def _root(
 # Modules that contribute commands; each defines `register(app: typer.Typer) -> None`.
 _COMMAND_MODULES = (
     "ip2p.editor_cli",
+    "ip2p.methods_cli",
     "ip2p.export_cli",
     "ip2p.train.cli",
     "ip2p.world.cli",
