@@ -64,9 +64,15 @@ class DinoViT:
         self.device = device
         self.weights_hash = hash_state_dict(self.model)
 
+    def _blocks(self):
+        if self.kind == "torchhub":
+            return self.model.blocks
+        # transformers >= 5 names them model.layers[i].attention.k_proj; 4.x model.encoder.layer[i].attention.attention.key
+        return self.model.layers if hasattr(self.model, "layers") else self.model.encoder.layer
+
     @property
     def num_layers(self) -> int:
-        return len(self.model.encoder.layer) if self.kind == "transformers" else len(self.model.blocks)
+        return len(self._blocks())
 
     @torch.no_grad()
     def cls(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,11 +86,13 @@ class DinoViT:
         x = x.to(self.device, torch.float32)
         idx = layer % self.num_layers
         captured: list[torch.Tensor] = []
+        block = self._blocks()[idx]
         if self.kind == "transformers":
-            module = self.model.encoder.layer[idx].attention.attention.key
+            att = block.attention
+            module = att.k_proj if hasattr(att, "k_proj") else att.attention.key
             take: Callable[[torch.Tensor], torch.Tensor] = lambda out: out
         else:  # DINO's Attention: one qkv Linear, output [N, T, 3 * D] ordered (q, k, v)
-            module = self.model.blocks[idx].attn.qkv
+            module = block.attn.qkv
             take = lambda out: out.reshape(out.shape[0], out.shape[1], 3, -1)[:, :, 1]
         handle = module.register_forward_hook(lambda m, inp, out: captured.append(take(out)))
         try:
