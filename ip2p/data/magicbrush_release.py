@@ -10,7 +10,9 @@ Layout (checked against MagicBrush's own ``edit_cli_single_multi_turn.py`` and
     global_descriptions.json    {img_id: {"<id>-input.png": caption, "<id>-output<N>.png": caption}}
     local_descriptions.json     {img_id: {"<id>-output<N>.png": caption}}   (no input captions)
 
-(the description files are looked for beside ``edit_sessions.json`` and one folder up). A turn's
+(the description files are looked for beside ``edit_sessions.json`` and one folder up: where the
+release puts them is not stated in its code). The zip is password-protected (ZipCrypto); its
+password, published in MagicBrush's README, is the default of option ``zip_password``. A turn's
 ``input`` is the ground-truth image it starts from: the input for turn 1, the previous turn's
 ground-truth output after that.
 
@@ -49,17 +51,20 @@ from ip2p.util.io import decode_image_bytes, pil_to_tensor
 TURN_MODES = ("both", "independent", "iterative")
 CAPTION_SOURCES = ("global", "local")
 SESSION_FIELDS = ("input", "instruction", "output", "mask")
+DEFAULT_ZIP_PASSWORD = "MagicBrush"  # the test zip's password, published in MagicBrush's README
 
 
 class ReleaseFiles:
     """Files of the release, from a zip or a folder, addressed by paths relative to the folder that
     holds ``edit_sessions.json`` (``test/`` in the release)."""
 
-    def __init__(self, location: str | Path):
+    def __init__(self, location: str | Path, zip_password: str | None = DEFAULT_ZIP_PASSWORD):
         self.location = Path(location)
         self._zip: zipfile.ZipFile | None = None
         if self.location.is_file() and zipfile.is_zipfile(self.location):
             self._zip = zipfile.ZipFile(self.location)
+            if zip_password:
+                self._zip.setpassword(zip_password.encode())
             names = [n for n in self._zip.namelist() if PurePosixPath(n).name == "edit_sessions.json"]
             if not names:
                 raise DataRowError(f"MagicBrush {location}: the zip holds no edit_sessions.json (expected test/edit_sessions.json)")
@@ -87,7 +92,11 @@ class ReleaseFiles:
 
     def read_bytes(self, rel: str) -> bytes:
         if self._zip is not None:
-            return self._zip.read(self._path(rel))
+            try:
+                return self._zip.read(self._path(rel))
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile) as e:
+                raise DataRowError(f"{self.describe(rel)}: cannot read it from the zip ({e}); give the right zip_password "
+                                   "option (the release's is on MagicBrush's README), or extract the zip and pass the folder") from e
         return Path(self._path(rel)).read_bytes()
 
     def load_image(self, rel: str, what: str) -> torch.Tensor:
@@ -123,12 +132,12 @@ def _caption(table: dict, img_id: str, image_name: str) -> str:
 
 
 def read_magicbrush_release(location: str, *, split: str | None, bad: BadRowLog, turn_mode: str = "both",
-                            captions: str = "global") -> Iterator[EditExample]:
+                            captions: str = "global", zip_password: str | None = DEFAULT_ZIP_PASSWORD) -> Iterator[EditExample]:
     if turn_mode not in TURN_MODES:
         raise DataRowError(f"MagicBrush option turn_mode: expected one of {TURN_MODES}, got {turn_mode!r}")
     if captions not in CAPTION_SOURCES:
         raise DataRowError(f"MagicBrush option captions: expected one of {CAPTION_SOURCES}, got {captions!r}")
-    files = ReleaseFiles(location)
+    files = ReleaseFiles(location, zip_password)
     sessions, sess_rel = files.json_or_none("edit_sessions.json")
     sess_src = files.describe(sess_rel)
     if not isinstance(sessions, dict):
