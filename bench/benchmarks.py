@@ -154,7 +154,7 @@ def turn_chain(spec, items: Sequence[EditExample], store) -> TurnChain | None:
 def _magicbrush_views(df: pd.DataFrame, single_turn: str) -> dict[str, pd.DataFrame]:
     parts = df["item_id"].str.split("/")
     img_id = parts.str[0]
-    mode = parts.map(lambda p: "single" if len(p) == 2 else p[1])
+    mode = parts.map(lambda p: "single" if len(p) == 2 else {"inde": "independent", "iter": "iterative"}.get(p[1], p[1]))
     turn = parts.map(lambda p: int(p[-1]))
     views = {"per_turn": df}
     single = df[(mode == "single") | ((mode == "independent") & (single_turn == "all"))].copy()
