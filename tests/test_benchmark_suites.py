@@ -158,3 +158,23 @@ def test_editworld_suite_per_category_and_branch_with_missing_captions_counted(t
     branch = tables[tables["view"] == "per_branch"].set_index("category")
     assert branch.loc["video", "n_items"] == 2 and branch.loc["text-to-image", "n_items"] == 2
     assert branch.loc["video", "clip_sim_1_n_missing"] == 2
+
+
+def test_iterative_turns_refuse_what_would_break_the_chain(tmp_path):
+    from bench.benchmarks import turn_chain
+    from ip2p.data import open_dataset
+    from ip2p.errors import SpecError
+
+    test = make_magicbrush_release(tmp_path / "mb", bad_rows=False)
+    items = list(open_dataset(f"magicbrush:{test}"))
+    d = yaml.safe_load((SUITES / "magicbrush.yaml").read_text())
+    d["dataset"]["path"] = str(test)
+    spec = parse_spec({**d, "save_images": False}, source="t")
+    with pytest.raises(SpecError, match="save_images"):
+        turn_chain(spec, items, RunStore(tmp_path / "run"))
+    spec = parse_spec(d, source="t")
+    without_turn_2 = [ex for ex in items if ex.item_id != "327726/iter/2"]
+    with pytest.raises(SpecError, match=r"'327726/iter/3'.*'327726/iter/2'.*whole sessions"):
+        turn_chain(spec, without_turn_2, RunStore(tmp_path / "run"))
+    chain = turn_chain(spec, items, RunStore(tmp_path / "run"))
+    assert [chain.depth[i] for i, ex in enumerate(items) if ex.item_id.startswith("327726")] == [0, 0, 1, 0, 2]
