@@ -13,7 +13,8 @@ and reads the previous output back from the run's stored PNG, so a chained edit 
 previous output is looked up first among this invocation's edits, then among the stored result
 rows (``output_image``), so a run killed anywhere continues where it stopped. A chained unit whose
 previous turn is in no stored row (another process has not written it yet) stops the sweep with a
-SpecError saying so: iterative MagicBrush runs in one process. Chaining needs ``save_images``.
+SpecError saying so. Iterative MagicBrush runs in one process (a sweep under several processes
+is refused before any work), and chaining needs ``save_images``.
 
 **Tables** (``benchmark_tables``, written by ``finish_run`` to ``<run>/benchmark/tables.csv``):
 one block per view, each the aggregate (mean, bootstrap 95% interval, ``n_items``) per setting and
@@ -139,10 +140,14 @@ class TurnChain:
                 row["chained_from"] = self.items[self.prev[u.item_index]].item_id
 
 
-def turn_chain(spec, items: Sequence[EditExample], store) -> TurnChain | None:
-    """The chain of a sweep whose items continue one another, else None."""
+def turn_chain(spec, items: Sequence[EditExample], store, world_size: int = 1) -> TurnChain | None:
+    """The chain of a sweep whose items continue one another, else None. Refused before any work
+    when it cannot hold: several processes, or no stored images."""
     if not any("chain_from" in ex.metadata for ex in items):
         return None
+    if world_size > 1:
+        raise SpecError(f"dataset.options.turn_mode: iterative (multi-turn) editing runs in one process (WORLD_SIZE is "
+                        f"{world_size}); run it without torchrun, or use turn_mode: independent under several processes")
     if not spec.save_images:
         raise SpecError("save_images: iterative (multi-turn) editing reads each turn's input back from the stored "
                         "output of the previous turn; set save_images: true")

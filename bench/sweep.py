@@ -223,7 +223,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     images = _ImageCache(items)
     # published benchmarks (bench.benchmarks): a test set whose items continue one another
     # (MagicBrush's iterative turns) gets each unit's input from the previous turn's output
-    chain = turn_chain(spec, items, store)
+    chain = turn_chain(spec, items, store, world_size)
     if chain is not None:
         todo_batches = chain.order(todo_batches)
     unit_image = chain.unit_image(images) if chain is not None else (lambda u: images(u.item_index))

@@ -173,6 +173,8 @@ def test_iterative_turns_refuse_what_would_break_the_chain(tmp_path):
     with pytest.raises(SpecError, match="save_images"):
         turn_chain(spec, items, RunStore(tmp_path / "run"))
     spec = parse_spec(d, source="t")
+    with pytest.raises(SpecError, match="one process"):
+        turn_chain(spec, items, RunStore(tmp_path / "run"), world_size=2)
     without_turn_2 = [ex for ex in items if ex.item_id != "327726/iter/2"]
     with pytest.raises(SpecError, match=r"'327726/iter/3'.*'327726/iter/2'.*whole sessions"):
         turn_chain(spec, without_turn_2, RunStore(tmp_path / "run"))
