@@ -26,7 +26,7 @@ class Scorer:
 
         self.metrics = metrics
         clip = lpips = None
-        if "clip" in metrics.compute:
+        if "clip" in metrics.compute or "pie" in metrics.compute:
             from ip2p.metrics.clip_similarity import ClipSimilarity
 
             cache = None
@@ -39,12 +39,32 @@ class Scorer:
             from ip2p.metrics.lpips_metric import LPIPS
 
             lpips = LPIPS(metrics.lpips.net, device=device)
-        self.suite = MetricSuite(clip=clip, lpips=lpips)
+        self.suite = MetricSuite(clip=clip if "clip" in metrics.compute else None,
+                                 lpips=lpips if "lpips" in metrics.compute else None)
+        self.benchmark = None
+        if any(g in metrics.compute for g in ("dino", "structure", "pie")):
+            from ip2p.metrics.benchmark_metrics import BenchmarkMetrics
+            from ip2p.metrics.dino import load_dino
+
+            dino = load_dino(metrics.dino.model, device) if "dino" in metrics.compute else None
+            structure = None
+            if "structure" in metrics.compute:
+                structure = dino if (dino is not None and metrics.structure.model == metrics.dino.model) \
+                    else load_dino(metrics.structure.model, device)
+            st = metrics.structure
+            self.benchmark = BenchmarkMetrics(
+                dino=dino, dino_options={"resize": metrics.dino.resize, "crop": metrics.dino.crop},
+                structure=structure, structure_options={"layer": st.layer, "size": st.size, "max_size": st.max_size,
+                                                        "pixel_scale": st.pixel_scale, "antialias": st.antialias},
+                pie="pie" in metrics.compute, clip=clip if "pie" in metrics.compute else None,
+                lpips=lpips if "pie" in metrics.compute else None)
         self._spec = None
 
     def spec(self) -> dict:
         if self._spec is None:
             self._spec = {"groups": list(self.metrics.compute), **self.suite.spec()}
+            if self.benchmark is not None:
+                self._spec["benchmark"] = self.benchmark.spec()
         return self._spec
 
     @torch.no_grad()
@@ -55,19 +75,24 @@ class Scorer:
         use_masks = "masked" in self.metrics.compute
         groups: dict[tuple, list[int]] = {}
         for i, x in enumerate(outputs):
-            key = (tuple(x.shape), use_targets and targets[i] is not None, use_masks and masks[i] is not None)
+            key = (tuple(x.shape), targets[i] is not None, masks[i] is not None)
             groups.setdefault(key, []).append(i)
         rows: list[dict[str, float]] = [{} for _ in outputs]
-        for (_, has_t, has_m), idx in groups.items():
+        for (_, any_t, any_m), idx in groups.items():
+            has_t, has_m = use_targets and any_t, use_masks and any_m
             t0 = [text_0[i] for i in idx]
             t1 = [text_1[i] for i in idx]
-            captions = any(t0) or any(t1)  # a test set without captions: no caption-based columns
-            cols = self.suite(
-                torch.stack([inputs[i] for i in idx]), torch.stack([outputs[i] for i in idx]),
-                t0 if captions else None, t1 if captions else None,
-                targets=torch.stack([targets[i] for i in idx]) if has_t else None,
-                masks=torch.stack([masks[i] for i in idx]) if has_m else None,
-            )
+            # captions always go in: an item without one gets NaN text metrics (named in
+            # ``missing_metrics``), never a similarity to the empty string nor an absent column
+            x_in, x_out = torch.stack([inputs[i] for i in idx]), torch.stack([outputs[i] for i in idx])
+            tg = torch.stack([targets[i] for i in idx]) if has_t else None
+            mk = torch.stack([masks[i] for i in idx]) if has_m else None
+            cols = self.suite(x_in, x_out, t0, t1, targets=tg, masks=mk)
+            if self.benchmark is not None:
+                tb = torch.stack([targets[i] for i in idx]) if any_t else None
+                mb = torch.stack([masks[i] for i in idx]) if any_m else None
+                cols.update(self.benchmark(x_in, x_out, t1, targets=tb, masks=mb))
             for j, i in enumerate(idx):
                 rows[i] = {k: float(v[j]) for k, v in cols.items()}
+                rows[i]["missing_metrics"] = ",".join(sorted(k for k, v in rows[i].items() if v != v))
         return rows

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ip2p.errors import SpecError
 
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
-METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked")
+METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie")
 
 
 class _Strict(BaseModel):
@@ -107,14 +107,47 @@ class LpipsMetricSpec(_Strict):
     net: Literal["alex", "vgg", "squeeze"] = "alex"
 
 
+class DinoMetricSpec(_Strict):
+    """DINO similarity (MagicBrush / Emu Edit): backbone and the scorer's resize / centre crop."""
+
+    model: str = "facebook/dino-vits16"
+    resize: int = Field(default=256, gt=0)
+    crop: int = Field(default=224, gt=0)
+
+
+class StructureMetricSpec(_Strict):
+    """PIE-Bench's structure distance: backbone, key layer, resize and the pixel scale it feeds."""
+
+    model: str = "facebook/dino-vitb8"
+    layer: int = -1
+    size: int = Field(default=224, gt=0)
+    max_size: int = Field(default=480, gt=0)
+    pixel_scale: float = 255.0
+    antialias: bool = True
+
+
 class MetricsSpec(_Strict):
     """Which metric groups to compute: clip (sim_0/1/direction/image), pixel (l1, psnr, ssim vs the
     input), lpips (vs the input), target (vs the target image, when the data has one), masked
-    (pixel and lpips outside the edit mask, when the data has one)."""
+    (pixel and lpips outside the edit mask, when the data has one), dino (DINO similarity to the
+    input and to the target), structure (PIE-Bench structure distance), pie (PIE-Bench background
+    metrics and CLIP scores; uses the clip and lpips settings). See ``ip2p.metrics.benchmark_metrics``."""
 
     compute: list[Literal[METRIC_GROUPS]] = Field(default_factory=lambda: ["clip", "pixel"])  # type: ignore[valid-type]
     clip: ClipMetricSpec = Field(default_factory=ClipMetricSpec)
     lpips: LpipsMetricSpec = Field(default_factory=LpipsMetricSpec)
+    dino: DinoMetricSpec = Field(default_factory=DinoMetricSpec)
+    structure: StructureMetricSpec = Field(default_factory=StructureMetricSpec)
+
+
+class BenchmarkSpec(_Strict):
+    """How a published benchmark's run is reported (``bench.benchmarks``): ``single_turn`` says which
+    MagicBrush turns the single-turn table counts (``all``: every turn from its ground-truth input, as
+    the official scorer's "all turn"; ``first``: turn 1 only); ``official_names`` writes the outputs
+    again under the benchmark's own file names."""
+
+    single_turn: Literal["all", "first"] = "all"
+    official_names: bool = True
 
 
 class ExperimentSpec(_Strict):
@@ -128,6 +161,7 @@ class ExperimentSpec(_Strict):
     device: str = "auto"
     save_images: bool = True
     plugins: list[str] = Field(default_factory=list)  # modules to import first: they register methods
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -142,7 +176,10 @@ class ExperimentSpec(_Strict):
             "methods": [
                 {k: m[k] for k in ("name", "label", "model", "options")} for m in d["methods"]
             ],
-            "metrics": d["metrics"],
+            # a group's settings count only when the group is computed (so adding a group's
+            # settings to the spec schema leaves the fingerprints of older runs unchanged)
+            "metrics": {k: v for k, v in d["metrics"].items()
+                        if k not in ("dino", "structure") or k in d["metrics"]["compute"]},
         }
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -37,6 +37,7 @@ from ip2p.protocol import EditRequest, check_identity
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes
 
+from bench.benchmarks import finish_run, turn_chain
 from bench.data import load_items
 from ip2p.registry import get_method
 from bench.provenance import git_state, hardware, now_iso, package_versions
@@ -220,6 +221,12 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         write_manifest(store, spec, invocation=invocation, status={"state": "running"})
 
     images = _ImageCache(items)
+    # published benchmarks (bench.benchmarks): a test set whose items continue one another
+    # (MagicBrush's iterative turns) gets each unit's input from the previous turn's output
+    chain = turn_chain(spec, items, store, world_size)
+    if chain is not None:
+        todo_batches = chain.order(todo_batches)
+    unit_image = chain.unit_image(images) if chain is not None else (lambda u: images(u.item_index))
     # batch units of one method and one input size together (the editor runs one call per batch)
     stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None}
     scorer = None
@@ -244,15 +251,17 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
             requests = []
             for u in batch:
                 ex = items[u.item_index]
-                requests.append(EditRequest(image=images(u.item_index), instruction=ex.instruction,
+                requests.append(EditRequest(image=unit_image(u), instruction=ex.instruction,
                                             input_caption=ex.input_caption, output_caption=ex.output_caption,
                                             knobs=u.knobs, seed=u.seed, item_id=ex.item_id))
             t1 = time.time()
             outs = _run_by_size(editor, requests)
             stats["edit_seconds"] += time.time() - t1
             _check_outputs(outs, batch, items, label)
-            rows = _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, mspec,
+            rows = _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi, mspec,
                                    identity, scorer, stats, editor)
+            if chain is not None:
+                chain.record(batch, rows)
             pending.extend(rows)
             killer.tick("batch")
             bar.update(len(batch))
@@ -289,6 +298,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         invocation.update({"finished": now_iso(), "seconds": round(seconds, 2), "units_run_rank0": len(todo),
                            "edit_seconds_rank0": round(stats["edit_seconds"], 2)})
         write_manifest(store, spec, invocation=invocation, status=status)
+        finish_run(store.root, spec, items)  # bench.benchmarks: per-turn/category tables, official names
     if dist is not None:
         dist.destroy_process_group()
     return result
@@ -396,7 +406,7 @@ def _metric_input(editor, image: torch.Tensor, knobs: dict, hw: tuple[int, int])
     return x if tuple(x.shape[-2:]) == tuple(hw) else _fit_to(x, hw)
 
 
-def _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, mspec, identity, scorer, stats, editor):
+def _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi, mspec, identity, scorer, stats, editor):
     edited, inputs, targets, masks, out_paths = [], [], [], [], []
     for u, x in zip(batch, outs):
         data = png_bytes(x)
@@ -405,9 +415,9 @@ def _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, ms
         hw = tuple(q.shape[-2:])
         ex = items[u.item_index]
         if u.item_index not in input_paths and spec.save_images:
-            input_paths[u.item_index] = store.save_png(images(u.item_index))
+            input_paths[u.item_index] = store.save_png(unit_image(u))
         edited.append(q)
-        inputs.append(_quantize(_metric_input(editor, images(u.item_index), u.knobs, hw)))
+        inputs.append(_quantize(_metric_input(editor, unit_image(u), u.knobs, hw)))
         t = ex.load_target()
         targets.append(None if t is None else _quantize(_fit_to(t, hw)))
         m = ex.load_mask()

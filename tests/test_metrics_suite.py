@@ -29,7 +29,7 @@ def test_columns_and_values(suite):
     out = suite(x, y, T0, T1, targets=target, masks=mask)
     expected_cols = [
         "clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image", "lpips", "l1", "l2", "psnr", "ssim",
-        "target_l1", "target_lpips", "target_clip_image",
+        "target_l1", "target_l2", "target_lpips", "target_clip_image",
         "masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside",
     ]
     assert list(out) == expected_cols == suite.columns(targets=True, masks=True)
@@ -40,6 +40,7 @@ def test_columns_and_values(suite):
         assert torch.equal(out[f"clip_{k}"], sims[k])
     assert torch.equal(out["psnr"], psnr(x, y)) and torch.equal(out["ssim"], ssim(x, y))
     assert torch.equal(out["target_l1"], l1(target, y))
+    assert torch.allclose(out["target_l2"], (y - target).square().mean((1, 2, 3)))
     assert torch.equal(out["target_lpips"], suite.lpips(target, y))
     assert torch.equal(out["target_clip_image"], suite.clip.image_similarity(target, y))
     assert torch.equal(out["masked_ssim_outside"], masked_ssim_outside(x, y, mask))
@@ -55,6 +56,21 @@ def test_columns_and_values(suite):
         suite(x, y, T0, None)
     with pytest.raises(ValueError, match="targets: batch size 1"):
         suite(x, y, T0, T1, targets=target[:1])
+
+
+def test_missing_captions_give_nan_not_a_similarity_to_empty_text(suite):
+    x = random_images(3, size=64, seed=0)
+    y = random_images(3, size=64, seed=1)
+    t0, t1 = ["a red square", "", "a red square"], ["a blue square", "a blue square", " "]
+    out = suite(x, y, t0, t1)
+    full = suite(x, y, [T0[0]] * 3, [T1[0]] * 3)
+    # item 0 has both captions; item 1 lacks the input caption; item 2 the output caption
+    assert torch.isfinite(out["clip_sim_0"][0]) and torch.isfinite(out["clip_sim_direction"][0])
+    assert torch.isnan(out["clip_sim_0"][1]) and torch.isnan(out["clip_sim_direction"][1])
+    assert torch.isfinite(out["clip_sim_1"][1])
+    assert torch.isnan(out["clip_sim_1"][2]) and torch.isnan(out["clip_sim_direction"][2])
+    assert torch.isfinite(out["clip_sim_0"][2])
+    assert torch.equal(out["clip_sim_image"], full["clip_sim_image"])  # image-only columns untouched
 
 
 def test_spec_traces_every_column(suite, tmp_path):

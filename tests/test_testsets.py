@@ -58,7 +58,7 @@ def test_emu_edit_reads_rows_categories_and_split(tmp_path):
     pq.write_table(_emu_table(_emu_rows()[:2]), tmp_path / "data" / "test-00000-of-00001.parquet")
     pq.write_table(_emu_table(_emu_rows()[2:]), tmp_path / "data" / "validation-00000-of-00001.parquet")
     ds = open_dataset(f"emu_edit:{tmp_path}", "test")
-    assert [ex.item_id for ex in ds] == ["7", "9"]
+    assert [ex.item_id for ex in ds] == ["test/global/7", "test/add/9"]  # (split, task, idx)
     assert [ex.category for ex in ds] == ["global", "add"]
     assert ds[1].instruction == "add a cat" and ds[1].output_caption == "a cat on a sofa"
     x = ds[0].load_input()
@@ -67,7 +67,7 @@ def test_emu_edit_reads_rows_categories_and_split(tmp_path):
     assert ds[0].target_image is None
     # one file holding both splits: the split column decides
     pq.write_table(_emu_table(_emu_rows()), tmp_path / "all.parquet")
-    assert [ex.item_id for ex in open_dataset(f"emu_edit:{tmp_path / 'all.parquet'}", "validation")] == ["11"]
+    assert [ex.item_id for ex in open_dataset(f"emu_edit:{tmp_path / 'all.parquet'}", "validation")] == ["validation/remove/11"]
 
 
 def test_emu_edit_malformed_row_names_row_and_field(tmp_path):
@@ -78,7 +78,7 @@ def test_emu_edit_malformed_row_names_row_and_field(tmp_path):
     with pytest.raises(DataRowError, match=r"row 1.*'instruction'"):
         open_dataset(f"emu_edit:{path}", "all")
     ds = open_dataset(f"emu_edit:{path}", "all", on_bad_row="skip")
-    assert [ex.item_id for ex in ds] == ["7", "11"] and ds.bad_rows.counts() == {"instruction": 1}
+    assert [ex.item_id for ex in ds] == ["test/global/7", "validation/remove/11"] and ds.bad_rows.counts() == {"instruction": 1}
     # a file without a required column names the column
     pq.write_table(_emu_table(_emu_rows()).drop(["task"]), path)
     with pytest.raises(DataRowError, match="'task'"):

@@ -1,7 +1,9 @@
 """Reader of the official InstructPix2Pix dataset layout (REFERENCE.md, "Data generation").
 
-    root/seeds.json              sorted [[dir_name, [seed, ...]], ...]
-    root/{dir}/prompt.json       {"input": caption, "edit": instruction, "output": caption}
+    root/seeds.json              sorted [[dir_name, [seed, ...]], ...]; the release's own
+                                 ``prepare_dataset.py`` writes the seeds as strings (file-name stems)
+    root/{dir}/prompt.json       {"input": caption, "edit": instruction, "output": caption}, or
+                                 ``"caption"`` for ``"input"`` as ``generate_img_dataset.py`` writes it
     root/{dir}/{seed}_0.jpg      input image;  {seed}_1.jpg: edited image
     root/{dir}/metadata.jsonl    one row per seed: seed, p2p_threshold, cfg_scale,
                                  clip_sim_0, clip_sim_1, clip_sim_dir, clip_sim_image
@@ -33,17 +35,31 @@ def split_range(n: int, split: str) -> tuple[int, int]:
     return math.floor(lo * n), math.floor(hi * n) if hi < 1.0 else n
 
 
-def read_seeds(root: Path) -> list[tuple[str, list[int]]]:
+def read_seeds(root: Path) -> list[tuple[str, list[str]]]:
+    """``seeds.json`` as [(dir, [seed, ...])], seeds as the strings that name the image files
+    (the release writes strings; integers are accepted and written out in decimal)."""
     from ip2p.errors import DataRowError
 
     path = root / "seeds.json"
     data = read_json(path, DataRowError, missing=f"{path}: not found; an official-layout dataset needs seeds.json at its root")
+    if not isinstance(data, list):
+        raise DataRowError(f"{path}: expected a list [[dir_name, [seed, ...]], ...], got {type(data).__name__}")
     out = []
     for i, entry in enumerate(data):
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)):
             raise DataRowError(f"{path} entry {i}: expected [dir_name, [seed, ...]], got {entry!r}")
-        out.append((entry[0], [int(s) for s in entry[1]]))
+        seeds = []
+        for s in entry[1]:
+            if isinstance(s, bool) or not isinstance(s, (str, int)) or not str(s).strip().isdigit():
+                raise DataRowError(f"{path} entry {i} ({entry[0]!r}): field 'seeds': {s!r} is not a seed "
+                                   "(expected a decimal string such as \"1234\", as the release writes)")
+            seeds.append(str(s).strip())
+        out.append((entry[0], seeds))
     return out
+
+
+# the prompt line's keys: the released prompt file says "input", the repo's text generator "caption"
+_INPUT_CAPTION_KEYS = ("input", "caption")
 
 
 def _read_metadata(path: Path, bad: BadRowLog) -> dict[int, dict]:
@@ -76,10 +92,14 @@ def read_official(location: str, *, split: str | None, bad: BadRowLog) -> Iterat
         except json.JSONDecodeError as e:
             bad.report(str(prompt_path), "prompt.json", f"not valid JSON: {e}")
             continue
+        if not isinstance(prompt, dict):
+            bad.report(str(prompt_path), "prompt.json", f"expected a JSON object, got {type(prompt).__name__}")
+            continue
+        input_key = next((k for k in _INPUT_CAPTION_KEYS if k in prompt), "input")
         texts = {}
-        for key in ("input", "edit", "output"):
-            texts[key] = require_text(prompt, key, str(prompt_path), bad, allow_empty=(key != "edit"))
-            if texts[key] is None:
+        for field, key in (("input", input_key), ("edit", "edit"), ("output", "output")):
+            texts[field] = require_text(prompt, key, str(prompt_path), bad, allow_empty=(key != "edit"))
+            if texts[field] is None:
                 break
         if any(v is None for v in texts.values()) or len(texts) < 3:
             continue
@@ -92,8 +112,8 @@ def read_official(location: str, *, split: str | None, bad: BadRowLog) -> Iterat
                 f, p = missing[0]
                 bad.report(src, f, f"file not found: {p}")
                 continue
-            meta = {"prompt_id": dir_name, "seed": seed}
-            meta.update({k: v for k, v in meta_rows.get(seed, {}).items() if k != "seed"})
+            meta = {"prompt_id": dir_name, "seed": int(seed)}
+            meta.update({k: v for k, v in meta_rows.get(int(seed), {}).items() if k != "seed"})
             yield EditExample(
                 item_id=f"{dir_name}/{seed}",
                 instruction=texts["edit"],

@@ -7,9 +7,12 @@ test splits through their own kinds (``official``, ``parquet``, ``jsonl``); this
 
 - ``emu_edit``: Emu Edit test set parquet (``facebook/emu_edit_test_set``): columns ``instruction``,
   ``image`` ({bytes, path}), ``task`` (-> category), ``input_caption``, ``output_caption``, ``idx``
-  (-> item id); optional ``split``, ``hash``. ``split`` selects files by name prefix
+  with ``split`` (the row's own column, else the split asked for, else the file-name prefix) keyed
+  as the authors' loader keys a row: item id ``"{split}/{task}/{idx}"`` (``idx`` alone repeats
+  across tasks and splits); optional ``hash``. ``split`` selects files by name prefix
   (``validation-*.parquet``, ``test-*.parquet``) or, for a single file, rows by the ``split`` column.
-- ``magicbrush``: MagicBrush parquet (``osunlp/MagicBrush``): ``img_id``, ``turn_index``,
+- ``magicbrush``: the released test set (zip or folder; ``ip2p.data.magicbrush_release``, per-turn
+  items, options ``turn_mode`` and ``captions``), or the MagicBrush parquet (``osunlp/MagicBrush``): ``img_id``, ``turn_index``,
   ``source_img``, ``target_img``, ``instruction``, optional ``mask_img`` (white = edited region)
   and captions (``input_caption``/``output_caption``). Item id ``"{img_id}/{turn_index}"``.
 - ``pie_bench``: PIE-Bench folder with ``mapping_file.json`` and ``annotation_images/``. Entries
@@ -18,9 +21,10 @@ test splits through their own kinds (``official``, ``parquet``, ``jsonl``); this
   decoded by ``decode_pie_mask`` (convention below).
 - ``editworld``: EditWorld layout (``<root>/<category>/<group>/img_txt.json`` as written by the
   EditWorld generation code): entries ``{key: {instruction (the release spells it "instuction"),
-  original_img_path, target_img_path?, target_caption (or "target_cation"/"output_caption"),
-  original_caption?, category?}}``; the category is the entry's field or the first folder under
-  the root; ``metadata["branch"]`` is "text-to-image" or "video" for the paper's categories.
+  original_img_path, target_img_path?, target_caption? (or "target_cation"/"output_caption"),
+  original_caption?, category?}}``; an entry without an output caption (the generation code writes
+  none) is kept with ``metadata["missing_text"] = "output_caption"`` and its text metrics are NaN;
+  the category is the entry's field or the first folder under the root; ``metadata["branch"]`` is "text-to-image" or "video" for the paper's categories.
 
 PIE-Bench mask convention (checked against the benchmark's own ``mask_decode``): the list is flat,
 ``[start_0, length_0, start_1, length_1, ...]``; starts are 0-based offsets into the row-major
@@ -91,6 +95,15 @@ def _plain_meta(rec: dict, skip: Sequence[str]) -> dict[str, Any]:
 EMU_REQUIRED = ("instruction", "image", "task", "input_caption", "output_caption", "idx")
 
 
+def _emu_split(rec: dict, split: str | None, path: Path) -> str:
+    """The split a row belongs to: its ``split`` column, else the one asked for, else the file's prefix."""
+    if isinstance(rec.get("split"), str) and rec["split"]:
+        return rec["split"]
+    if split not in (None, "all"):
+        return str(split)
+    return path.name.split("-")[0] if "-" in path.name else path.stem
+
+
 def read_emu_edit(location: str, *, split: str | None, bad: BadRowLog) -> Iterator[EditExample]:
     seen: dict[str, str] = {}
     single = Path(location).is_file()
@@ -115,9 +128,10 @@ def read_emu_edit(location: str, *, split: str | None, bad: BadRowLog) -> Iterat
             if nulls[row]:
                 bad.report(src, "image", "image is null")
                 continue
-            item_id = str(rec["idx"])
+            row_split = _emu_split(rec, split, Path(path))
+            item_id = f"{row_split}/{task}/{rec['idx']}"
             if item_id in seen:
-                bad.report(src, "idx", f"duplicate idx {item_id!r} (first at {seen[item_id]})")
+                bad.report(src, "idx", f"duplicate (split, task, idx) {item_id!r} (first at {seen[item_id]})")
                 continue
             seen[item_id] = src
             yield EditExample(
@@ -127,7 +141,7 @@ def read_emu_edit(location: str, *, split: str | None, bad: BadRowLog) -> Iterat
                 input_caption=caps[0],
                 output_caption=caps[1],
                 category=task,
-                metadata=_plain_meta(rec, ("instruction", "input_caption", "output_caption")),
+                metadata={**_plain_meta(rec, ("instruction", "input_caption", "output_caption")), "split": row_split},
                 source=src,
             )
 
@@ -145,7 +159,15 @@ def _white_mask(load) -> torch.Tensor:
     return x.mean(0) > 0.5
 
 
-def read_magicbrush(location: str, *, split: str | None, bad: BadRowLog) -> Iterator[EditExample]:
+def read_magicbrush(location: str, *, split: str | None, bad: BadRowLog, **release_options) -> Iterator[EditExample]:
+    from ip2p.data.magicbrush_release import is_release, read_magicbrush_release
+
+    if is_release(Path(location)):  # the test set as released (zip or folder): per-turn items
+        yield from read_magicbrush_release(location, split=split, bad=bad, **release_options)
+        return
+    if release_options:
+        raise DataRowError(f"MagicBrush {location}: options {sorted(release_options)} apply to the released test set "
+                           "(edit_sessions.json layout), not to the Hub parquet")
     image_cols = ("source_img", "target_img", "mask_img")
     for path, pf, names, images in _open_parquet(location, split, MAGICBRUSH_REQUIRED, bad, "MagicBrush"):
         nulls = {c: _null_cells(pf, c) for c in image_cols if c in names}
@@ -343,9 +365,13 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
             instruction = _required_text(entry, _EW_INSTRUCTION, "instruction", src, bad)
             if instruction is None:
                 continue
-            out_cap = _required_text(entry, _EW_OUTPUT_CAPTION, "target_caption", src, bad)
-            if out_cap is None:
+            # EditWorld's own writer stores no output caption: the item is kept, its text metrics
+            # are then missing (NaN, counted and named in the run's tables), never zero
+            cap_key, out_cap = _first(entry, _EW_OUTPUT_CAPTION)
+            if cap_key is not None and not isinstance(out_cap, str):
+                bad.report(src, cap_key, f"expected text, got {type(out_cap).__name__}")
                 continue
+            missing_text = [] if (isinstance(out_cap, str) and out_cap.strip()) else ["output_caption"]
             img_val = entry.get("original_img_path")
             if not isinstance(img_val, str) or not img_val:
                 bad.report(src, "original_img_path", "missing field")
@@ -366,13 +392,15 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
             category = _norm_category(str(category)) if category else None
             branch = entry.get("branch") or EDITWORLD_BRANCH.get(category or "", None)
             meta = {"branch": branch} if branch else {}
+            if missing_text:
+                meta["missing_text"] = ",".join(missing_text)
             yield EditExample(
                 item_id=f"{rel_dir.as_posix()}/{key}" if rel_dir.parts else str(key),
                 instruction=instruction,
                 input_image=partial(load_image, img, what=f"input image of {src}"),
                 target_image=target,
                 input_caption=in_cap if isinstance(in_cap, str) else "",
-                output_caption=out_cap,
+                output_caption=out_cap if not missing_text else "",
                 category=category,
                 metadata=meta,
                 source=src,
@@ -394,8 +422,15 @@ def _has_parquet_columns(p: Path, columns: Sequence[str]) -> bool:
 
 register_dataset_kind("emu_edit", read_emu_edit, detect=lambda p: _has_parquet_columns(p, ("task", "image", "idx")),
                       description="Emu Edit test set parquet: instruction, image, task, input_caption, output_caption, idx")
-register_dataset_kind("magicbrush", read_magicbrush, detect=lambda p: _has_parquet_columns(p, ("source_img", "target_img")),
-                      description="MagicBrush parquet: img_id, turn_index, source_img, mask_img, instruction, target_img")
+def _detect_magicbrush(p: Path) -> bool:
+    from ip2p.data.magicbrush_release import is_release
+
+    return is_release(p) or _has_parquet_columns(p, ("source_img", "target_img"))
+
+
+register_dataset_kind("magicbrush", read_magicbrush, detect=_detect_magicbrush,
+                      description="MagicBrush: the released test set (zip or folder with test/edit_sessions.json; "
+                                  "options turn_mode, captions) or the Hub parquet (img_id, turn_index, source_img, ...)")
 register_dataset_kind("pie_bench", read_pie_bench, detect=lambda p: (p / "mapping_file.json").is_file() if p.is_dir() else p.name == "mapping_file.json",
                       description="PIE-Bench: mapping_file.json + annotation_images/ (run-length masks)")
 register_dataset_kind("editworld", read_editworld, detect=lambda p: p.is_dir() and any(p.rglob("img_txt.json")),

@@ -21,7 +21,7 @@ from ip2p.metrics.checks import check_images, check_same_shape
 from ip2p.util.hashing import hash_state_dict
 
 # net -> (torchvision weights enum name, lpips channel layout)
-_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights"}
+_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}  # squeeze: PIE-Bench
 
 
 def backbone_file(net: str) -> Path:
@@ -29,7 +29,7 @@ def backbone_file(net: str) -> Path:
     import torchvision.models as tvm
 
     if net not in _BACKBONES:
-        raise ValueError(f"net: expected 'alex' or 'vgg', got {net!r}")
+        raise ValueError(f"net: expected one of {sorted(_BACKBONES)}, got {net!r}")
     url = getattr(tvm, _BACKBONES[net]).IMAGENET1K_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
@@ -37,7 +37,7 @@ def backbone_file(net: str) -> Path:
 class LPIPS:
     """LPIPS with a backbone read from the local torch cache (never downloaded).
 
-    ``net``: ``"alex"`` (default, as in most editing papers) or ``"vgg"``. ``random_backbone=True``
+    ``net``: ``"alex"`` (default, as in most editing papers), ``"vgg"`` or ``"squeeze"`` (PIE-Bench). ``random_backbone=True``
     builds a randomly initialised backbone instead (tests only; values are then meaningless) and is
     recorded as such in :meth:`spec`. Raises ModelLoadError naming the exact file expected, and its
     download URL, when the backbone weights are absent.
@@ -48,7 +48,7 @@ class LPIPS:
         import torchvision.models as tvm
 
         if net not in _BACKBONES:
-            raise ValueError(f"net: expected 'alex' or 'vgg', got {net!r}")
+            raise ValueError(f"net: expected one of {sorted(_BACKBONES)}, got {net!r}")
         self.net = net
         self.random_backbone = bool(random_backbone)
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,13 +77,13 @@ class LPIPS:
 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            tv = tvm.alexnet(weights=None) if self.net == "alex" else tvm.vgg16(weights=None)
+            tv = {"alex": tvm.alexnet, "vgg": tvm.vgg16, "squeeze": tvm.squeezenet1_1}[self.net](weights=None)
             tv.load_state_dict(state)
         except Exception as e:
             raise ModelLoadError(f"LPIPS({self.net}) backbone file {path} cannot be loaded ({e}); replace it with the torchvision ImageNet weights") from e
         features = tv.features
         # lpips splits torchvision's `features` into slices whose children keep the original indices
-        for slice_ in (getattr(model.net, f"slice{i}") for i in range(1, 6)):
+        for slice_ in (getattr(model.net, f"slice{i}") for i in range(1, model.net.N_slices + 1)):
             for idx, module in slice_.named_children():
                 module.load_state_dict(features[int(idx)].state_dict())
 

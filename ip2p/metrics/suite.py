@@ -13,6 +13,7 @@ clip_sim_image              cos(I(input), I(edited))                            
 lpips                       LPIPS(input, edited)                                     lpips
 l1, l2, psnr, ssim          input vs edited (l2 = mean squared error)               --
 target_l1                   L1(target, edited)                                       targets
+target_l2                   mean squared error (target, edited) (MagicBrush's L2)    targets
 target_lpips                LPIPS(target, edited)                                    targets, lpips
 target_clip_image           cos(I(target), I(edited))                                targets, clip
 masked_l1_outside           L1 over pixels outside the edit mask                     masks
@@ -20,6 +21,11 @@ masked_psnr_outside         PSNR over pixels outside the edit mask              
 masked_ssim_outside         SSIM map averaged outside the edit mask                  masks
 masked_lpips_outside        LPIPS map averaged outside the edit mask                 masks, lpips
 ==========================  ======================================================  ============
+
+A caption-based column of an item whose caption is empty (a test set entry without an output
+caption, e.g. EditWorld's) is NaN, never a similarity to the empty string: ``clip_sim_0`` needs the
+input caption, ``clip_sim_1`` the output caption, ``clip_sim_direction`` both. The harness counts
+and names such missing values (``missing_metrics`` in each result row).
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from ip2p.util.hashing import hash_bytes
 
 CLIP_COLUMNS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
 PIXEL_COLUMNS = ("l1", "l2", "psnr", "ssim")
-TARGET_COLUMNS = ("target_l1", "target_lpips", "target_clip_image")
+TARGET_COLUMNS = ("target_l1", "target_l2", "target_lpips", "target_clip_image")
 MASK_COLUMNS = ("masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside")
 
 _PIXEL_SPEC = {
@@ -53,6 +59,21 @@ _MASK_SPEC = {
     "lpips": "lpips spatial map averaged outside the mask",
     "empty_outside": "NaN",
 }
+
+
+CAPTION_NEEDS = {"clip_sim_0": ("input",), "clip_sim_1": ("output",), "clip_sim_direction": ("input", "output")}
+
+
+def _blank_missing_captions(out: dict[str, torch.Tensor], text_0: Sequence[str], text_1: Sequence[str]) -> None:
+    """NaN in the caption-based columns of items whose needed caption is empty (in place)."""
+    empty = {"input": torch.tensor([not t.strip() for t in text_0]),
+             "output": torch.tensor([not t.strip() for t in text_1])}
+    for col, needs in CAPTION_NEEDS.items():
+        if col in out:
+            miss = torch.zeros_like(empty["input"])
+            for n in needs:
+                miss |= empty[n]
+            out[col] = torch.where(miss, torch.full_like(out[col], float("nan")), out[col].float())
 
 
 class MetricSuite:
@@ -75,7 +96,7 @@ class MetricSuite:
             cols.append("lpips")
         cols += PIXEL_COLUMNS
         if targets:
-            cols.append("target_l1")
+            cols += ["target_l1", "target_l2"]
             if self.lpips is not None:
                 cols.append("target_lpips")
             if self.clip is not None:
@@ -109,6 +130,7 @@ class MetricSuite:
                 sims = self.clip.score(inputs, outputs, text_0, text_1)
                 for k in ("sim_0", "sim_1", "sim_direction", "sim_image"):
                     out[f"clip_{k}"] = sims[k]
+                _blank_missing_captions(out, text_0, text_1)
             else:
                 out["clip_sim_image"] = self.clip.image_similarity(inputs, outputs, names=("inputs", "outputs"))
         if self.lpips is not None:
@@ -118,6 +140,7 @@ class MetricSuite:
         if targets is not None:
             check_images(targets, "targets", n=n)
             out["target_l1"] = pixel.l1(targets, outputs).cpu()
+            out["target_l2"] = pixel.l2(targets, outputs).cpu()
             if self.lpips is not None:
                 out["target_lpips"] = self.lpips(targets, outputs)
             if self.clip is not None:
@@ -141,7 +164,7 @@ class MetricSuite:
             "columns": {
                 **{c: "clip" for c in CLIP_COLUMNS + ("target_clip_image",)},
                 "lpips": "lpips", "target_lpips": "lpips", "masked_lpips_outside": "lpips+masked",
-                **{c: "pixel" for c in PIXEL_COLUMNS + ("target_l1",)},
+                **{c: "pixel" for c in PIXEL_COLUMNS + ("target_l1", "target_l2")},
                 **{c: "pixel+masked" for c in MASK_COLUMNS[:3]},
             },
         }
