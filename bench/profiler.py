@@ -13,7 +13,8 @@ sweep chunk) is run through the editor's public pieces and the fast path (``ip2p
     vae_decode      latents to images (``editor.decode``)
 
 After ``warmup`` uninstrumented edits (compilation, graph capture, allocator warm-up), each of
-``repeats`` rounds runs one uninstrumented edit timed whole and one edit timed per component.
+``repeats`` rounds runs one uninstrumented edit timed whole and one edit timed per component
+(in alternating order).
 Figures are the median, p10 and p90 per component (per step for the three step components),
 timed with CUDA events on a GPU (no synchronisation inside the edit) and ``time.perf_counter``
 on the CPU. The sum of the components' medians (step components times ``steps``) is reported
@@ -409,12 +410,15 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
         warmup_s = time.perf_counter() - t_warm
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(spec.repeats):
-            with whole.region("whole"):
-                one_edit(null)
-            whole.collect()
-            edited = one_edit(parts)
-            parts.collect()
+        for r in range(spec.repeats):
+            for instrumented in ((False, True) if r % 2 == 0 else (True, False)):  # alternate: no order bias
+                if instrumented:
+                    edited = one_edit(parts)
+                    parts.collect()
+                else:
+                    with whole.region("whole"):
+                        one_edit(null)
+                    whole.collect()
             if bar:
                 bar.update(2)
     if bar:
