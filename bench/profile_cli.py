@@ -30,6 +30,8 @@ def profile_command(
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="Device peak TFLOP/s for the roofline share (default: the datasheet table)."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time editor.edit (the eager editor) on the same requests."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write a torch.profiler Chrome trace of one edit here (.json or .json.gz)."),
+    trace_steps: Optional[int] = typer.Option(None, "--trace-steps", help="Steps of the traced edit (default: --steps; a trace grows with steps)."),
+    reference_repeats: int = typer.Option(3, "--reference-repeats", help="Timed editor.edit calls for the reference."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result record as JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -41,7 +43,7 @@ def profile_command(
     spec = ProfileSpec(model=model, res=res, steps=steps, batch=batch, dtype=dtype, compile=compile,
                        cuda_graphs=cuda_graphs, channels_last=channels_last, sdpa=sdpa, warmup=warmup, repeats=repeats,
                        seed=seed, device=device, peak_tflops=peak_tflops, reference=reference,
-                       trace=str(trace) if trace else None)
+                       reference_repeats=reference_repeats, trace=str(trace) if trace else None, trace_steps=trace_steps)
     command = "ip2p " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["profile"] else None
     record = profile_edit(spec, command=command or _command_from(spec, out), progress=progress)
     typer.echo(format_summary(record))
@@ -59,7 +61,8 @@ def _command_from(spec, out) -> str:
     parts += [f for f, on in (("--cuda-graphs", spec.cuda_graphs), ("--channels-last", spec.channels_last),
                               ("--no-sdpa", not spec.sdpa), ("--no-reference", not spec.reference)) if on]
     parts += ["--warmup", str(spec.warmup), "--repeats", str(spec.repeats), "--seed", str(spec.seed)]
-    for flag, v in (("--device", spec.device), ("--peak-tflops", spec.peak_tflops), ("--trace", spec.trace), ("--out", out)):
+    for flag, v in (("--device", spec.device), ("--peak-tflops", spec.peak_tflops), ("--trace", spec.trace),
+                    ("--trace-steps", spec.trace_steps), ("--out", out)):
         if v is not None:
             parts += [flag, str(v)]
     return " ".join(shlex.quote(p) for p in parts)

@@ -195,7 +195,9 @@ class ProfileSpec:
     device: str | None = None
     peak_tflops: float | None = None
     reference: bool = True
+    reference_repeats: int = 3
     trace: str | None = None
+    trace_steps: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ProfileSpec":
@@ -212,6 +214,8 @@ class ProfileSpec:
             raise SpecError(f"--warmup {self.warmup}: must be 0 or more")
         if self.res is not None and self.res < 1:
             raise SpecError(f"--res {self.res}: must be a positive number of pixels")
+        if self.trace_steps is not None and self.trace_steps < 1:
+            raise SpecError(f"--trace-steps {self.trace_steps}: must be at least 1")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise SpecError(f"--peak-tflops {self.peak_tflops}: must be a positive number of TFLOP/s")
         dev = torch.device(self.resolved_device())
@@ -373,7 +377,7 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
     image_list = list(images)
     latent_hw = (res // vae_f, res // vae_f)
 
-    def one_edit(timer) -> torch.Tensor:
+    def one_edit(timer, steps: int = spec.steps) -> torch.Tensor:
         with timer.region("text_encode"):
             editor.prompts.clear()
             text = editor.encode_text(instructions)
@@ -381,11 +385,11 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
         with timer.region("vae_encode"):
             lat = editor.encode_images(image_list)
         with timer.region("schedule"):
-            plan = fast.plan(spec.steps, seeds, lat.shape[1:])
+            plan = fast.plan(steps, seeds, lat.shape[1:])
             guided = GuidedUNet(fast.unet, lat, text, null, s_t, s_i, dtype=editor.dtype)
             sampler = PlannedEulerAncestral(plan)
             x = sampler.start()
-        for i in range(spec.steps):
+        for i in range(steps):
             with timer.region("unet"):
                 out = guided.unet_output(sampler.model_input(i, x), sampler.timestep(i))
             with timer.region("guidance"):
@@ -503,7 +507,10 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
         record["reference_editor_edit"] = _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device,
                                                        edited)
     if spec.trace:
-        record["trace"] = _trace(one_edit, spec, device)
+        try:
+            record["trace"] = _trace(one_edit, spec, device)
+        except Exception as e:  # noqa: BLE001 - the timings stand without the trace; say why it is missing
+            record["trace"] = {"path": None, "error": f"{type(e).__name__}: {e}"}
     return record
 
 
@@ -518,7 +525,7 @@ def _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device, fa
 
     call()  # warm-up
     times = []
-    for _ in range(max(1, min(spec.repeats, 3))):
+    for _ in range(max(1, spec.reference_repeats)):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -542,10 +549,11 @@ def _trace(one_edit, spec: ProfileSpec, device: torch.device) -> dict[str, Any]:
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     timer = _timer(device, trace=True)
+    steps = spec.trace_steps or spec.steps
     with torch.no_grad(), profile(activities=acts) as prof:
-        one_edit(timer)
+        one_edit(timer, steps)
         timer.collect()
-    return {"path": _write_trace(prof, Path(spec.trace)), "activities": [a.name for a in acts]}
+    return {"path": _write_trace(prof, Path(spec.trace)), "activities": [a.name for a in acts], "steps": steps}
 
 
 def write_record(record: dict[str, Any], out: str | os.PathLike) -> Path:

@@ -130,3 +130,38 @@ def test_clip_throughput_script(tmp_path):
                                  "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["img_per_s"] == pytest.approx(4 * 1 / r["seconds"]) and r["precision"] == "fp32"
+
+
+def test_gpu_run_script_smoke(tmp_path):
+    """bench/perf/gpu_run.sh --smoke: the prepared GPU run's code path on `tiny`, on the CPU."""
+    import gzip
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(root / "bench/perf/gpu_run.sh"), "--smoke"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["gpu_run.log", "profile_b1.json", "profile_b4.json", "summary.json", "throughput.json",
+                     "trace_b1.json.gz"]
+    assert len(names) <= 8  # the device tool brings back at most 8 files
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["smoke"] is True
+    assert {k: v["status"] for k, v in summary["stages"].items()} == {
+        "ceilings": "ok", "build": "ok", "pipeline": "ok", "prepare (compile, batch 1)": "ok", "profile_b1": "ok",
+        "profile_b4": "ok", "throughput": "ok"}
+    checks = summary["checks"]
+    tp = json.loads((out / "throughput.json").read_text())
+    assert checks["batched_over_pipeline"]["value"] == pytest.approx(
+        tp["editor"]["edit_steps_per_s"] / tp["pipeline"]["edit_steps_per_s"])
+    p1 = json.loads((out / "profile_b1.json").read_text())
+    assert checks["single_edit_ms_per_step"]["value"] == pytest.approx(p1["whole"]["median_ms"] / 3)
+    assert p1["command"].startswith("python -m bench.perf.gpu_run --out") and p1["spec"]["batch"] == 1
+    assert p1["reference_editor_edit"]["fast_vs_editor_max_abs_diff"] < 1e-4
+    assert json.loads(gzip.decompress((out / "trace_b1.json.gz").read_bytes()))["traceEvents"]
+    assert "[gpu_run] checks" in (out / "gpu_run.log").read_text()
