@@ -154,11 +154,13 @@ def test_gpu_run_script_smoke(tmp_path):
     assert summary["smoke"] is True
     assert {k: v["status"] for k, v in summary["stages"].items()} == {
         "ceilings": "ok", "build": "ok", "pipeline": "ok", "prepare (compile, batch 1)": "ok", "profile_b1": "ok",
-        "profile_b4": "ok", "throughput": "ok"}
+        "profile_b4": "ok", "throughput": "ok", "throughput_b8": "ok"}
     checks = summary["checks"]
     tp = json.loads((out / "throughput.json").read_text())
     assert checks["batched_over_pipeline"]["value"] == pytest.approx(
         tp["editor"]["edit_steps_per_s"] / tp["pipeline"]["edit_steps_per_s"])
+    assert checks["batched_over_pipeline"]["ratio_at_batch_8"] == pytest.approx(
+        tp["editor_larger_batch"]["edit_steps_per_s"] / tp["pipeline"]["edit_steps_per_s"])
     p1 = json.loads((out / "profile_b1.json").read_text())
     assert checks["single_edit_ms_per_step"]["value"] == pytest.approx(p1["whole"]["median_ms"] / 3)
     assert p1["command"].startswith("python -m bench.perf.gpu_run --out") and p1["spec"]["batch"] == 1
