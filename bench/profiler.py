@@ -275,6 +275,9 @@ def versions() -> dict[str, Any]:
         out["git"] = git_state()
     except Exception as e:  # a copy without git metadata still profiles
         out["git"] = {"commit": None, "error": f"{type(e).__name__}: {e}"}
+    if not out["git"].get("commit") and os.environ.get("IP2P_GIT_COMMIT"):
+        # a copied working tree (e.g. on a device machine) has no .git: the caller names the commit
+        out["git"] = {"commit": os.environ["IP2P_GIT_COMMIT"], "dirty": None, "source": "$IP2P_GIT_COMMIT"}
     return out
 
 

@@ -5,7 +5,8 @@
 # Before the device call, here, in the repository root (downloads the wheels the GPU image lacks,
 # for its Python 3.12, into the git-ignored .whl/):
 #     bash /work/shared/gpu/fetch-wheels.sh
-# The device call: command "bash bench/perf/gpu_run.sh", carry [".whl"], timeout_s 600.
+# The device call: command "IP2P_GIT_COMMIT=$(git rev-parse HEAD) bash bench/perf/gpu_run.sh" (with the
+# commit written out: the copy on the device has no .git), carry [".whl"], timeout_s 600.
 # Afterwards: copy the returned files (summary.json, profile_b1.json, profile_b16.json,
 # throughput.json, trace_b1.json.gz, gpu_run.log) into results/perf/ and commit them; each JSON
 # carries the command that made it.
