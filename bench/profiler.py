@@ -39,7 +39,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -198,7 +198,6 @@ class ProfileSpec:
     reference_repeats: int = 3
     trace: str | None = None
     trace_steps: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "ProfileSpec":
         from ip2p.fastpath import COMPILE_MODES
@@ -477,7 +476,7 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
     record: dict[str, Any] = {
         "benchmark": "ip2p_profile",
         "command": command,
-        "spec": {**{k: v for k, v in asdict(spec).items() if k != "extra"}, "res": res, **spec.extra},
+        "spec": {**asdict(spec), "res": res},
         "fast_path": fast.unet.describe(),
         "model": {"source": c.source, "info": c.info, "latent_shape": [int(c.vae.config.latent_channels), *latent_hw],
                   "unet_parameters": int(sum(p.numel() for p in fast.unet.eager.parameters()))},
