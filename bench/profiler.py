@@ -52,24 +52,29 @@ COMPONENTS = ("text_encode", "vae_encode", "schedule", "unet", "guidance", "samp
 PER_STEP = ("unet", "guidance", "sampler_update")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Dense (no structured sparsity) peak TFLOP/s. The datasheets quote tensor-core rates "with
-# sparsity"; the dense figure is half. fp32 = plain FP32 (CUDA cores); tf32 = TF32 tensor cores,
-# what cuDNN convolutions use for float32 by default (torch.backends.cudnn.allow_tf32 = True).
-#   A100:      NVIDIA A100 Tensor Core GPU datasheet (SXM4 and PCIe alike): FP32 19.5, TF32 156,
-#              BF16/FP16 312 dense.
-#   H100 SXM:  NVIDIA H100 Tensor Core GPU datasheet, SXM5 column: FP32 67, TF32 989 / BF16 and FP16
-#              1,979 with sparsity.
-#   H100 PCIe: same datasheet, PCIe column: FP32 51, TF32 756 / BF16 and FP16 1,513 with sparsity.
-#   H200:      NVIDIA H200 Tensor Core GPU datasheet, SXM column: FP32 67, TF32 989 / BF16 and FP16
-#              1,979 with sparsity (the H100 SXM's compute, more memory).
-#   H200 NVL:  same datasheet, NVL column: FP32 60, TF32 835 / BF16 and FP16 1,671 with sparsity.
+# Dense (no structured sparsity) peak TFLOP/s. NVIDIA's datasheets quote the tensor-core rates
+# "with sparsity"; the dense figure is half. fp32 = plain FP32 (CUDA cores); tf32 = TF32 tensor
+# cores, what cuDNN convolutions use for float32 by default (torch.backends.cudnn.allow_tf32).
+#   A100 (SXM4 and PCIe alike): NVIDIA A100 Tensor Core GPU datasheet: FP32 19.5, TF32 156,
+#       BF16/FP16 312 (624 with sparsity); the same figures in NVIDIA's Hopper architecture blog,
+#       Table 3 (developer.nvidia.com/blog/nvidia-hopper-architecture-in-depth).
+#   H100 SXM5: NVIDIA H100 Tensor Core GPU datasheet, SXM column: FP32 67, TF32 989 and BF16/FP16
+#       1,979 with sparsity; the unrounded dense figures (FP32 66.9, TF32 494.7, BF16/FP16 989.4)
+#       as tabulated at glennklockwood.com/garden/processors/h100.
+#   H100 PCIe: the same datasheet, PCIe column: FP32 51, TF32 756 and BF16/FP16 1,513 with sparsity.
+#   H200 (SXM): NVIDIA H200 Tensor Core GPU datasheet, SXM column: the H100 SXM's compute (FP32 67,
+#       BF16/FP16 1,979 with sparsity) with 141 GB HBM3e at 4.8 TB/s (/work/.library/device/H200.md
+#       says the same).
+#   H200 NVL: the same datasheet, NVL column: FP32 60, TF32 835, BF16/FP16 1,671 with sparsity (not
+#       checked against a second source here).
 # Measured on this workplace's H200 (/work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04): an
-# 8192^3 bf16 matmul through PyTorch ran at 769-798 TFLOP/s, about 80% of the datasheet's dense peak.
+# 8192^3 bf16 matmul through PyTorch ran at 769-798 TFLOP/s, about 80% of the dense peak;
+# bench/perf/gpu_run.py measures it again and reports the share of both.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
-    "H100 SXM": {"fp32": 67.0, "tf32": 494.5, "bf16": 989.5, "fp16": 989.5},
+    "H100 SXM": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
     "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5},
-    "H200": {"fp32": 67.0, "tf32": 494.5, "bf16": 989.5, "fp16": 989.5},
+    "H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
     "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5},
 }
 
