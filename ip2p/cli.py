@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "ip2p.train.cli",
     "ip2p.world.cli",
     "bench.cli",
+    "bench.profile_cli",
 )
 
 

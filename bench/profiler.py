@@ -1,0 +1,605 @@
+"""Latency profiler of an InstructPix2Pix edit, component by component (``ip2p profile``).
+
+One edit of ``batch`` requests (distinct instructions, images, seeds and sI values: a real
+sweep chunk) is run through the editor's public pieces and the fast path (``ip2p.fastpath``):
+
+    text_encode     instructions and "" through the text encoder (prompt cache cleared first)
+    vae_encode      image-conditioning latents (``editor.encode_images``)
+    schedule        sigmas, timesteps and all noise made ahead (``plan_euler_ancestral``), the
+                    3B conditioning batch and the guidance scales (``GuidedUNet``)
+    unet            per step: the 3B model input and one UNet call
+    guidance        per step: dual classifier-free guidance arithmetic
+    sampler_update  per step: the Euler ancestral update with its pre-drawn noise
+    vae_decode      latents to images (``editor.decode``)
+
+After ``warmup`` uninstrumented edits (compilation, graph capture, allocator warm-up), each of
+``repeats`` rounds runs one uninstrumented edit timed whole and one edit timed per component
+(in alternating order).
+Figures are the median, p10 and p90 per component (per step for the three step components),
+timed with CUDA events on a GPU (no synchronisation inside the edit) and ``time.perf_counter``
+on the CPU. The sum of the components' medians (step components times ``steps``) is reported
+against the whole edit's median: they agree when nothing escapes the component timers.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per component (the allocator's stats,
+reset at each component's start; host-side, no sync); on the CPU the process's peak resident set
+(``resource.getrusage(...).ru_maxrss``), which cannot be reset, so it is reported once.
+
+Achieved TFLOP/s: FLOPs counted by ``ip2p.flops`` (matmul-class work, on a meta clone) over the
+median time; the roofline share divides by the device's dense peak for the dtype (``PEAK_TFLOPS``,
+or ``peak_tflops`` given by the user). Optionally ``editor.edit`` itself (the eager editor) is timed
+on the same requests, and its images compared with the fast path's.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import platform
+import resource
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ip2p.errors import SpecError
+
+COMPONENTS = ("text_encode", "vae_encode", "schedule", "unet", "guidance", "sampler_update", "vae_decode")
+PER_STEP = ("unet", "guidance", "sampler_update")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# Dense (no structured sparsity) peak TFLOP/s. NVIDIA's datasheets quote the tensor-core rates
+# "with sparsity"; the dense figure is half. fp32 = plain FP32 (CUDA cores); tf32 = TF32 tensor
+# cores, what cuDNN convolutions use for float32 by default (torch.backends.cudnn.allow_tf32).
+#   A100 (SXM4 and PCIe alike): NVIDIA A100 Tensor Core GPU datasheet: FP32 19.5, TF32 156,
+#       BF16/FP16 312 (624 with sparsity); the same figures in NVIDIA's Hopper architecture blog,
+#       Table 3 (developer.nvidia.com/blog/nvidia-hopper-architecture-in-depth).
+#   H100 SXM5: NVIDIA H100 Tensor Core GPU datasheet, SXM column: FP32 67, TF32 989 and BF16/FP16
+#       1,979 with sparsity; the unrounded dense figures (FP32 66.9, TF32 494.7, BF16/FP16 989.4)
+#       as tabulated at glennklockwood.com/garden/processors/h100.
+#   H100 PCIe: the same datasheet, PCIe column: FP32 51, TF32 756 and BF16/FP16 1,513 with sparsity.
+#   H200 (SXM): NVIDIA H200 Tensor Core GPU datasheet, SXM column: the H100 SXM's compute (FP32 67,
+#       BF16/FP16 1,979 with sparsity) with 141 GB HBM3e at 4.8 TB/s (/work/.library/device/H200.md
+#       says the same).
+#   H200 NVL: the same datasheet, NVL column: FP32 60, TF32 835, BF16/FP16 1,671 with sparsity (not
+#       checked against a second source here).
+# Measured on this workplace's H200 (/work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04): an
+# 8192^3 bf16 matmul through PyTorch ran at 769-798 TFLOP/s, about 80% of the dense peak;
+# bench/perf/gpu_run.py measures it again and reports the share of both.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
+    "H100 SXM": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
+    "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5},
+    "H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
+    "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5},
+}
+
+INSTRUCTIONS = ("make it night", "let gravity act", "turn the circle blue", "add a red square",
+                "remove the triangle", "make the background green", "melt the star", "move the circle left")
+
+
+def peak_entry(device_name: str) -> str | None:
+    """The ``PEAK_TFLOPS`` key for a CUDA device name (``torch.cuda.get_device_name``), or None."""
+    n = device_name.lower()
+    if "h200" in n:
+        return "H200 NVL" if "nvl" in n else "H200"
+    if "h100" in n:
+        if "pcie" in n:
+            return "H100 PCIe"
+        return None if "nvl" in n else "H100 SXM"
+    if "a100" in n:
+        return "A100"
+    return None
+
+
+def peak_precision(dtype: str) -> str:
+    """Which peak applies to ``dtype``: bf16/fp16 as such; fp32 is TF32 when cuDNN may use it."""
+    if dtype == "fp32":
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    return dtype
+
+
+# ---------------------------------------------------------------- timers
+
+class _NullTimer:
+    kind = "none"
+    _null = nullcontext()
+
+    def region(self, name: str):
+        return self._null
+
+
+class _CpuTimer:
+    """``time.perf_counter`` around each region (CPU work is synchronous)."""
+
+    kind = "time.perf_counter"
+
+    def __init__(self, trace: bool = False):
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.peak_bytes: dict[str, int] = {}
+        self.trace = trace
+
+    @contextmanager
+    def region(self, name: str):
+        label = torch.profiler.record_function(name) if self.trace else nullcontext()
+        with label:
+            t0 = time.perf_counter()
+            yield
+            self.samples[name].append((time.perf_counter() - t0) * 1e3)
+
+    def collect(self) -> None:
+        pass
+
+
+class _CudaTimer:
+    """A CUDA event pair around each region on the current stream; nothing synchronises until
+    ``collect``. Also the allocator's peak per region (host-side stats, no sync)."""
+
+    kind = "torch.cuda.Event"
+
+    def __init__(self, trace: bool = False):
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.peak_bytes: dict[str, int] = defaultdict(int)
+        self._pending: list[tuple[str, Any, Any]] = []
+        self.trace = trace
+
+    @contextmanager
+    def region(self, name: str):
+        label = torch.profiler.record_function(name) if self.trace else nullcontext()
+        with label:
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.peak_bytes[name] = max(self.peak_bytes[name], torch.cuda.max_memory_allocated())
+            self._pending.append((name, start, end))
+
+    def collect(self) -> None:
+        torch.cuda.synchronize()
+        for name, start, end in self._pending:
+            self.samples[name].append(start.elapsed_time(end))
+        self._pending.clear()
+
+
+def _timer(device: torch.device, trace: bool = False):
+    return _CudaTimer(trace) if device.type == "cuda" else _CpuTimer(trace)
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
+            "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()), "n": int(a.size)}
+
+
+# ---------------------------------------------------------------- the spec
+
+@dataclass
+class ProfileSpec:
+    """What to profile: ``model`` (any ``load_components`` source), image side ``res`` in pixels
+    (None: the model's native resolution), ``steps``, ``batch`` edits per chunk, ``dtype``
+    (bf16/fp16/fp32), the fast path's settings, timing rounds, and optional extras."""
+
+    model: str = "tiny"
+    res: int | None = None
+    steps: int = 20
+    batch: int = 1
+    dtype: str = "fp32"
+    compile: str = "none"
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    sdpa: bool = True
+    warmup: int = 1
+    repeats: int = 5
+    seed: int = 0
+    device: str | None = None
+    peak_tflops: float | None = None
+    reference: bool = True
+    reference_repeats: int = 3
+    trace: str | None = None
+    trace_steps: int | None = None
+
+    def validate(self) -> "ProfileSpec":
+        from ip2p.fastpath import COMPILE_MODES
+
+        if self.dtype not in DTYPES:
+            raise SpecError(f"--dtype {self.dtype!r}: must be one of {sorted(DTYPES)}")
+        if self.compile not in COMPILE_MODES:
+            raise SpecError(f"--compile {self.compile!r}: must be one of {list(COMPILE_MODES)}")
+        for name in ("steps", "batch", "repeats"):
+            if int(getattr(self, name)) < 1:
+                raise SpecError(f"--{name} {getattr(self, name)}: must be at least 1")
+        if self.warmup < 0:
+            raise SpecError(f"--warmup {self.warmup}: must be 0 or more")
+        if self.res is not None and self.res < 1:
+            raise SpecError(f"--res {self.res}: must be a positive number of pixels")
+        if self.trace_steps is not None and self.trace_steps < 1:
+            raise SpecError(f"--trace-steps {self.trace_steps}: must be at least 1")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise SpecError(f"--peak-tflops {self.peak_tflops}: must be a positive number of TFLOP/s")
+        dev = torch.device(self.resolved_device())
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SpecError(f"--device {self.device}: no CUDA device is available here; use --device cpu")
+        if self.cuda_graphs and dev.type != "cuda":
+            raise SpecError(f"--cuda-graphs: needs a CUDA device, got {dev}; drop the flag or run on a GPU")
+        return self
+
+    def resolved_device(self) -> str:
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_requests(batch: int, res: int, seed: int = 0):
+    """``batch`` distinct requests: random images in [0, 1], instructions, sI in 1.0..1.7, sT 7.5,
+    seeds ``seed + i``."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, res, res, generator=g)
+    k = len(INSTRUCTIONS)
+    instructions = [INSTRUCTIONS[i % k] + (f" {i // k}" if i >= k else "") for i in range(batch)]
+    image_guidance = [1.0 + 0.1 * (i % 8) for i in range(batch)]
+    guidance = [7.5] * batch
+    seeds = [seed + i for i in range(batch)]
+    return images, instructions, image_guidance, guidance, seeds
+
+
+# ---------------------------------------------------------------- environment
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": p.name, "capability": f"{p.major}.{p.minor}",
+                "multiprocessors": p.multi_processor_count, "memory_bytes": int(p.total_memory),
+                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count()}
+
+
+def versions() -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    import ip2p
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+           "transformers": transformers.__version__, "ip2p": ip2p.__version__}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = None
+    try:
+        from bench.provenance import git_state
+
+        out["git"] = git_state()
+    except Exception as e:  # a copy without git metadata still profiles
+        out["git"] = {"commit": None, "error": f"{type(e).__name__}: {e}"}
+    if not out["git"].get("commit") and os.environ.get("IP2P_GIT_COMMIT"):
+        # a copied working tree (e.g. on a device machine) has no .git: the caller names the commit
+        out["git"] = {"commit": os.environ["IP2P_GIT_COMMIT"], "dirty": None, "source": "$IP2P_GIT_COMMIT"}
+    return out
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def component_flops(editor, batch: int, latent_hw: tuple[int, int], res: int) -> dict[str, dict[str, Any]]:
+    """FLOPs per component call, counted on meta clones (``None`` with the reason when a count
+    fails: a missing figure, never a zero)."""
+    from ip2p.flops import counting, meta_clone, unet_forward_flops
+
+    c = editor.components
+    tokens = int(getattr(c.tokenizer, "model_max_length", 77))
+    out: dict[str, dict[str, Any]] = {}
+
+    def attempt(name, fn):
+        try:
+            out[name] = {"flops": int(fn()), "counter": "ip2p.flops (module hooks + attention products, meta device)"}
+        except Exception as e:  # noqa: BLE001 - recorded, not hidden
+            out[name] = {"flops": None, "error": f"{type(e).__name__}: {e}"}
+
+    attempt("unet", lambda: unet_forward_flops(c.unet, 3 * batch, latent_hw, text_tokens=tokens).total)
+
+    def vae_encode():
+        vae = meta_clone(c.vae)
+        with torch.no_grad(), counting(vae) as n:
+            vae.encode(torch.empty(1, 3, res, res, device="meta")).latent_dist.mode()
+        return n.total * batch  # the editor encodes one image per VAE call
+
+    def vae_decode():
+        vae = meta_clone(c.vae)
+        with torch.no_grad(), counting(vae) as n:
+            vae.decode(torch.empty(batch, int(vae.config.latent_channels), *latent_hw, device="meta"))
+        return n.total
+
+    def text_encode():
+        enc = meta_clone(c.text_encoder)
+        ids = torch.zeros(batch + 1, tokens, dtype=torch.long, device="meta")
+        with torch.no_grad(), counting(enc) as n:
+            enc(ids)
+        return n.total
+
+    attempt("vae_encode", vae_encode)
+    attempt("vae_decode", vae_decode)
+    attempt("text_encode", text_encode)
+    return out
+
+
+# ---------------------------------------------------------------- the profiler
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="edit", file=sys.stderr, dynamic_ncols=True)
+
+
+def _write_trace(prof, path: Path) -> str:
+    from ip2p.util.io import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.raw.json")
+    prof.export_chrome_trace(str(tmp))
+    data = tmp.read_bytes()
+    tmp.unlink()
+    atomic_write_bytes(path, gzip.compress(data) if path.suffix == ".gz" else data)
+    return str(path)
+
+
+def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | None = None,
+                 progress: bool = False) -> dict[str, Any]:
+    """Profile one edit of ``spec.batch`` requests; returns the result record (JSON-ready).
+    ``editor``/``fast``: an ``InstructPix2PixEditor`` and a ``FastEditPath`` on it to reuse (a
+    script profiling several batch sizes compiles the UNet once)."""
+    from ip2p.editor import load_editor
+    from ip2p.fastpath import FastEditPath, FastPathSettings, GuidedUNet, PlannedEulerAncestral
+
+    spec.validate()
+    device = torch.device(spec.resolved_device())
+    dtype = DTYPES[spec.dtype]
+    t_load = time.perf_counter()
+    if editor is None:
+        editor = load_editor(spec.model, device=device, dtype=dtype, resize=None, max_batch=spec.batch, seed=spec.seed)
+    load_s = time.perf_counter() - t_load
+    c = editor.components
+    vae_f = c.vae_scale_factor
+    unet_f = 2 ** (len(c.unet.config.block_out_channels) - 1)
+    res = int(spec.res or c.resolution or 512)
+    if res % (vae_f * unet_f):
+        raise SpecError(f"--res {res}: must be a multiple of {vae_f * unet_f} for {spec.model} "
+                        f"(VAE factor {vae_f} x UNet downsampling {unet_f})")
+    settings = FastPathSettings(compile=spec.compile, cuda_graphs=spec.cuda_graphs, channels_last=spec.channels_last,
+                                sdpa=spec.sdpa)
+    if fast is None:
+        fast = FastEditPath(editor, settings)
+    elif fast.settings != settings:
+        raise SpecError(f"profile_edit: the FastEditPath given was prepared with {fast.settings}, the spec asks for {settings}")
+    images, instructions, s_i, s_t, seeds = make_requests(spec.batch, res, spec.seed)
+    image_list = list(images)
+    latent_hw = (res // vae_f, res // vae_f)
+
+    def one_edit(timer, steps: int = spec.steps) -> torch.Tensor:
+        with timer.region("text_encode"):
+            editor.prompts.clear()
+            text = editor.encode_text(instructions)
+            null = editor.encode_text([""])
+        with timer.region("vae_encode"):
+            lat = editor.encode_images(image_list)
+        with timer.region("schedule"):
+            plan = fast.plan(steps, seeds, lat.shape[1:])
+            guided = GuidedUNet(fast.unet, lat, text, null, s_t, s_i, dtype=editor.dtype)
+            sampler = PlannedEulerAncestral(plan)
+            x = sampler.start()
+        for i in range(steps):
+            with timer.region("unet"):
+                out = guided.unet_output(sampler.model_input(i, x), sampler.timestep(i))
+            with timer.region("guidance"):
+                eps = guided.guide(out)
+            with timer.region("sampler_update"):
+                x = sampler.update(i, x, eps)
+        with timer.region("vae_decode"):
+            return editor.decode(x)
+
+    whole = _timer(device)
+    parts = _timer(device)
+    null = _NullTimer()
+    bar = _progress(spec.warmup + 2 * spec.repeats, progress, f"profile {spec.model} b{spec.batch}")
+    t_warm = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(spec.warmup):
+            one_edit(null)
+            if bar:
+                bar.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - t_warm
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for r in range(spec.repeats):
+            for instrumented in ((False, True) if r % 2 == 0 else (True, False)):  # alternate: no order bias
+                if instrumented:
+                    edited = one_edit(parts)
+                    parts.collect()
+                else:
+                    with whole.region("whole"):
+                        one_edit(null)
+                    whole.collect()
+            if bar:
+                bar.update(2)
+    if bar:
+        bar.close()
+
+    components: dict[str, dict[str, Any]] = {}
+    for name in COMPONENTS:
+        s = summarize(parts.samples[name])
+        per_edit = s["median_ms"] * (spec.steps if name in PER_STEP else 1)
+        components[name] = {**s, "per": "step" if name in PER_STEP else "edit", "median_ms_per_edit": per_edit,
+                            "peak_memory_bytes": parts.peak_bytes.get(name) if device.type == "cuda" else None}
+    sum_medians = sum(v["median_ms_per_edit"] for v in components.values())
+    for v in components.values():
+        v["share_of_sum"] = v["median_ms_per_edit"] / sum_medians
+    whole_s = summarize(whole.samples["whole"])
+    # each instrumented edit's components summed, then the median over edits: the same statistic
+    # as the whole edit's (a per-step median times steps would drop the steps' spread)
+    per_edit_sums = [sum(sum(parts.samples[n][r * k:(r + 1) * k]) for n, k in
+                         ((n, spec.steps if n in PER_STEP else 1) for n in COMPONENTS)) for r in range(spec.repeats)]
+    sum_parts = float(np.median(per_edit_sums))
+    step = np.add.reduce([np.asarray(parts.samples[n]) for n in PER_STEP])
+    step_s = summarize(step)
+
+    flops = component_flops(editor, spec.batch, latent_hw, res)
+    peak_key = peak_entry(device_info(device)["name"]) if device.type == "cuda" else None
+    prec = peak_precision(spec.dtype) if device.type == "cuda" else spec.dtype
+    if spec.peak_tflops is not None:
+        peak, peak_source = float(spec.peak_tflops), "--peak-tflops (given by the user)"
+    elif peak_key is not None:
+        peak, peak_source = PEAK_TFLOPS[peak_key][prec], f"datasheet dense peak, {peak_key} {prec} (bench/profiler.py PEAK_TFLOPS)"
+    else:
+        peak, peak_source = None, "unknown device: pass --peak-tflops for a roofline share"
+    for name, f in flops.items():
+        n = f.get("flops")
+        ms = components[name]["median_ms"]
+        f["achieved_tflops"] = (n / (ms * 1e-3) / 1e12) if n and ms > 0 else None
+        f["roofline_share"] = (f["achieved_tflops"] / peak) if (peak and f["achieved_tflops"] is not None) else None
+    unet_f_call = flops["unet"].get("flops")
+
+    if device.type == "cuda":
+        memory = {"method": "torch.cuda.max_memory_allocated (per component, reset at its start)",
+                  "peak_bytes": int(max(parts.peak_bytes.values())) if parts.peak_bytes else None}
+    else:
+        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory = {"method": "resource.getrusage(RUSAGE_SELF).ru_maxrss: the process's peak resident set since it "
+                            "started (model loading included); not per component, it cannot be reset",
+                  "peak_bytes": int(ru * (1 if sys.platform == "darwin" else 1024))}
+
+    record: dict[str, Any] = {
+        "benchmark": "ip2p_profile",
+        "command": command,
+        "spec": {**asdict(spec), "res": res},
+        "fast_path": fast.unet.describe(),
+        "model": {"source": c.source, "info": c.info, "latent_shape": [int(c.vae.config.latent_channels), *latent_hw],
+                  "unet_parameters": int(sum(p.numel() for p in fast.unet.eager.parameters()))},
+        "device": device_info(device),
+        "versions": versions(),
+        "timer": parts.kind,
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        "components": components,
+        "step": {**step_s, "what": "unet + guidance + sampler_update, per step"},
+        "whole": {**whole_s, "what": "one uninstrumented edit: text_encode .. vae_decode, images left on the device"},
+        "sum_of_parts_ms": sum_parts,
+        "sum_of_parts_what": "median over instrumented edits of the sum of their component times",
+        "sum_over_whole": float(np.median(np.asarray(per_edit_sums) / np.asarray(whole.samples["whole"]))),
+        "sum_over_whole_what": "median over rounds of (sum of parts of the round's instrumented edit) / (the round's "
+                               "whole edit): paired, so a change of machine load between rounds cancels",
+        "sum_of_component_medians_ms": sum_medians,
+        "ms_per_step_whole": whole_s["median_ms"] / spec.steps,
+        "edit_steps_per_s": spec.batch * spec.steps / (whole_s["median_ms"] * 1e-3),
+        "flops": flops,
+        "unet_gflop_per_sample": unet_f_call / (3 * spec.batch) / 1e9 if unet_f_call else None,
+        "achieved_tflops_unet": flops["unet"]["achieved_tflops"],
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "roofline_share_unet": flops["unet"]["roofline_share"],
+        "memory": memory,
+    }
+
+    if spec.reference:
+        record["reference_editor_edit"] = _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device,
+                                                       edited)
+    if spec.trace:
+        try:
+            record["trace"] = _trace(one_edit, spec, device)
+        except Exception as e:  # noqa: BLE001 - the timings stand without the trace; say why it is missing
+            record["trace"] = {"path": None, "error": f"{type(e).__name__}: {e}"}
+    return record
+
+
+def _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device, fast_images) -> dict[str, Any]:
+    """``editor.edit`` (the eager editor, its own sampler) on the same requests: wall time per call
+    (host clock, synchronised), and how far the fast path's images are from its images."""
+
+    def call():
+        editor.prompts.clear()
+        return editor.edit(images, instructions, image_guidance_scale=s_i, guidance_scale=s_t,
+                           num_inference_steps=spec.steps, seeds=seeds, resize=None)
+
+    call()  # warm-up
+    times = []
+    for _ in range(max(1, spec.reference_repeats)):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ref = call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    s = summarize(times)
+    diff = (fast_images.float().cpu() - ref.float()).abs()
+    return {**s, "timer": "time.perf_counter with torch.cuda.synchronize" if device.type == "cuda" else "time.perf_counter",
+            "what": "editor.edit (eager UNet, its own sampler), images returned on the CPU",
+            "ms_per_step": s["median_ms"] / spec.steps,
+            "edit_steps_per_s": spec.batch * spec.steps / (s["median_ms"] * 1e-3),
+            "fast_vs_editor_max_abs_diff": float(diff.max()), "fast_vs_editor_mean_abs_diff": float(diff.mean())}
+
+
+def _trace(one_edit, spec: ProfileSpec, device: torch.device) -> dict[str, Any]:
+    """One more instrumented edit under ``torch.profiler``, components labelled, as a Chrome trace
+    (gzip-compressed when the path ends in ``.gz``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    timer = _timer(device, trace=True)
+    steps = spec.trace_steps or spec.steps
+    with torch.no_grad(), profile(activities=acts) as prof:
+        one_edit(timer, steps)
+        timer.collect()
+    return {"path": _write_trace(prof, Path(spec.trace)), "activities": [a.name for a in acts], "steps": steps}
+
+
+def write_record(record: dict[str, Any], out: str | os.PathLike) -> Path:
+    from ip2p.util.io import atomic_write_json
+
+    return atomic_write_json(Path(out), record)
+
+
+def format_summary(record: dict[str, Any]) -> str:
+    """A short table: per component median/p10/p90, share, achieved TFLOP/s; then the whole."""
+    sp = record["spec"]
+    lines = [f"{sp['model']} {sp['res']}px {sp['dtype']} batch {sp['batch']} x {sp['steps']} steps on "
+             f"{record['device']['name']} (compile={sp['compile']}, cuda_graphs={sp['cuda_graphs']}, "
+             f"channels_last={sp['channels_last']}; timer {record['timer']})",
+             f"{'component':<16}{'per':>5}{'median ms':>11}{'p10':>9}{'p90':>9}{'share':>7}{'TFLOP/s':>9}"]
+    for name, v in record["components"].items():
+        tf = record["flops"].get(name, {}).get("achieved_tflops")
+        lines.append(f"{name:<16}{v['per']:>5}{v['median_ms']:>11.3f}{v['p10_ms']:>9.3f}{v['p90_ms']:>9.3f}"
+                     f"{100 * v['share_of_sum']:>6.1f}%{(f'{tf:.3f}' if tf is not None else '-'):>9}")
+    w = record["whole"]
+    lines.append(f"whole edit: median {w['median_ms']:.2f} ms (p10 {w['p10_ms']:.2f}, p90 {w['p90_ms']:.2f}); "
+                 f"sum of parts {record['sum_of_parts_ms']:.2f} ms ({100 * record['sum_over_whole']:.1f}% of whole)")
+    lines.append(f"{record['ms_per_step_whole']:.2f} ms per step (whole edit / steps), "
+                 f"{record['edit_steps_per_s']:.1f} edit-steps/s")
+    share = record.get("roofline_share_unet")
+    if record.get("unet_gflop_per_sample"):
+        lines.append(f"UNet: {record['unet_gflop_per_sample']:.2f} GFLOP per sample, "
+                     f"{record['achieved_tflops_unet']:.3f} TFLOP/s achieved"
+                     + (f", {100 * share:.1f}% of {record['peak_tflops']:.1f} peak ({record['peak_source']})"
+                        if share is not None else f" ({record['peak_source']})"))
+    mem = record["memory"]
+    if mem.get("peak_bytes") is not None:
+        lines.append(f"peak memory {mem['peak_bytes'] / 2**20:.1f} MiB ({mem['method'].split(':')[0]})")
+    ref = record.get("reference_editor_edit")
+    if ref:
+        lines.append(f"editor.edit (eager): {ref['median_ms']:.2f} ms per edit, {ref['ms_per_step']:.2f} ms per step; "
+                     f"fast vs editor max |diff| {ref['fast_vs_editor_max_abs_diff']:.2e}")
+    return "\n".join(lines)
+
+
+__all__ = ["ProfileSpec", "profile_edit", "PEAK_TFLOPS", "peak_entry", "peak_precision", "component_flops",
+           "make_requests", "write_record", "format_summary", "COMPONENTS", "PER_STEP", "DTYPES"]
