@@ -56,9 +56,20 @@ class InstructPix2PixEditor(DiffusionEditor):
                           doc="null: the paper's Euler ancestral over the model's sigmas; or a diffusers scheduler class"),
     }
 
-    def __init__(self, components, **kwargs):
+    def __init__(self, components, *, fast=None, **kwargs):
+        """``fast``: None for the eager path, or ``ip2p.fastpath.FastPathSettings`` (or a mapping of
+        its fields: compile, cuda_graphs, channels_last, sdpa) for the fast path of the paper's
+        sampler: a prepared UNet, the schedule and noise made ahead, nothing that synchronises the
+        GPU inside the loop. Its images equal the eager path's within 1e-4 (float32, CPU; exactly
+        without channels-last)."""
         super().__init__(components, **kwargs)
         self._sigma_table = discrete_sigmas(torch.as_tensor(self.components.scheduler.alphas_cumprod))
+        self.fast = None
+        if fast is not None:
+            from ip2p.fastpath import FastPathSettings, prepare_unet
+
+            self.fast = fast if isinstance(fast, FastPathSettings) else FastPathSettings(**dict(fast))
+            self._prepared = prepare_unet(self.components.unet, self.fast, device=self.device)
 
     # ------------------------------------------------------------ the method's own parts
 
@@ -87,7 +98,7 @@ class InstructPix2PixEditor(DiffusionEditor):
                 f"dtype={self.dtype}")
 
     def sampler_description(self) -> str:
-        return "euler_ancestral_discrete (paper)"
+        return "euler_ancestral_discrete (paper)" + ("" if self.fast is None else f", fast path {self.fast.as_dict()}")
 
     def guided_eps(self, x_in, t, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale):
         """One UNet call on the 3B batch ``[text+img, img only, uncond]`` and dual guidance of the
@@ -115,6 +126,12 @@ class InstructPix2PixEditor(DiffusionEditor):
         name = chunk.knobs[0]["scheduler"]
         scheduler = scheduler_from(name, self.components.scheduler.config) if name not in (None, "paper") else self.scheduler
         shape = image_latent.shape[1:]
+        if scheduler is None and self.fast is not None:
+            from ip2p.fastpath import GuidedUNet, PlannedEulerAncestral, plan_euler_ancestral
+
+            guided = GuidedUNet(self._prepared, image_latent, chunk.text, chunk.null, s_t, s_i, dtype=self.dtype)
+            plan = plan_euler_ancestral(self._sigma_table, chunk.steps, chunk.seeds, shape, device=self.device)
+            return PlannedEulerAncestral(plan, self.prediction_type).run(guided)
         if scheduler is None:
             sigmas = get_sigmas(self._sigma_table, chunk.steps)
             x = chunk.noise.randn(shape) * sigmas[0]
@@ -179,13 +196,13 @@ class InstructPix2PixEditor(DiffusionEditor):
 
 def load_editor(source: str | os.PathLike = "world:ip2p", *, device=None, dtype=torch.float32, max_batch: int = 16,
                 resize: str | None = "paper", local_files_only: bool | None = None, trust_pickle: bool = False,
-                config: str | None = None, seed: int = 0, compile: bool = False) -> InstructPix2PixEditor:
+                config: str | None = None, seed: int = 0, compile: bool = False, fast=None) -> InstructPix2PixEditor:
     """An editor from a built-in name (``tiny``, ``sd15``), ``world:ip2p``, a diffusers folder or
     hub id, or an original single-file checkpoint (``.safetensors``; ``.ckpt`` with ``trust_pickle``)."""
     components = load_components(source, kind="ip2p", local_files_only=local_files_only, trust_pickle=trust_pickle,
                                  config=config, seed=seed)
     return InstructPix2PixEditor(components, device=device, dtype=dtype, max_batch=max_batch, resize=resize,
-                                 compile=compile)
+                                 compile=compile, fast=fast)
 
 
 __all__ = ["InstructPix2PixEditor", "load_editor", "paper_size", "resize_paper", "RESIZE_MODES"]

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import torch
 
 from ip2p.guidance import as_scale, cfg_batch
-from ip2p.sampling import discrete_sigmas, get_ancestral_step, get_sigmas, sigma_to_t, to_d
+from ip2p.sampling import denoised_from_output, discrete_sigmas, get_ancestral_step, get_sigmas, sigma_to_t, to_d
 
 __all__ = [
     "COMPILE_MODES",
@@ -290,11 +290,13 @@ def plan_euler_ancestral(sigma_table: torch.Tensor, n_steps: int, seeds: Sequenc
 
 class PlannedEulerAncestral:
     """The Euler ancestral loop over a plan; the same arithmetic, in the same order, as
-    ``ip2p.sampling.sample_euler_ancestral`` with the editor's denoiser
-    ``x - sigma * eps(x * c_in, t)``. ``eps_fn(x_in, t)`` returns the guided noise prediction."""
+    ``ip2p.sampling.sample_euler_ancestral`` with the editor's discrete denoiser
+    (``denoised_from_output(x, sigma, model(x * c_in, t), prediction_type)``). ``eps_fn(x_in, t)``
+    returns the guided model output (eps, v or sample, as ``prediction_type`` says)."""
 
-    def __init__(self, plan: EulerAncestralPlan):
+    def __init__(self, plan: EulerAncestralPlan, prediction_type: str = "epsilon"):
         self.plan = plan
+        self.prediction_type = prediction_type
 
     def start(self) -> torch.Tensor:
         return self.plan.init_noise * self.plan.sigmas[0]
@@ -308,7 +310,7 @@ class PlannedEulerAncestral:
     def update(self, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         p = self.plan
         s = p.sigmas[i]
-        denoised = x - s * eps
+        denoised = denoised_from_output(x, s, eps, self.prediction_type)
         x = x + to_d(x, s, denoised) * (p.sigma_down[i] - s)
         k = p.noise_index[i]
         if k >= 0:
@@ -382,7 +384,7 @@ class FastEditPath:
         guided = GuidedUNet(self.unet, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale,
                             dtype=self.editor.dtype)
         plan = self.plan(n_steps, seeds, image_latent.shape[1:])
-        return PlannedEulerAncestral(plan).run(guided)
+        return PlannedEulerAncestral(plan, self.editor.prediction_type).run(guided)
 
     @torch.no_grad()
     def edit(self, images: torch.Tensor, instructions: Sequence[str], *, image_guidance_scale=1.5,
