@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "ip2p.train.cli",
     "ip2p.world.cli",
     "bench.cli",
+    "bench.regress_cli",
 )
 
 
