@@ -524,7 +524,7 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
         if update_golden:
             from ip2p.util.io import atomic_write_json
 
-            atomic_write_json(golden_path, build_golden(spec, meas, df, now_models))
+            atomic_write_json(golden_path, build_golden(spec, meas, df, now_models)).chmod(0o644)  # to be shared
             report.status, report.exit_code = "golden-written", EXIT_PASS
             weights = ", ".join(f"{k}: weights {v.get('weights_hash')}" for k, v in now_models.items())
             report.message = f"wrote golden {golden_path}: {len(df)} units of suite {spec.name!r} ({weights})"
