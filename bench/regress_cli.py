@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         update_golden: bool = typer.Option(False, "--update-golden", help="run the suite and write the golden file "
                                            "(spec, versions, metric spec, weights hash, per-item values)"),
         out: Optional[Path] = typer.Option(None, "--out", help="sweep run folder (default results/runs/regress/"
-                                           "<suite>-<weights hash>; a rerun on the same weights resumes there)"),
+                                           "<suite>-<weights hash>-<git commit>; a rerun of the same weights and "
+                                           "code resumes there)"),
         fresh: bool = typer.Option(False, help="delete the run folder first and recompute everything"),
         batch_size: Optional[int] = typer.Option(None, help="edits per editor call (results do not depend on it)"),
         device: Optional[str] = typer.Option(None, help="torch device (default: the suite's; auto = cuda or cpu)"),
