@@ -7,6 +7,8 @@ the spec, versions and weights hash that made it. ``ip2p regress`` then:
     refuse  when this run's measurement differs from the golden's (exit 2, the difference named;
             nothing is compared). A different model is not a different measurement: judging
             another checkpoint is the point, so both weights hashes are recorded, never refused.
+            Library versions (the metric spec's ``library`` fields, torch, diffusers) are not the
+            measurement either: differences are noted beside the verdicts.
     run     the suite through the sweep (resumable and sharded like any sweep)
     pair    each unit (method, knobs, item, seed) with the golden's
     judge   per setting and gated metric, the worsening of each item
@@ -114,10 +116,31 @@ def _some(names: Sequence[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+# Fields of a metric spec that name an implementation's version, not what is measured (and the
+# hash over all fields): a change there is reported beside the verdicts, never refused, so that a
+# routine library upgrade does not stop every gate; a change in what they compute shows as a shift.
+_IMPLEMENTATION_FIELDS = ("library", "spec_hash")
+
+
+def _is_implementation_field(difference: str) -> bool:
+    return difference.split(":", 1)[0].rsplit(".", 1)[-1] in _IMPLEMENTATION_FIELDS
+
+
+def implementation_differences(golden: dict, now: dict) -> list[str]:
+    """Library versions of the metrics and of the main packages that differ (informational)."""
+    out = [d for d in _dict_differences(golden.get("measurement", {}).get("metric_spec"), now["metric_spec"])
+           if _is_implementation_field(d) and not d.startswith("spec_hash")]
+    old, new = golden.get("versions", {}), now.get("versions", {})
+    out += [f"{k}: golden {old.get(k)}, now {new.get(k)}" for k in ("torch", "diffusers", "transformers",
+                                                                      "open_clip_torch") if old.get(k) != new.get(k)]
+    return out
+
+
 def measurement_differences(golden: dict, now: dict) -> list[str]:
     """What differs between a golden file's measurement and this run's, one sentence each."""
     out: list[str] = []
-    diff = _dict_differences(golden.get("metric_spec"), now["metric_spec"])
+    diff = [d for d in _dict_differences(golden.get("metric_spec"), now["metric_spec"])
+            if not _is_implementation_field(d)]
     if diff:
         out.append("metric spec differs: " + "; ".join(diff[:4]) + (f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""))
     g_items, n_items = golden.get("items", {}), now["items"]
@@ -303,6 +326,7 @@ class GateReport:
     level: float = 0.95
     verdicts: list[Verdict] = field(default_factory=list)
     models: dict[str, Any] = field(default_factory=dict)  # {"golden": {label: identity}, "now": {...}}
+    notes: list[str] = field(default_factory=list)  # implementation versions that differ from the golden's
     seconds: float = 0.0
 
     @property
@@ -360,6 +384,8 @@ class GateReport:
                     str(v.n_items), v.status.upper() if v.status == "regressed" else v.status]
                 t.add_row(*cells, style=style)
             console.print(t)
+        if self.notes:
+            console.print("versions differ from the golden's (informational): " + "; ".join(self.notes), soft_wrap=True)
         console.print(self.headline(), style="bold red" if self.exit_code else None, soft_wrap=True)
 
     def table_text(self, width: int = 140) -> str:
@@ -399,6 +425,8 @@ class GateReport:
                               timestamp=now_iso(), hostname=socket.gethostname())
         props = ET.SubElement(suite, "properties")
         prop = {"golden": self.golden, "status": self.status, "run_dir": self.run_dir or ""}
+        if self.notes:
+            prop["versions_differ"] = "; ".join(self.notes)
         for side in ("golden", "now"):
             for label, ident in self.models.get(side, {}).items():
                 prop[f"{side}.{label}.weights_hash"] = str(ident.get("weights_hash"))
@@ -502,6 +530,10 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
         if not update_golden:
             golden = read_golden(golden_path)
             report.models["golden"] = golden["models"]
+            from bench.provenance import package_versions
+
+            report.notes = implementation_differences(golden, {"metric_spec": meas["metric_spec"],
+                                                               "versions": package_versions()})
             diffs = measurement_differences(golden["measurement"], meas)
             if diffs:
                 raise GoldenMismatchError(f"golden {golden_path} was made under another measurement, so it is not "
@@ -518,7 +550,7 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
             return report
         df = _rows_of(load_results(run_dir), spec, items)
         stored_spec = json.loads(df["metric_spec"].iloc[0])
-        if _dict_differences(meas["metric_spec"], stored_spec):
+        if _dict_differences(meas["metric_spec"], stored_spec):  # rows of this very run folder: all fields
             raise SpecError(f"{run_dir}: rows were scored under another metric spec than this suite's "
                             f"({_dict_differences(meas['metric_spec'], stored_spec)[0]}); rerun with --fresh")
         if update_golden:

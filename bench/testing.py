@@ -3,6 +3,10 @@ metrics' folder format and a seconds-long sweep spec (tiny random InstructPix2Pi
 
 Random weights make the numbers meaningless but every code path real: the same loaders, the same
 sampler, the same metric functions a user runs.
+
+For the regression gate: deliberately broken editors, as real model folders (a copy of a model
+with its UNet damaged: ``degraded_model_folder``) or as real editors with a knob bug
+(``faulty_instructpix2pix``).
 """
 from __future__ import annotations
 

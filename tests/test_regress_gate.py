@@ -25,7 +25,9 @@ from bench.regress import (
     EXIT_COULD_NOT_RUN,
     EXIT_PASS,
     EXIT_REGRESSION,
+    implementation_differences,
     judge,
+    measurement_differences,
     read_golden,
     run_regress,
     with_models,
@@ -197,6 +199,20 @@ def test_golden_of_another_measurement_is_refused_naming_the_difference(tmp_path
     other = spec.model_copy(deep=True)
     other.methods[0].knobs["num_inference_steps"] = 1
     assert "knob settings of method 'instructpix2pix' differ" in _refused(other, golden, tmp_path, "knobs")
+
+
+def test_library_versions_are_noted_not_refused():
+    golden = read_golden(GOLDEN)
+    now = copy.deepcopy(golden["measurement"])
+    now["metric_spec"]["clip"]["library"] = "open_clip 99.0"
+    now["metric_spec"]["spec_hash"] = "0" * 16  # a hash over every field, the version included
+    assert measurement_differences(golden["measurement"], now) == []
+    notes = implementation_differences(golden, {"metric_spec": now["metric_spec"],
+                                                "versions": {**golden["versions"], "torch": "9.9"}})
+    assert notes == [f"clip.library: golden \"{golden['measurement']['metric_spec']['clip']['library']}\", "
+                     f"now \"open_clip 99.0\"", f"torch: golden {golden['versions']['torch']}, now 9.9"]
+    now["metric_spec"]["clip"]["weights_hash"] = "f" * 16  # another CLIP is another measurement
+    assert measurement_differences(golden["measurement"], now)[0].startswith("metric spec differs: clip.weights_hash")
 
 
 def test_cli_refuses_golden_with_other_metric_spec(tmp_path):
