@@ -16,6 +16,7 @@ seeds. Every problem is a ``SpecError`` that names the field path, e.g.
     metrics: {clip: {model: ViT-L-14, pretrained: openai, preprocess: paper}}
     seeds: [0]
     batch_size: 8
+    gate: {tolerance: {clip_sim_direction: 0.02}}     # only for `ip2p regress`
 """
 from __future__ import annotations
 
@@ -150,6 +151,20 @@ class BenchmarkSpec(_Strict):
     official_names: bool = True
 
 
+class GateSpec(_Strict):
+    """How ``ip2p regress`` judges this suite against a golden file (a policy, not part of the
+    measurement: changing it never invalidates a golden file).
+
+    ``metrics``: the columns gated (default: every column that declares a better direction in
+    ``ip2p.metrics.suite.COLUMNS``); ``tolerance``: per-column overrides of the tolerance declared
+    there; ``level``: of the bootstrap interval; ``n_boot``: bootstrap resamples."""
+
+    metrics: list[str] | None = None
+    tolerance: dict[str, float] = Field(default_factory=dict)
+    level: float = Field(default=0.95, gt=0.5, lt=1.0)
+    n_boot: int = Field(default=2000, ge=100)
+
+
 class ExperimentSpec(_Strict):
     name: str
     description: str = ""
@@ -162,6 +177,7 @@ class ExperimentSpec(_Strict):
     save_images: bool = True
     plugins: list[str] = Field(default_factory=list)  # modules to import first: they register methods
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -249,6 +265,24 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
                 _check_knob(info, knob, v, f"{path}[{j}]")
             if len(set(map(repr, vals))) != len(vals):
                 raise SpecError(f"{path}: repeated values {vals}")
+    _check_gate(spec.gate)
+
+
+def _check_gate(gate: GateSpec) -> None:
+    """Gated and tolerated columns must be metric columns with a declared better direction."""
+    from ip2p.metrics.suite import COLUMNS
+
+    directed = sorted(c for c, info in COLUMNS.items() if info.better)
+    for where, names in (("gate.metrics", gate.metrics or []), ("gate.tolerance", list(gate.tolerance))):
+        for name in names:
+            if name not in COLUMNS:
+                raise SpecError(f"{where}.{name}: unknown metric column; columns with a direction are {directed}")
+            if COLUMNS[name].better is None:
+                raise SpecError(f"{where}.{name}: this column does not depend on the edit (no better direction), "
+                                "so it cannot be gated; remove it")
+    for name, tol in gate.tolerance.items():
+        if not (tol >= 0):
+            raise SpecError(f"gate.tolerance.{name}: must be a number >= 0, got {tol!r}")
 
 
 def _check_knob(info, knob: str, value: Any, path: str) -> None:

@@ -340,7 +340,10 @@ def _run_by_size(editor, requests: list[EditRequest]) -> list[torch.Tensor]:
 _EDITORS: "OrderedDict[str, Any]" = OrderedDict()  # loaded editors, reused by later sweeps in this process
 
 
-def _build_editor(mspec, index: int, device: str):
+def build_editor(mspec, index: int, device: str):
+    """(editor, identity) of method ``mspec`` (spec position ``index``) on ``device``; loaded editors
+    are kept for later calls in this process (the last two models), so a caller that builds an
+    editor before a sweep (e.g. to read its weights hash) does not make the sweep load it again."""
     info = get_method(mspec.name)
     model = mspec.model or info.default_model
     key = json.dumps([mspec.name, model, device, mspec.options], sort_keys=True, default=str)
@@ -376,7 +379,7 @@ def _check_outputs(outs, batch, items, label) -> None:
 def _cached_editor(editors: dict, label: str, mspec, index: int, device: str):
     """(editor, identity) of a method, built on first use and kept in ``editors``."""
     if label not in editors:
-        editors[label] = _build_editor(mspec, index, device)
+        editors[label] = build_editor(mspec, index, device)
     return editors[label]
 
 
@@ -388,15 +391,16 @@ def _check_stored_models(store, method_specs: dict, device: str, editors: dict) 
             continue
         index, mspec = method_specs[method]
         _, identity = _cached_editor(editors, method, mspec, index, device)
-        now, stored = _model_hash(identity), sorted(hashes)
+        now, stored = identity_hash(identity), sorted(hashes)
         if stored != [now]:
             raise SpecError(f"methods[{index}] ({mspec.name}, model {identity.get('source')!r}): the results stored in "
                             f"{store.root} were made with weights {', '.join(stored)}, the model now loaded has {now}; "
                             "write to a new output folder (or delete the old one) instead of mixing them")
 
 
-def _model_hash(identity: dict) -> str:
-    return str(identity["weights_hash"])  # required by check_identity
+def identity_hash(identity: dict) -> str:
+    """The weights hash an editor identity names (required by ``ip2p.protocol.check_identity``)."""
+    return str(identity["weights_hash"])
 
 
 def _metric_input(editor, image: torch.Tensor, knobs: dict, hw: tuple[int, int]) -> torch.Tensor:
@@ -428,7 +432,7 @@ def _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi
     stats["metric_seconds"] += time.time() - t1
     identity_json = json.dumps(identity, sort_keys=True, default=str)
     metric_spec = json.dumps(scorer.spec(), sort_keys=True, default=str)
-    model_hash = _model_hash(identity)
+    model_hash = identity_hash(identity)
     rows = []
     for u, x, opath, met in zip(batch, edited, out_paths, metrics):
         ex = items[u.item_index]

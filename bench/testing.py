@@ -3,6 +3,10 @@ metrics' folder format and a seconds-long sweep spec (tiny random InstructPix2Pi
 
 Random weights make the numbers meaningless but every code path real: the same loaders, the same
 sampler, the same metric functions a user runs.
+
+For the regression gate: deliberately broken editors, as real model folders (a copy of a model
+with its UNet damaged: ``degraded_model_folder``) or as real editors with a knob bug
+(``faulty_instructpix2pix``).
 """
 from __future__ import annotations
 
@@ -63,3 +67,105 @@ def assert_same_rows(a, b) -> None:
     assert list(a["unit_key"]) == list(b["unit_key"])
     assert sorted(a.columns) == sorted(b.columns)
     pd.testing.assert_frame_equal(a[sorted(a.columns)], b[sorted(b.columns)], check_exact=True)
+
+
+# ---- deliberately broken editors (regression-gate tests and its sensitivity measurement) -------
+
+def degraded_model_folder(dst: str | Path, source: str = "world:ip2p", *, zero_image_conditioning: bool = False,
+                          unet_noise: float = 0.0, seed: int = 0) -> Path:
+    """A real InstructPix2Pix folder: a copy of ``source`` with its UNet damaged on purpose.
+
+    ``zero_image_conditioning``: conv_in's weights on the 4 image-latent input channels set to 0
+    (the model no longer sees the input image). ``unet_noise``: every floating UNet tensor gets
+    Gaussian noise of ``unet_noise`` times that tensor's own standard deviation (a seeded draw)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ip2p.models import resolve_source
+
+    dst = Path(dst)
+    shutil.copytree(resolve_source(source), dst)
+    path = dst / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    if zero_image_conditioning:
+        w = state["conv_in.weight"]
+        latent = w.shape[1] // 2
+        state["conv_in.weight"] = torch.cat([w[:, :latent], torch.zeros_like(w[:, latent:])], dim=1)
+    if unet_noise:
+        gen = torch.Generator().manual_seed(seed)
+        for name in sorted(state):
+            t = state[name]
+            if t.is_floating_point() and t.numel() > 1:
+                noise = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+                state[name] = (t.float() + unet_noise * t.float().std() * noise).to(t.dtype)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return dst
+
+
+FAULTS = {
+    "swap_guidance": "sI and sT swapped (image_guidance_scale <-> guidance_scale)",
+    "tenth_steps": "a tenth of the requested sampler steps (at least 1)",
+}
+
+
+def faulty_editor_class(fault: str):
+    """An InstructPix2Pix editor whose ``run`` misreads its knobs the way a refactoring bug
+    would (``FAULTS``); the weights, sampler and guidance code are the real ones."""
+    from dataclasses import replace
+
+    from ip2p.editor import InstructPix2PixEditor
+
+    if fault not in FAULTS:
+        raise ValueError(f"fault must be one of {sorted(FAULTS)}, got {fault!r}")
+
+    class FaultyInstructPix2PixEditor(InstructPix2PixEditor):
+        def run(self, requests):
+            broken = []
+            for r in requests:
+                k = {**self.knobs, **r.knobs}
+                if fault == "swap_guidance":
+                    k["image_guidance_scale"], k["guidance_scale"] = k["guidance_scale"], k["image_guidance_scale"]
+                else:
+                    k["num_inference_steps"] = max(1, int(k["num_inference_steps"]) // 10)
+                broken.append(replace(r, knobs=k))
+            return super().run(broken)
+
+    FaultyInstructPix2PixEditor.__name__ = f"InstructPix2PixEditor_{fault}"
+    return FaultyInstructPix2PixEditor
+
+
+class faulty_instructpix2pix:
+    """Context manager: while active, the registered method ``instructpix2pix`` builds the faulty
+    editor of ``fault`` (the registry entry and the sweep's editor cache are restored on exit)."""
+
+    def __init__(self, fault: str):
+        self.fault = fault
+
+    def __enter__(self):
+        from bench import sweep
+        from bench.methods import get_method, register_method
+        from ip2p.models import load_components
+
+        self.info = get_method("instructpix2pix")
+        cls = faulty_editor_class(self.fault)
+
+        def factory(model=None, device=None, **options):
+            return cls(load_components(model or "world:ip2p"), device=device, **options)
+
+        sweep._EDITORS.clear()
+        register_method("instructpix2pix", factory, self.info.knobs, default_model=self.info.default_model,
+                        description=f"InstructPix2Pix with a deliberate fault: {FAULTS[self.fault]}", replace=True)
+        return self
+
+    def __exit__(self, *exc):
+        from bench import sweep
+        from bench.methods import register_method
+
+        i = self.info
+        register_method(i.name, i.factory, i.knobs, default_model=i.default_model, description=i.description,
+                        demo_model=i.demo_model, demo_grid=i.demo_grid, demo_knobs=i.demo_knobs,
+                        curve_knob=i.curve_knob, replace=True)
+        sweep._EDITORS.clear()
+        return False

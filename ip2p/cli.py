@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "ip2p.world.cli",
     "bench.cli",
     "bench.profile_cli",
+    "bench.regress_cli",
 )
 
 

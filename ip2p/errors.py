@@ -24,3 +24,8 @@ class DataRowError(Ip2pError):
 
 class NonFiniteOutputError(Ip2pError):
     """A model produced NaN or Inf values."""
+
+
+class GoldenMismatchError(Ip2pError):
+    """A golden file was made under another measurement (metric spec, items, seeds or knob
+    settings) than the run it is asked to judge; the message names the difference."""
