@@ -246,9 +246,10 @@ def test_ci_gate_on_committed_golden(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "gate holds" in res.stdout
     doc = json.loads((tmp_path / "gate.json").read_text())
-    assert doc["status"] == "pass" and len(doc["verdicts"]) == 2 * 12
+    gated = 13  # the smoke suite's columns that declare a direction (clip_sim_0 has none)
+    assert doc["status"] == "pass" and len(doc["verdicts"]) == 2 * gated  # 2 settings x gated metrics
     suite, cases = _junit(tmp_path / "gate.xml")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("24", "0", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == (str(2 * gated), "0", "0")
     assert not any(c.find("failure") is not None for c in cases)
 
 
@@ -261,7 +262,7 @@ def test_two_processes_pass(tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert {p.name[:4] for p in RunStore(tmp_path / "run").shard_files()} == {"r000", "r001"}
     doc = json.loads((tmp_path / "run" / "regress.json").read_text())
-    assert doc["status"] == "pass" and len(doc["verdicts"]) == 24
+    assert doc["status"] == "pass" and len(doc["verdicts"]) == 2 * 13  # 2 settings x 13 gated metrics
 
 
 # ---- broken editors fail -------------------------------------------------------------------
