@@ -69,8 +69,8 @@ from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_bytes, png_bytes
 
 # knob -> default; defaults chosen on world:val items (see the issue-14 note), not on the test split
-MASK_KNOBS: Mapping[str, Any] = {"mask_threshold": 0.3, "mask_dilation": 4, "mask_feather": 2}
-GUIDED_KNOBS: Mapping[str, Any] = {**MASK_KNOBS, "blend_start": 0.25, "refine_threshold": 0.2}
+MASK_KNOBS: Mapping[str, Any] = {"mask_threshold": 0.3, "mask_dilation": 2, "mask_feather": 1}
+GUIDED_KNOBS: Mapping[str, Any] = {**MASK_KNOBS, "blend_start": 0.25, "refine_threshold": 0.3}
 REFINE_GROW = 1  # pixels the refinement's changed-pixel mask grows by before it cuts the guidance mask
 
 
@@ -432,7 +432,8 @@ def _register() -> None:
             default_model=base.default_model,
             description=f"{base.description}; with EditWorld's post-edit (input kept outside the edit mask, "
                         + ("mask from the guidance terms)" if extra else "mask from the output-input difference)"),
-            demo_model=base.demo_model, demo_grid=dict(base.demo_grid), demo_knobs={**base.demo_knobs, **demo_knobs},
+            # no demo_grid: `ip2p demo` adds every method that has one (its budget is the lead's call)
+            demo_model=base.demo_model, demo_knobs={**base.demo_knobs, **demo_knobs},
             curve_knob=base.curve_knob, replace=True,
         )
 
