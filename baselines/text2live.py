@@ -32,11 +32,14 @@ its sparsity ``6 * (0.01 * L1 + 0.01 * L0)``; here each has its own knob). Choic
   size (bicubic, the paper's CLIP preprocessing). The same crop is taken of ``C`` and ``I``, so the
   direction term compares like with like (Text2Live draws them independently). Colour jitter,
   perspective and the green-screen loss of Text2Live are left out.
-- Seeds: request ``i`` with seed ``s`` initialises its generator under ``torch.manual_seed(s)``
-  (inside ``torch.random.fork_rng``, so the global RNG is untouched) and draws its views from its
-  own ``torch.Generator().manual_seed(s)``. Requests are optimised one after the other with their
-  own generator, and captions are encoded one at a time, so a request's output never depends on its
-  batch mates (DESIGN invariant 1). Adam, constant learning rate.
+- Seeds: request ``i`` with seed ``s`` initialises its generator network (on the CPU, then moved)
+  from the CPU generator seeded with ``s`` (inside ``torch.random.fork_rng``, so the global RNG is
+  untouched) and draws its views from its own ``torch.Generator().manual_seed(s)``. Requests are
+  optimised one after the other, each with its own network, and captions are encoded one at a
+  time, so a request's output never depends on its batch mates (DESIGN invariant 1). Adam,
+  constant learning rate. Same seed, same output: bit for bit on the CPU (tested); on CUDA the
+  backward of the bilinear/bicubic resizes accumulates with atomic adds, so repeated runs there
+  may differ in the last bits (not measured here).
 
 The guide CLIP must differ from the metric CLIP of the sweep (a method must not optimise the very
 metric it is scored by): given ``metric_clip`` (the sweep passes its ``metrics.clip``), equal
@@ -168,7 +171,8 @@ class GuideClip:
         self.size = clip.image_size
         self.mean, self.std = clip.preprocess_cfg["mean"], clip.preprocess_cfg["std"]
         self._captured: list[torch.Tensor] = []
-        self._block.ln_1.register_forward_hook(lambda _m, _i, out: self._captured.append(out))
+        self._capturing = False  # only encode_views captures: other users of the model keep no tensors here
+        self._block.ln_1.register_forward_hook(lambda _m, _i, out: self._captured.append(out) if self._capturing else None)
         self._text: dict[str, torch.Tensor] = {}
 
     @property
@@ -179,7 +183,11 @@ class GuideClip:
         """Views ``[V, 3, S, S]`` in [0, 1] (already at the guide's size) -> (L2-normalised image
         features ``[V, D]``, patch keys of the last block ``[V, P, D']``)."""
         self._captured.clear()
-        feats = self.clip.model.encode_image(normalize(views, self.mean, self.std))
+        self._capturing = True
+        try:
+            feats = self.clip.model.encode_image(normalize(views, self.mean, self.std))
+        finally:
+            self._capturing = False
         h = self._captured[-1]
         self._captured.clear()
         if not self._batch_first:
@@ -363,7 +371,7 @@ class Text2LiveEditor:
         dev = self.device
         x = image.detach().float().to(dev)[None]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only; restored on exit
             net = EditLayerGenerator(self.generator_width)
         net.to(dev).train()
         opt = torch.optim.Adam(net.parameters(), lr=float(knobs["learning_rate"]))
