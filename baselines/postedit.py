@@ -9,8 +9,8 @@ With guidance terms (InstructPix2Pix, :class:`PostEditInstructPix2Pix`), during 
 
        score = mean_steps mean_channels |eps(z_t, I, c_T) - eps(z_t, I, null)|
 
-   normalised by its maximum over the image, thresholded (``> mask_threshold``), upsampled to pixels
-   (nearest) and dilated by ``mask_dilation`` pixels. DiffEdit computes its mask the same way (from
+   bilinearly upsampled to pixels, normalised by its maximum over the image, thresholded
+   (``> mask_threshold``) and dilated by ``mask_dilation`` pixels. DiffEdit computes its mask the same way (from
    the difference of two noise predictions, averaged, normalised and binarised; diffusers'
    ``StableDiffusionDiffEditPipeline.generate_mask``, which normalises by a multiple of the mean
    where this normalises by the maximum, so that a whole-image edit gives a whole-image mask).
