@@ -320,9 +320,9 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
 def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
     """Read and validate a YAML spec file (a bare name is looked up in bench/suites/)."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():  # a bare name such as "baselines" may also be a folder of the current directory
         suite = Path(__file__).resolve().parent / "suites" / (p.name if p.suffix else p.name + ".yaml")
-        if suite.exists():
+        if suite.is_file():
             p = suite
         else:
             raise SpecError(f"spec file not found: {path} (nor a suite of that name in bench/suites/)")

@@ -19,6 +19,7 @@ before its rows are flushed).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -210,8 +211,9 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     mine = [u for b in plan for u in b]
     done = store.done_keys()
     editors: dict[str, Any] = {}  # method key -> (editor, identity), built once per run
+    metric_clip = spec.metrics.clip.model_dump() if "clip" in spec.metrics.compute else None
     if done:
-        _check_stored_models(store, method_specs, dev, editors)
+        _check_stored_models(store, method_specs, dev, editors, metric_clip)
     todo_batches = [[u for u in b if u.key not in done] for b in plan]
     todo_batches = [b for b in todo_batches if b]
     todo = [u for b in todo_batches for u in b]
@@ -243,7 +245,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         for batch in todo_batches:
             label = batch[0].method
             mi, mspec = method_specs[label]
-            editor, identity = _cached_editor(editors, label, mspec, mi, dev)
+            editor, identity = _cached_editor(editors, label, mspec, mi, dev, metric_clip)
             if scorer is None:
                 from bench.scoring import Scorer
 
@@ -340,15 +342,18 @@ def _run_by_size(editor, requests: list[EditRequest]) -> list[torch.Tensor]:
 _EDITORS: "OrderedDict[str, Any]" = OrderedDict()  # loaded editors, reused by later sweeps in this process
 
 
-def build_editor(mspec, index: int, device: str):
+def build_editor(mspec, index: int, device: str, metric_clip: dict | None = None):
     """(editor, identity) of method ``mspec`` (spec position ``index``) on ``device``; loaded editors
     are kept for later calls in this process (the last two models), so a caller that builds an
-    editor before a sweep (e.g. to read its weights hash) does not make the sweep load it again."""
+    editor before a sweep (e.g. to read its weights hash) does not make the sweep load it again.
+    A factory that declares a ``metric_clip`` parameter also gets the sweep's metric CLIP spec
+    (e.g. Text2Live refuses a guide equal to it)."""
     info = get_method(mspec.name)
     model = mspec.model or info.default_model
-    key = json.dumps([mspec.name, model, device, mspec.options], sort_keys=True, default=str)
+    extra = {"metric_clip": metric_clip} if "metric_clip" in inspect.signature(info.factory).parameters else {}
+    key = json.dumps([mspec.name, model, device, mspec.options, extra], sort_keys=True, default=str)
     if key not in _EDITORS:
-        _EDITORS[key] = info.factory(model=model, device=device, **mspec.options)
+        _EDITORS[key] = info.factory(model=model, device=device, **mspec.options, **extra)
         while len(_EDITORS) > 2:  # keep memory bounded: the last two models only
             _EDITORS.popitem(last=False)
     editor = _EDITORS[key]
@@ -376,21 +381,21 @@ def _check_outputs(outs, batch, items, label) -> None:
                                        "output has NaN or Inf values")
 
 
-def _cached_editor(editors: dict, label: str, mspec, index: int, device: str):
+def _cached_editor(editors: dict, label: str, mspec, index: int, device: str, metric_clip: dict | None = None):
     """(editor, identity) of a method, built on first use and kept in ``editors``."""
     if label not in editors:
-        editors[label] = build_editor(mspec, index, device)
+        editors[label] = build_editor(mspec, index, device, metric_clip)
     return editors[label]
 
 
-def _check_stored_models(store, method_specs: dict, device: str, editors: dict) -> None:
+def _check_stored_models(store, method_specs: dict, device: str, editors: dict, metric_clip: dict | None = None) -> None:
     """Refuse to extend stored results made with other weights: rows of one method must share one model.
     The editors it builds are kept in ``editors`` for the sweep itself."""
     for method, hashes in store.model_hashes().items():
         if method not in method_specs:
             continue
         index, mspec = method_specs[method]
-        _, identity = _cached_editor(editors, method, mspec, index, device)
+        _, identity = _cached_editor(editors, method, mspec, index, device, metric_clip)
         now, stored = identity_hash(identity), sorted(hashes)
         if stored != [now]:
             raise SpecError(f"methods[{index}] ({mspec.name}, model {identity.get('source')!r}): the results stored in "
