@@ -41,36 +41,53 @@ and, with ``mask_dir``, writes each as ``<mask_dir>/<sha[:2]>/<sha>.mask.png``, 
 the output's PNG bytes exactly as the result store names images (``mask_dir=<run>/images`` puts
 each mask beside its output image).
 
-The InstructPix2Pix override rests on two internals of ``ip2p.editor.InstructPix2PixEditor``
-(being refactored into a shared core): ``_edit_processed`` calls ``_sample`` once per chunk of
-requests of one shape and step count, rows in request order; and ``_sample`` returns final
-latents. ``run`` hands ``_edit_processed`` one chunk at a time and ``_sample`` checks it got that
-chunk, so a change there fails loudly instead of mixing up masks. What the port needs from the
-core: a per-step hook ``(step, sigma, sigma_next, x, eps_cond, eps_img, eps_uncond) -> x`` with
-per-request context, and a per-request hook on decoded pixels.
+On the shared core (``ip2p.core``) the InstructPix2Pix version is its own sampling loop (``sample``:
+the paper's Euler ancestral with the score and the latent blend) and a pixel hook (``finish``:
+refinement and composite); requests of one mask setting share a chunk (``group``).
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ip2p.core import Chunk, broadcast
 from ip2p.editor import InstructPix2PixEditor, load_editor
 from ip2p.errors import SpecError
-from ip2p.guidance import cfg_batch, dual_guidance
-from ip2p.protocol import EditRequest, resolve_knobs
-from ip2p.sampling import NoiseSource, get_ancestral_step, get_sigmas, sigma_to_t, to_d
+from ip2p.guidance import dual_guidance
+from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
+from ip2p.sampling import (
+    denoised_from_output,
+    get_ancestral_step,
+    get_sigmas,
+    model_input_scale,
+    sigma_to_t,
+    to_d,
+)
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_bytes, png_bytes
 
-# knob -> default; defaults chosen on world:val items (see the issue-14 note), not on the test split
-MASK_KNOBS: Mapping[str, Any] = {"mask_threshold": 0.3, "mask_dilation": 2, "mask_feather": 1}
-GUIDED_KNOBS: Mapping[str, Any] = {**MASK_KNOBS, "blend_start": 0.25, "refine_threshold": 0.3}
+# defaults chosen on world:val items (see the issue-14 note), not on the test split
+MASK_KNOB_DECLS: Mapping[str, Knob] = {
+    "mask_threshold": Knob("float", default=0.3, minimum=0.0, maximum=1.0,
+                           doc="edit score (normalised by its maximum) above which a pixel is edited"),
+    "mask_dilation": Knob("int", default=2, minimum=0, doc="pixels the thresholded mask grows by"),
+    "mask_feather": Knob("int", default=1, minimum=0, doc="pixels over which the composite fades in, inside the mask"),
+}
+GUIDED_KNOB_DECLS: Mapping[str, Knob] = {
+    **MASK_KNOB_DECLS,
+    "blend_start": Knob("float", default=0.25, minimum=0.0, maximum=1.0,
+                        doc="fraction of the steps after which the input latent is blended back outside the mask"),
+    "refine_threshold": Knob("float", default=0.3, minimum=0.0, maximum=1.0,
+                             doc="cut the guidance mask to pixels whose output-input difference exceeds this fraction "
+                                 "of its maximum inside the mask (0: no cut)"),
+}
+MASK_KNOBS: Mapping[str, Any] = knob_defaults(MASK_KNOB_DECLS)
+GUIDED_KNOBS: Mapping[str, Any] = knob_defaults(GUIDED_KNOB_DECLS)
 REFINE_GROW = 1  # pixels the refinement's changed-pixel mask grows by before it cuts the guidance mask
 
 
@@ -130,19 +147,6 @@ def composite_outside(edited: torch.Tensor, original: torch.Tensor, soft: torch.
     return torch.where(s > 0, s * edited + (1 - s) * original.to(edited.dtype), original.to(edited.dtype))
 
 
-def check_mask_knobs(knobs: Mapping[str, Any], who: str) -> None:
-    """ValueError naming the request and the knob for a value out of range."""
-    for name in ("mask_threshold", "blend_start", "refine_threshold"):
-        if name in knobs:
-            v = knobs[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"{who}: knob {name} must be a number in [0, 1], got {v!r}")
-    for name in ("mask_dilation", "mask_feather"):
-        v = knobs[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or int(v) < 0:
-            raise ValueError(f"{who}: knob {name} must be an integer >= 0, got {v!r}")
-
-
 def save_mask(mask_dir: str | os.PathLike, output: torch.Tensor, soft: torch.Tensor) -> Path:
     """Write ``soft`` (``[H, W]`` in [0, 1]) as a grey PNG named after ``output``'s PNG bytes, the
     way the result store names the output image; atomically."""
@@ -150,36 +154,19 @@ def save_mask(mask_dir: str | os.PathLike, output: torch.Tensor, soft: torch.Ten
     return atomic_write_bytes(Path(mask_dir) / sha[:2] / f"{sha}.mask.png", png_bytes(soft[None].expand(3, -1, -1)))
 
 
-def _who(r: EditRequest, i: int) -> str:
-    return f"item {r.item_id!r}" if r.item_id else f"request {i}"
-
-
 # ---------------------------------------------------------------- InstructPix2Pix, with guidance terms
-
-@dataclass
-class _Chunk:
-    """What ``run`` hands to ``_sample`` for one chunk (the requests of one ``_edit_processed`` call)."""
-
-    seeds: list[int]
-    s_t: list[float]
-    s_i: list[float]
-    threshold: float
-    dilation: int
-    blend_start: float
-    masks: torch.Tensor | None = None  # [B, H, W] binary, set by _sample
-
 
 class PostEditInstructPix2Pix(InstructPix2PixEditor):
     """InstructPix2Pix with EditWorld's post-edit (module docstring). Paper sampler only."""
 
     name = "instructpix2pix+postedit"
-    knobs: Mapping[str, Any] = {**InstructPix2PixEditor.knobs, **GUIDED_KNOBS}
+    declared_knobs: Mapping[str, Knob] = {**InstructPix2PixEditor.declared_knobs, **GUIDED_KNOB_DECLS}
 
     def __init__(self, components, *, mask_dir: str | os.PathLike | None = None, **kwargs):
         super().__init__(components, **kwargs)
         self.mask_dir = mask_dir
         self.last_masks: list[torch.Tensor] = []
-        self._chunk: _Chunk | None = None
+        self._masks: dict[int, torch.Tensor] = {}  # request index -> binary guidance mask, this run
 
     @classmethod
     def from_editor(cls, editor: InstructPix2PixEditor, **kwargs) -> "PostEditInstructPix2Pix":
@@ -187,12 +174,13 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
         return cls(editor.components, device=editor.device, dtype=editor.dtype, max_batch=editor.max_batch,
                    resize=editor.resize, resolution=editor.resolution, **kwargs)
 
-    def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        ident["postedit"] = {"score": "mean over steps and channels of |eps(z,I,c_T) - eps(z,I,null)|",
+    def identity_extra(self) -> dict[str, Any]:
+        return {"postedit": {"score": "mean over steps and channels of |eps(z,I,c_T) - eps(z,I,null)|",
                              "normalise": "max", "latent_blend": "z_in + sigma * initial noise",
-                             "composite": "input pixels outside the feathered mask"}
-        return ident
+                             "composite": "input pixels outside the feathered mask"}}
+
+    def group(self, knobs) -> Any:  # one mask setting per chunk
+        return (knobs["scheduler"],) + tuple(knobs[k] for k in GUIDED_KNOBS)
 
     def edit(self, images, instructions, *, image_guidance_scale=1.5, guidance_scale=7.5, num_inference_steps=100,
              seeds=0, resize=..., progress: bool = False, **postedit) -> torch.Tensor:
@@ -204,92 +192,59 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
             images if isinstance(images, (list, tuple)) else [images])
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
         n = max(len(images), len(instructions))
-        cols = {k: _broadcast(v, n, k) for k, v in [("images", images), ("instructions", instructions),
-                                                     ("image_guidance_scale", image_guidance_scale),
-                                                     ("guidance_scale", guidance_scale),
-                                                     ("num_inference_steps", num_inference_steps), ("seeds", seeds),
-                                                     *postedit.items()]}
+        cols = {k: broadcast(v, n, k) for k, v in [("images", images), ("instructions", instructions),
+                                                    ("image_guidance_scale", image_guidance_scale),
+                                                    ("guidance_scale", guidance_scale),
+                                                    ("num_inference_steps", num_inference_steps), ("seeds", seeds),
+                                                    *postedit.items()]}
         extra = {} if resize is ... else {"resize": resize}
         reqs = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i], seed=int(cols["seeds"][i]),
                             knobs={**{k: cols[k][i] for k in ("image_guidance_scale", "guidance_scale",
                                                               "num_inference_steps", *postedit)}, **extra})
                 for i in range(n)]
-        outs = self.run(reqs)
-        if len({tuple(o.shape) for o in outs}) > 1:
-            raise ValueError("edited images differ in size; use run() or one size per call")
-        return torch.stack(outs)
+        return self.run_same_size(reqs, progress=progress)
 
-    def run(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
-        """Protocol entry point: InstructPix2Pix's knobs plus ``mask_threshold``, ``mask_dilation``,
-        ``mask_feather``, ``blend_start``. Fills ``last_masks``; writes them under ``mask_dir``."""
-        knobs = [resolve_knobs({**self.knobs, "resize": self.resize}, r.knobs, method=self.name) for r in requests]
-        for i, (r, k) in enumerate(zip(requests, knobs)):
-            check_mask_knobs(k, _who(r, i))
-        images = [self.preprocess(r.image, k["resize"], index=i) for i, (r, k) in enumerate(zip(requests, knobs))]
-        n = len(requests)
-        outs: list[torch.Tensor | None] = [None] * n
-        soft: list[torch.Tensor | None] = [None] * n
-        groups: dict[tuple, list[int]] = {}
-        for i, (r, k) in enumerate(zip(requests, knobs)):
-            if r.instruction == "":  # nothing to edit: the input, and an empty mask
-                outs[i], soft[i] = images[i], torch.zeros(images[i].shape[-2:])
-                continue
-            key = (tuple(images[i].shape), int(k["num_inference_steps"]), float(k["mask_threshold"]),
-                   int(k["mask_dilation"]), int(k["mask_feather"]), float(k["blend_start"]),
-                   float(k["refine_threshold"]))
-            groups.setdefault(key, []).append(i)
-        for (_, steps, thr, dil, fea, blend, refine), idx in groups.items():
-            for c0 in range(0, len(idx), self.max_batch):
-                chunk = idx[c0 : c0 + self.max_batch]
-                s_i = [float(knobs[i]["image_guidance_scale"]) for i in chunk]
-                s_t = [float(knobs[i]["guidance_scale"]) for i in chunk]
-                seeds = [int(requests[i].seed) for i in chunk]
-                self._chunk = _Chunk(seeds, s_t, s_i, thr, dil, blend)
-                try:
-                    decoded = self._edit_processed([images[i] for i in chunk], [requests[i].instruction for i in chunk],
-                                                   s_i, s_t, [steps] * len(chunk), seeds, None,
-                                                   item_ids=[requests[i].item_id for i in chunk])
-                    masks = self._chunk.masks
-                finally:
-                    self._chunk = None
-                if masks is None:
-                    raise RuntimeError("post-edit: InstructPix2PixEditor._edit_processed did not call _sample; "
-                                       "port post-edit to the shared core's sampling hook")
-                for j, i in enumerate(chunk):
-                    hard = refine_mask(masks[j], decoded[j], images[i], refine)
-                    soft[i] = feather(hard[None], fea)[0]
-                    outs[i] = composite_outside(decoded[j], images[i], soft[i])
-        self.last_masks = soft  # type: ignore[assignment]
+    def run(self, requests: Sequence[EditRequest], *, progress: bool = False) -> list[torch.Tensor]:
+        """Protocol entry point: InstructPix2Pix's knobs plus the post-edit knobs. Fills
+        ``last_masks`` (an empty mask where the instruction is empty); writes them under ``mask_dir``."""
+        return self._with_masks(lambda: super(PostEditInstructPix2Pix, self).run(requests, progress=progress))
+
+    def run_same_size(self, requests: Sequence[EditRequest], *, progress: bool = False) -> torch.Tensor:
+        return self._with_masks(lambda: super(PostEditInstructPix2Pix, self).run_same_size(requests, progress=progress))
+
+    def _with_masks(self, call):
+        self._masks, soft = {}, {}
+        self._soft = soft
+        try:
+            outs = call()
+        finally:
+            self._masks = {}
+        self.last_masks = [soft.get(i, torch.zeros(o.shape[-2:])) for i, o in enumerate(outs)]
         if self.mask_dir is not None:
-            for out, m in zip(outs, soft):
+            for out, m in zip(outs, self.last_masks):
                 save_mask(self.mask_dir, out, m)
-        return outs  # type: ignore[return-value]
+        return outs
 
-    # ------------------------------------------------------------ the sampling override
+    def finish(self, index, request, knobs, decoded, processed) -> torch.Tensor:
+        """Refine the guidance mask by the pixels that changed, feather it and composite the input back."""
+        hard = refine_mask(self._masks[index], decoded, processed, float(knobs["refine_threshold"]))
+        soft = feather(hard[None], int(knobs["mask_feather"]))[0]
+        self._soft[index] = soft
+        return composite_outside(decoded, processed, soft)
 
-    def eps_branches(self, x_in, t, image_latent, text_emb, null_emb):
-        """The three noise predictions ``(eps(z,I,c_T), eps(z,I,null), eps(z,0,null))`` of one UNet
-        call on the 3B batch (what ``guided_eps`` computes before combining them)."""
-        b = x_in.shape[0]
-        z3, text3, image3 = cfg_batch(x_in.to(self.dtype), text_emb, null_emb, image_latent.to(self.dtype))
-        t3 = torch.as_tensor(t, device=self.device).reshape(-1).expand(3 * b)
-        out = self.unet(torch.cat([z3, image3], dim=1), t3, encoder_hidden_states=text3, return_dict=False)[0]
-        return out.float().chunk(3)
+    # ------------------------------------------------------------ the sampling loop
 
-    def _sample(self, image_latent, text_emb, null_emb, s_t, s_i, n_steps, seeds, scheduler) -> torch.Tensor:
+    def sample(self, chunk: Chunk) -> torch.Tensor:
         """The paper's Euler-ancestral loop (as ``ip2p.sampling.sample_euler_ancestral``, same noise
         draws), plus the edit score, the latent blend and the chunk's final pixel masks."""
-        ctx = self._chunk
-        if ctx is None:
-            raise RuntimeError("PostEditInstructPix2Pix samples only through run() or edit()")
-        if ctx.masks is not None or list(seeds) != ctx.seeds or list(s_t) != ctx.s_t or list(s_i) != ctx.s_i:
-            raise RuntimeError("post-edit: InstructPix2PixEditor no longer samples one chunk per call in request "
-                               "order; port post-edit to the shared core's sampling hook")
-        if scheduler is not None:
+        k0 = chunk.knobs[0]
+        if k0["scheduler"] not in (None, "paper") or self.scheduler is not None:
             raise SpecError(f"{self.name}: post-edit runs the paper's Euler ancestral sampler only; remove 'scheduler'")
-        noise = NoiseSource.from_seeds(seeds, dtype=torch.float32, device=self.device)
-        s_t_t = torch.tensor(s_t, dtype=torch.float32, device=self.device)
-        s_i_t = torch.tensor(s_i, dtype=torch.float32, device=self.device)
+        image_latent = chunk.image_cond[0]
+        s_t = chunk.knob("guidance_scale", device=self.device)
+        s_i = chunk.knob("image_guidance_scale", device=self.device)
+        threshold, dilation = float(k0["mask_threshold"]), int(k0["mask_dilation"])
+        n_steps, noise = chunk.steps, chunk.noise
         sigmas = get_sigmas(self._sigma_table, n_steps)
         n0 = noise.randn(image_latent.shape[1:])
         x = n0 * sigmas[0]
@@ -297,34 +252,26 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
         f = self.vae_scale_factor
         size = (x.shape[-2] * f, x.shape[-1] * f)
         score = torch.zeros(x.shape[0], *x.shape[-2:], device=self.device)
-        blend_from = int(round(ctx.blend_start * n_steps))
+        blend_from = int(round(float(k0["blend_start"]) * n_steps))
         for i in range(n_steps):
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            c_in = 1.0 / math.sqrt(s**2 + 1.0)
             t = sigma_to_t(torch.tensor([s]), self._sigma_table).to(self.device)
-            eps_cond, eps_img, eps_uncond = self.eps_branches(x * c_in, t, image_latent, text_emb, null_emb)
-            denoised = x - s * dual_guidance(eps_cond, eps_img, eps_uncond, s_t_t, s_i_t)
-            score += (eps_cond - eps_img).abs().mean(1)
+            out = self.branch_outputs(x * model_input_scale(s), t, image_latent, chunk.text, chunk.null)
+            cond, img_cond, uncond = out.chunk(3)
+            denoised = denoised_from_output(x, s, dual_guidance(cond, img_cond, uncond, s_t, s_i), self.prediction_type)
+            score += (cond - img_cond).abs().mean(1)
             sigma_down, sigma_up = get_ancestral_step(s, s_next)
             x = x + to_d(x, s, denoised) * (sigma_down - s)
             if s_next > 0:
                 x = x + noise.like(x) * sigma_up
             if i >= blend_from:
-                keep = pixel_mask(score / (i + 1), size, ctx.threshold, ctx.dilation)
+                keep = pixel_mask(score / (i + 1), size, threshold, dilation)
                 m = F.max_pool2d(keep[:, None].float(), f, stride=f)
                 x = m * x + (1 - m) * (z_in + s_next * n0)
-        ctx.masks = pixel_mask(score / n_steps, size, ctx.threshold, ctx.dilation).cpu()
+        masks = pixel_mask(score / n_steps, size, threshold, dilation).cpu()
+        for j, idx in enumerate(chunk.indices):
+            self._masks[idx] = masks[j]
         return x
-
-
-def _broadcast(value, n: int, name: str) -> list:
-    if isinstance(value, torch.Tensor) and name != "images":
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        if len(value) in (1, n):
-            return list(value) * (n if len(value) == 1 else 1)
-        raise ValueError(f"{name}: got {len(value)} values for {n} requests (give 1 or {n})")
-    return [value] * n
 
 
 # ---------------------------------------------------------------- any editor: the pixel fallback
@@ -336,11 +283,11 @@ class PostEditWrapper:
     def __init__(self, editor, *, mask_dir: str | os.PathLike | None = None):
         self.editor = editor
         self.name = f"{editor.name}+postedit"
-        clash = sorted(set(editor.knobs) & set(MASK_KNOBS))
+        clash = sorted(set(editor.declared_knobs) & set(MASK_KNOB_DECLS))
         if clash:
             raise SpecError(f"post-edit: the wrapped editor {editor.name!r} already has knob {clash[0]!r}")
-        self.knobs: Mapping[str, Any] = {**editor.knobs, **MASK_KNOBS}
-        self.resize = getattr(editor, "resize", None)
+        self.declared_knobs: Mapping[str, Knob] = {**editor.declared_knobs, **MASK_KNOB_DECLS}
+        self.knobs: Mapping[str, Any] = knob_defaults(self.declared_knobs)
         self.mask_dir = mask_dir
         self.last_masks: list[torch.Tensor] = []
 
@@ -351,24 +298,25 @@ class PostEditWrapper:
                                "composite": "input pixels outside the feathered mask"})
         return ident
 
-    def preprocess(self, image, resize=None, **kwargs) -> torch.Tensor:
-        """The wrapped editor's preprocessing (the input the metrics compare against)."""
-        prep = getattr(self.editor, "preprocess", None)
-        return image if prep is None else prep(image, resize, **kwargs)
+    @staticmethod
+    def _inner(r: EditRequest) -> EditRequest:
+        return replace(r, knobs={k: v for k, v in r.knobs.items() if k not in MASK_KNOB_DECLS})
 
-    def run(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
-        inner_knobs = {**self.editor.knobs, "resize": self.resize}
-        knobs = [resolve_knobs({**inner_knobs, **MASK_KNOBS}, r.knobs, method=self.name) for r in requests]
-        for i, (r, k) in enumerate(zip(requests, knobs)):
-            check_mask_knobs(k, _who(r, i))
-        inner = [replace(r, knobs={k: v for k, v in r.knobs.items() if k not in MASK_KNOBS}) for r in requests]
+    def metric_input(self, request: EditRequest) -> torch.Tensor:
+        """The wrapped editor's processed input (what the metrics compare against)."""
+        return self.editor.metric_input(self._inner(request))
+
+    def run(self, requests: Sequence[EditRequest], **kwargs) -> list[torch.Tensor]:
+        masks = [resolve_knobs(MASK_KNOB_DECLS, {k: v for k, v in r.knobs.items() if k in MASK_KNOB_DECLS},
+                               method=self.name, item_id=r.item_id, index=i) for i, r in enumerate(requests)]
+        inner = [self._inner(r) for r in requests]
         edited = self.editor.run(inner)
         outs, soft = [], []
-        for i, (r, k, y) in enumerate(zip(requests, knobs, edited)):
-            x = self.preprocess(r.image, k.get("resize"), index=i) if hasattr(self.editor, "preprocess") else r.image
+        for i, (r, k, y) in enumerate(zip(inner, masks, edited)):
+            x = self.editor.metric_input(r)
             if tuple(x.shape) != tuple(y.shape):
-                raise ValueError(f"{_who(r, i)}: {self.editor.name} returned {tuple(y.shape)} for an input it "
-                                 f"preprocesses to {tuple(x.shape)}; post-edit needs them equal")
+                raise ValueError(f"{who(r.item_id, i)}: {self.editor.name} returned {tuple(y.shape)} for an input it "
+                                 f"processes to {tuple(x.shape)}; post-edit needs them equal")
             score = (y.float() - x.float()).abs().mean(0, keepdim=True)
             hard = pixel_mask(score, tuple(y.shape[-2:]), float(k["mask_threshold"]), int(k["mask_dilation"]))
             m = feather(hard, int(k["mask_feather"]))[0]
@@ -396,19 +344,7 @@ def post_edit(editor, *, mask_dir: str | os.PathLike | None = None):
 def _register() -> None:
     from baselines.sdedit import load_sdedit
     from baselines.text2live import load_text2live
-    from bench.methods import Knob, get_method, register_method
-
-    mask_knobs = {
-        "mask_threshold": Knob("float", minimum=0.0, maximum=1.0,
-                               doc="edit score (normalised by its maximum) above which a pixel is edited"),
-        "mask_dilation": Knob("int", minimum=0, doc="pixels the thresholded mask grows by"),
-        "mask_feather": Knob("int", minimum=0, doc="pixels over which the composite fades in, inside the mask"),
-    }
-    blend = {"blend_start": Knob("float", minimum=0.0, maximum=1.0,
-                                 doc="fraction of the steps after which the input latent is blended back outside the mask"),
-             "refine_threshold": Knob("float", minimum=0.0, maximum=1.0,
-                                      doc="cut the guidance mask to pixels whose output-input difference exceeds this "
-                                          "fraction of its maximum inside the mask (0: no cut)")}
+    from ip2p.registry import get_method, register_method
 
     def ip2p_factory(model: str | None = None, device: str | None = None, mask_dir=None, **options):
         return post_edit(load_editor(model or "world:ip2p", device=device, **options), mask_dir=mask_dir)
@@ -422,17 +358,19 @@ def _register() -> None:
                                mask_dir=mask_dir)
 
     for inner, factory, extra, demo_knobs in (
-        ("instructpix2pix", ip2p_factory, blend, {"num_inference_steps": 20}),
-        ("sdedit", sdedit_factory, {}, {"num_inference_steps": 20}),
-        ("text2live", text2live_factory, {}, {}),
+        ("instructpix2pix", ip2p_factory, GUIDED_KNOB_DECLS, {"num_inference_steps": 20}),
+        ("sdedit", sdedit_factory, MASK_KNOB_DECLS, {"num_inference_steps": 20}),
+        ("text2live", text2live_factory, MASK_KNOB_DECLS, {}),
     ):
         base = get_method(inner)
         register_method(
-            f"{inner}+postedit", factory, {**base.knobs, **mask_knobs, **extra},
+            f"{inner}+postedit", factory, {**base.knobs, **extra},
+            editor_class=PostEditInstructPix2Pix if inner == "instructpix2pix" else None,
             default_model=base.default_model,
             description=f"{base.description}; with EditWorld's post-edit (input kept outside the edit mask, "
-                        + ("mask from the guidance terms)" if extra else "mask from the output-input difference)"),
-            # no demo_grid: `ip2p demo` adds every method that has one (its budget is the lead's call)
+                        + ("mask from the guidance terms)" if inner == "instructpix2pix"
+                           else "mask from the output-input difference)"),
+            # no demo_grid: `ip2p demo` adds every method that has one; the demo names its own
             demo_model=base.demo_model, demo_knobs={**base.demo_knobs, **demo_knobs},
             curve_knob=base.curve_knob, replace=True,
         )

@@ -51,7 +51,6 @@ through :func:`ip2p.metrics.load_clip`.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -59,11 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ip2p.editor import _as_pil_or_tensor, paper_size, resize_paper
+from ip2p.core import as_pil_or_tensor, paper_size, resize_paper
 from ip2p.errors import DataRowError, ModelLoadError, NonFiniteOutputError, SpecError
 from ip2p.metrics.clip_models import LoadedClip, load_clip
 from ip2p.metrics.preprocess import normalize
-from ip2p.protocol import EditRequest, resolve_knobs
+from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
 from ip2p.util.io import pil_to_tensor, tensor_to_pil
 
 GENERATOR_WIDTH = 16
@@ -262,15 +261,22 @@ class Text2LiveEditor:
     # knob -> default. Weights follow Text2Live's image config (composition 1, structure 2,
     # sparsity 6 * 0.01 per term); iterations and the learning rate suit the 64x64 world on a CPU
     # (Text2Live: 1000 epochs at lr 2.5e-3 on 512x512 on a GPU).
-    knobs: Mapping[str, Any] = {
-        "iterations": 100,
-        "learning_rate": 2.5e-3,
-        "lambda_composition": 1.0,
-        "lambda_direction": 1.0,
-        "lambda_structure": 2.0,
-        "lambda_sparsity": 0.06,
-        "n_aug": 8,
+    declared_knobs: Mapping[str, Knob] = {
+        "iterations": Knob("int", default=100, minimum=0,
+                           doc="optimisation steps of the edit layer (0: the input is returned)"),
+        "learning_rate": Knob("float", default=2.5e-3, minimum=0.0, doc="Adam learning rate of the edit-layer generator"),
+        "lambda_composition": Knob("float", default=1.0, minimum=0.0,
+                                   doc="weight of 1 - cos(I(composite), T(output caption))"),
+        "lambda_direction": Knob("float", default=1.0, minimum=0.0,
+                                 doc="weight of 1 - cos(I(composite) - I(input), T(output) - T(input caption))"),
+        "lambda_structure": Knob("float", default=2.0, minimum=0.0,
+                                 doc="weight of the guide ViT key self-similarity MSE, composite vs input"),
+        "lambda_sparsity": Knob("float", default=0.06, minimum=0.0,
+                                doc="weight of mean(alpha) + mean(2 sigmoid(5 alpha) - 1)"),
+        "n_aug": Knob("int", default=8, minimum=1, doc="CLIP views per step (the whole image plus random crops/flips)"),
+        "resize": Knob("choice", default=None, choices=("paper", None), doc="input resizing: null (as is) or paper"),
     }
+    knobs: Mapping[str, Any] = knob_defaults(declared_knobs)
 
     def __init__(self, guide: LoadedClip, *, device: str | torch.device | None = None, resize: str | None = None,
                  resolution: int = 512, metric_clip=None, force_same_guide: bool = False, progress: bool = True,
@@ -310,7 +316,7 @@ class Text2LiveEditor:
     def preprocess(self, image, resize: str | None = None, *, index: int = 0) -> torch.Tensor:
         """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1]:
         as given (``resize=None``) or InstructPix2Pix's paper resize to ``resolution``."""
-        x = _as_pil_or_tensor(image, index)
+        x = as_pil_or_tensor(image, index)
         if resize is None:
             return pil_to_tensor(x) if not isinstance(x, torch.Tensor) else x
         if resize == "paper":
@@ -322,10 +328,18 @@ class Text2LiveEditor:
 
     # ------------------------------------------------------------ protocol
 
-    def run(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
+    def _resolve(self, r: EditRequest, i: int = 0) -> dict[str, Any]:
+        declared = {**self.declared_knobs, "resize": Knob("choice", default=self.resize, choices=("paper", None))}
+        return resolve_knobs(declared, r.knobs, method=self.name, item_id=r.item_id, index=i)
+
+    def metric_input(self, request: EditRequest) -> torch.Tensor:
+        """The input as this method processed it: what the metrics compare its output with."""
+        return self.preprocess(request.image, self._resolve(request)["resize"])
+
+    def run(self, requests: Sequence[EditRequest], **kwargs) -> list[torch.Tensor]:
         """Edit every request (knobs per request); every request is checked before any work starts.
         One ``[3, H, W]`` image in [0, 1] per request, in order."""
-        knobs = [resolve_knobs({**self.knobs, "resize": self.resize}, r.knobs, method=self.name) for r in requests]
+        knobs = [self._resolve(r, i) for i, r in enumerate(requests)]
         for i, (r, k) in enumerate(zip(requests, knobs)):
             self._check_request(r, k, i)
         images = [self.preprocess(r.image, k["resize"], index=i) for i, (r, k) in enumerate(zip(requests, knobs))]
@@ -337,27 +351,20 @@ class Text2LiveEditor:
         for i, (r, k, x) in enumerate(bar):
             out = self.optimise(x, r.input_caption, r.output_caption, k, int(r.seed))
             if not torch.isfinite(out).all():
-                raise NonFiniteOutputError(f"{_who(r, i)}: text2live produced NaN/Inf (knobs {k}, seed {r.seed}); "
+                raise NonFiniteOutputError(f"{who(r.item_id, i)}: text2live produced NaN/Inf (knobs {k}, seed {r.seed}); "
                                            f"lower learning_rate")
             outs.append(out)
         return outs
 
     def _check_request(self, r: EditRequest, k: Mapping[str, Any], i: int) -> None:
-        who = _who(r, i)
+        """The captions the losses need (knob values are checked against their declarations)."""
+        name = who(r.item_id, i)
         if not isinstance(r.output_caption, str) or not r.output_caption.strip():
-            raise DataRowError(f"{who}: output_caption is empty; text2live optimises toward the output caption "
+            raise DataRowError(f"{name}: output_caption is empty; text2live optimises toward the output caption "
                                f"(give each request its output_caption, or use a test set that has them)")
         if float(k["lambda_direction"]) != 0 and (not isinstance(r.input_caption, str) or not r.input_caption.strip()):
-            raise DataRowError(f"{who}: input_caption is empty; the direction term needs it "
+            raise DataRowError(f"{name}: input_caption is empty; the direction term needs it "
                                f"(give it, or set knob lambda_direction to 0)")
-        for name in ("iterations", "n_aug"):
-            v = k[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or int(v) < (0 if name == "iterations" else 1):
-                raise ValueError(f"{who}: knob {name} must be an integer >= {0 if name == 'iterations' else 1}, got {v!r}")
-        for name in ("learning_rate", "lambda_composition", "lambda_direction", "lambda_structure", "lambda_sparsity"):
-            v = k[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) < 0:
-                raise ValueError(f"{who}: knob {name} must be a finite number >= 0, got {v!r}")
 
     # ------------------------------------------------------------ one image
 
@@ -403,10 +410,6 @@ class Text2LiveEditor:
             return composite(rgb, alpha, x)[0].clamp(0, 1).cpu()
 
 
-def _who(r: EditRequest, i: int) -> str:
-    return f"item {r.item_id!r}" if r.item_id else f"request {i}"
-
-
 def load_text2live(guide: str | os.PathLike = "ViT-B-32", *, pretrained: str | None = "openai", device=None,
                    resize: str | None = None, resolution: int = 512, metric_clip=None, force_same_guide: bool = False,
                    progress: bool = True, generator_width: int = GENERATOR_WIDTH) -> Text2LiveEditor:
@@ -422,7 +425,7 @@ def load_text2live(guide: str | os.PathLike = "ViT-B-32", *, pretrained: str | N
 # ---------------------------------------------------------------- registry
 
 def _register() -> None:
-    from bench.methods import Knob, register_method
+    from ip2p.registry import register_method
 
     def factory(model: str | None = None, device: str | None = None, metric_clip=None, **options: Any) -> Text2LiveEditor:
         return load_text2live(model or "ViT-B-32", device=device, metric_clip=metric_clip, **options)
@@ -430,18 +433,7 @@ def _register() -> None:
     register_method(
         "text2live",
         factory,
-        {
-            "iterations": Knob("int", minimum=0, doc="optimisation steps of the edit layer (0: the input is returned)"),
-            "learning_rate": Knob("float", minimum=0.0, doc="Adam learning rate of the edit-layer generator"),
-            "lambda_composition": Knob("float", minimum=0.0, doc="weight of 1 - cos(I(composite), T(output caption))"),
-            "lambda_direction": Knob("float", minimum=0.0,
-                                     doc="weight of 1 - cos(I(composite) - I(input), T(output) - T(input caption))"),
-            "lambda_structure": Knob("float", minimum=0.0,
-                                     doc="weight of the guide ViT key self-similarity MSE, composite vs input"),
-            "lambda_sparsity": Knob("float", minimum=0.0, doc="weight of mean(alpha) + mean(2 sigmoid(5 alpha) - 1)"),
-            "n_aug": Knob("int", minimum=1, doc="CLIP views per step (the whole image plus random crops/flips)"),
-            "resize": Knob("choice", choices=("paper", None), doc="input resizing: null (as is) or paper"),
-        },
+        editor_class=Text2LiveEditor,
         default_model="ViT-B-32",
         description="Text2Live-style: per-image RGBA edit layer optimised with CLIP losses toward the output caption "
                     "(Bar-Tal et al.); model: the guide CLIP (world:clip-guide, or an open_clip name with option "

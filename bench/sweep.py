@@ -35,7 +35,6 @@ import yaml
 
 from ip2p.errors import NonFiniteOutputError, SpecError
 from ip2p.protocol import EditRequest, check_identity
-from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes
 
 from bench.benchmarks import finish_run, turn_chain

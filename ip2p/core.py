@@ -59,7 +59,8 @@ def resize_paper(img: Image.Image, resolution: int = 512) -> Image.Image:
     return ImageOps.fit(img, (w, h), method=Image.Resampling.LANCZOS)
 
 
-def _as_pil_or_tensor(image, index: int):
+def as_pil_or_tensor(image, index: int):
+    """An input as given (tensor in [0, 1], PIL image or path) -> a checked CPU tensor or an RGB PIL image."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (str, os.PathLike)):
@@ -220,6 +221,12 @@ class DiffusionEditor:
         """Requests of different ``group`` values never share a chunk (e.g. another scheduler)."""
         return None
 
+    def finish(self, index: int, request: EditRequest, knobs: Mapping[str, Any], decoded: torch.Tensor,
+               processed: torch.Tensor) -> torch.Tensor:
+        """The request's output from its decoded image (``processed``: its input as processed);
+        a method may post-process pixels here (EditWorld's post-edit composites the input back)."""
+        return decoded
+
     def order(self, knobs: Mapping[str, Any]) -> Any:
         """Sort key of requests inside a group (chunks are cut in this order)."""
         return 0
@@ -252,7 +259,7 @@ class DiffusionEditor:
 
     def preprocess(self, image, resize: str | None = "paper", *, index: int = 0) -> torch.Tensor:
         """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1]."""
-        x = _as_pil_or_tensor(image, index)
+        x = as_pil_or_tensor(image, index)
         if resize == "paper":
             pil = x if isinstance(x, Image.Image) else tensor_to_pil(x)
             w, h = paper_size(pil.width, pil.height, self.resolution)
@@ -380,9 +387,9 @@ class DiffusionEditor:
                 f"{who(requests[i].item_id, i)}: the model produced NaN/Inf ({self.describe(requests[i], knobs[i])})"
                 for i in idx])
             for j, i in enumerate(idx):
-                outs[i] = decoded[j]
+                outs[i] = self.finish(i, requests[i], knobs[i], decoded[j], images[i])
         return outs  # type: ignore[return-value]
 
 
-__all__ = ["DiffusionEditor", "Chunk", "RESIZE_MODES", "RESIZE_KNOB", "STEPS_KNOB", "paper_size", "resize_paper",
+__all__ = ["DiffusionEditor", "Chunk", "as_pil_or_tensor", "RESIZE_MODES", "RESIZE_KNOB", "STEPS_KNOB", "paper_size", "resize_paper",
            "check_finite", "broadcast"]
