@@ -2,6 +2,7 @@
 
     root/seeds.json              sorted [[dir_name, [seed, ...]], ...]
     root/{dir}/prompt.json       {"input": caption, "edit": instruction, "output": caption}
+                                 ("caption" is read for "input", as the official text generator writes it)
     root/{dir}/{seed}_0.jpg      input image;  {seed}_1.jpg: edited image
     root/{dir}/metadata.jsonl    one row per seed: seed, p2p_threshold, cfg_scale,
                                  clip_sim_0, clip_sim_1, clip_sim_dir, clip_sim_image
@@ -76,6 +77,8 @@ def read_official(location: str, *, split: str | None, bad: BadRowLog) -> Iterat
         except json.JSONDecodeError as e:
             bad.report(str(prompt_path), "prompt.json", f"not valid JSON: {e}")
             continue
+        if "input" not in prompt and "caption" in prompt:  # the official text generator's name for it
+            prompt = {**prompt, "input": prompt["caption"]}
         texts = {}
         for key in ("input", "edit", "output"):
             texts[key] = require_text(prompt, key, str(prompt_path), bad, allow_empty=(key != "edit"))
