@@ -5,7 +5,8 @@ filter``), the dataset variants (size; filter on or off; generated pairs or the 
 pairs), a training recipe (``ip2p train`` options) and a harness spec (``ip2p sweep``) whose first
 method is the template every variant's checkpoint is swept with. It writes, under ``--out``::
 
-    pool/                 the generated pairs (official layout), their similarities, filter_table.md
+    pool/                 the generated pairs (official layout), their similarities, filter_table.md,
+                          seeds_filtered.json (the kept pairs; seeds.json lists every pair)
     data/<variant>/       seeds.json of the variant's pairs (+ links to the pool's prompt folders)
     models/<variant>/     one InstructPix2Pix checkpoint per variant (a diffusers folder)
     sweep/                one sweep over every variant (one method label per variant)
@@ -49,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ip2p.errors import SpecError
 
 MARKER = "ablation_variant.json"
+FILTERED_SEEDS = "seeds_filtered.json"  # the filter's kept pairs (the pool's seeds.json lists every pair)
 
 
 class _Strict(BaseModel):
@@ -214,7 +216,7 @@ def build_pool(spec: AblationSpec, out: Path, timings: Timings) -> dict:
     t0 = time.time()
     c = spec.filter.clip
     clip = ClipSimilarity(c.model, c.pretrained, device=device, cache=str(pool / "clip_embeddings.sqlite"))
-    report = filter_pairs(pool, clip, flt)
+    report = filter_pairs(pool, clip, flt, seeds_out=pool / FILTERED_SEEDS)
     timings.add("filter", time.time() - t0)
     report.pop("table", None)
     report["ablation_key"] = _hash(expected)
@@ -231,7 +233,7 @@ def _pool_pairs(pool: Path, filtered: bool) -> list[tuple[str, int]]:
     from ip2p.data.pairs import read_folder
 
     if filtered:
-        data = json.loads((pool / "seeds.json").read_text())
+        data = json.loads((pool / FILTERED_SEEDS).read_text())
         return [(d, int(s)) for d, seeds in data for s in seeds]
     return [(f.name, s) for f in prompt_folders(pool) for s in read_folder(f).rows]
 
