@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from ip2p.data.filtering import ClipFilter
 from ip2p.data.pair_filter import filter_decisions, filter_pairs
