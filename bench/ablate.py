@@ -12,7 +12,10 @@ method is the template every variant's checkpoint is swept with. It writes, unde
     sweep/                one sweep over every variant (one method label per variant)
     ablation.png / .pdf   the paper-style figure: one curve per variant, x = CLIP directional
                           similarity, y = CLIP image similarity (bench.plot)
-    ablation_table.md / .csv, timings.json, spec.yaml
+    ablation_table.md / .csv   per model: its data and the mean similarities over its curve
+    ablation_paired.md    the paper's questions as paired differences (filter off - on at each size;
+                          each size - the next smaller one) with bootstrap intervals over test items
+    timings.json, spec.yaml, sweep_spec.yaml
 
 What is already built, trained or evaluated is not redone: the pool and the sweep resume by
 themselves; a variant's data and checkpoint carry a marker with the hash of what made them, and a
@@ -360,19 +363,27 @@ def run_ablation(spec_path: str | Path, out: str | Path, *, report: str | Path |
                                                       f"({df['item_id'].nunique()} test items)")
     rows = ablation_table(agg, variants, data, pool_report, timings.data)
     _write_table(rows, out)
+    paired = paired_differences(df, comparisons(variants))
+    _write_paired(paired, out, df["item_id"].nunique())
+    harness_path = Path(spec.sweep) if Path(spec.sweep).is_absolute() or Path(spec.sweep).exists() else base_dir / spec.sweep
+    shutil.copyfile(harness_path, out / "sweep_spec.yaml")
     if report is not None:
         rep = Path(report)
         rep.mkdir(parents=True, exist_ok=True)
-        for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "ablation_table.csv", "timings.json", "spec.yaml"):
+        for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "ablation_table.csv", "ablation_paired.md",
+                     "timings.json", "spec.yaml", "sweep_spec.yaml"):
             shutil.copyfile(out / name, rep / name)
         shutil.copyfile(out / "sweep" / "aggregate.csv", rep / "aggregate.csv")
+        shutil.copyfile(out / "sweep" / "manifest.json", rep / "sweep_manifest.json")  # versions, commit, hashes
+        if (out / "pool" / "generation.json").is_file():
+            shutil.copyfile(out / "pool" / "generation.json", rep / "pool_generation.json")
         if (out / "pool" / "filter_table.md").is_file():
             shutil.copyfile(out / "pool" / "filter_table.md", rep / "filter_table.md")
             shutil.copyfile(out / "pool" / "filter_report.json", rep / "filter_report.json")
         for p in rep.iterdir():
             if p.is_file():
                 p.chmod(0o644)
-    return {"rows": rows, "figures": figs, "timings": timings.data}
+    return {"rows": rows, "paired": paired, "figures": figs, "timings": timings.data}
 
 
 def ablation_table(agg, variants, data, pool_report, timings) -> list[dict]:
@@ -398,6 +409,42 @@ def ablation_table(agg, variants, data, pool_report, timings) -> list[dict]:
     return out
 
 
+def comparisons(variants: list[VariantSpec]) -> list[tuple[str, str, str]]:
+    """(question, model a, model b) pairs the paper asks about, for the variants present: filter off
+    minus on at each size, and each generated size minus the next smaller one (same filter state)."""
+    gen = [v for v in variants if v.source == "generated"]
+    out = []
+    by = {(v.size, v.filter): v.name for v in gen}
+    for size in sorted({v.size for v in gen}):
+        if (size, True) in by and (size, False) in by:
+            out.append((f"no filter vs filter, {size} pairs", by[(size, False)], by[(size, True)]))
+    for flt in (True, False):
+        sizes = sorted(s for s, f in by if f == flt)
+        for small, large in zip(sizes, sizes[1:]):
+            out.append((f"{large} vs {small} pairs, filter {'on' if flt else 'off'}", by[(large, flt)], by[(small, flt)]))
+    return out
+
+
+def paired_differences(df, pairs: list[tuple[str, str, str]], metrics=("clip_sim_direction", "clip_sim_image")) -> list[dict]:
+    """Mean of ``a - b`` per metric with a bootstrap 95% interval over test items: both models see the
+    same items, seeds and settings, so each item's difference (averaged over the settings) is paired."""
+    from bench.aggregate import _rng_for, bootstrap_ci
+
+    rows = []
+    for question, a, b in pairs:
+        row = {"question": question, "a": a, "b": b}
+        for m in metrics:
+            per = df[df["method"].isin([a, b])].pivot_table(index=["item_id", "seed", "setting_index"],
+                                                            columns="method", values=m)
+            if a not in per or b not in per:
+                continue
+            diff = (per[a] - per[b]).groupby(level="item_id").mean().to_numpy()
+            mean, lo, hi = bootstrap_ci(diff, rng=_rng_for("paired", question, m))
+            row[m] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        rows.append(row)
+    return rows
+
+
 def _write_table(rows: list[dict], out: Path) -> None:
     import pandas as pd
 
@@ -411,6 +458,17 @@ def _write_table(rows: list[dict], out: Path) -> None:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
     atomic_write_text(out / "ablation_table.md", "\n".join(lines) + "\n\nclip_sim_direction / clip_sim_image: mean over "
                       "the curve's settings (the sweep's grid); per-setting values with 95% intervals in aggregate.csv.\n")
+
+
+def _write_paired(rows: list[dict], out: Path, n_items: int) -> None:
+    from ip2p.util.io import atomic_write_text
+
+    lines = ["| question | a | b | clip_sim_direction a - b | clip_sim_image a - b |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r.get('clip_sim_direction', '')} | "
+                     f"{r.get('clip_sim_image', '')} |")
+    atomic_write_text(out / "ablation_paired.md", "\n".join(lines) + f"\n\nMean paired difference over {n_items} test "
+                      "items (each item averaged over the sweep's settings), bootstrap 95% interval over items.\n")
 
 
 def register(app) -> None:

@@ -83,7 +83,9 @@ def test_ablation_runs_resumes_after_a_kill_and_redoes_nothing(tmp_path):
     assert len(open_dataset(f"official:{out / 'data' / 'gen-2-unfiltered'}", "all")) == 2
     pool_rows = sum(1 for f in (out / "pool").glob("*/metadata.jsonl") for _ in f.read_text().splitlines())
     assert pool_rows == 6  # the killed pool was completed without duplicates
-    for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "timings.json", "filter_table.md", "spec.yaml"):
+    assert [r["question"] for r in res["paired"]] == ["no filter vs filter, 2 pairs"]
+    for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "ablation_paired.md", "timings.json",
+                 "filter_table.md", "spec.yaml", "sweep_spec.yaml", "sweep_manifest.json", "pool_generation.json"):
         assert (tmp_path / "report" / name).is_file(), name
     for v in ("gen-2-filtered", "gen-2-unfiltered", "world-2"):
         assert (out / "models" / v / "unet" / "config.json").is_file()
@@ -108,3 +110,24 @@ def test_a_variant_larger_than_the_pool_is_a_clear_error(tmp_path):
                  variants=[{"name": "gen-5", "source": "generated", "size": 5, "filter": False}])
     with pytest.raises(SpecError, match=r"variants 'gen-5': size 5 but the pool has only 2 generated pairs"):
         run_ablation(spec, tmp_path / "run")
+
+
+def test_paired_differences_pair_items_and_settings():
+    import pandas as pd
+
+    from bench.ablate import VariantSpec, comparisons, paired_differences
+
+    rows = []
+    for item in range(5):
+        for setting in range(3):
+            base = 0.1 * item + 0.01 * setting
+            rows.append({"method": "small", "item_id": f"i{item}", "seed": 0, "setting_index": setting,
+                         "clip_sim_direction": base, "clip_sim_image": base})
+            rows.append({"method": "large", "item_id": f"i{item}", "seed": 0, "setting_index": setting,
+                         "clip_sim_direction": base + 0.05, "clip_sim_image": base - 0.02 * (item % 2)})
+    out = paired_differences(pd.DataFrame(rows), [("q", "large", "small")])[0]
+    assert out["clip_sim_direction"] == "+0.0500 [+0.0500, +0.0500]"  # item spread cancels in a paired difference
+    assert out["clip_sim_image"].startswith("-0.0080 [")
+    vs = [VariantSpec(name=f"g{s}{f}", size=s, filter=f) for s in (5, 50) for f in (True, False)]
+    assert [q for q, _, _ in comparisons(vs)] == ["no filter vs filter, 5 pairs", "no filter vs filter, 50 pairs",
+                                                   "50 vs 5 pairs, filter on", "50 vs 5 pairs, filter off"]
