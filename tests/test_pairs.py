@@ -208,3 +208,16 @@ def test_rerun_after_sigkill_has_no_duplicate_and_no_missing_pair(tmp_path, kill
                 assert (a - b).abs().mean() < 2 / 255
     assert json.loads((out / "seeds.json").read_text()) == json.loads((ref / "seeds.json").read_text())
     assert not list(out.rglob("*.tmp"))
+
+
+def test_partitions_split_the_prompts_and_together_make_the_whole(tmp_path, sampler):
+    prompts = _prompt_file(tmp_path, n=3)
+    out = tmp_path / "pairs"
+    a = generate_pairs(None, prompts, out, n_per_prompt=1, steps=1, sampler=sampler, progress=False,
+                       partition=0, n_partitions=2)
+    assert a["prompts"] == 2 and a["pairs_listed"] == 2  # np.array_split: prompts 0, 1 | 2
+    assert not (out / "0000002").exists()
+    b = generate_pairs(None, prompts, out, n_per_prompt=1, steps=1, sampler=sampler, progress=False,
+                       partition=1, n_partitions=2)
+    assert b["prompts"] == 1 and b["generated_now"] == 1 and b["pairs_listed"] == 3
+    assert [d for d, _ in json.loads((out / "seeds.json").read_text())] == ["0000000", "0000001", "0000002"]

@@ -51,6 +51,8 @@ def pairs_command(
     clip_pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag for --clip (e.g. openai)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16 (models; sampling runs in float32)."),
+    partition: int = typer.Option(0, help="This process's block of the prompts (0-based), as the official script."),
+    n_partitions: int = typer.Option(1, help="Number of blocks (e.g. one process per GPU, each with its --partition)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate Prompt-to-Prompt image pairs for caption triplets (resumable; kill and rerun at will)."""
@@ -59,9 +61,11 @@ def pairs_command(
     sims = _clip(clip, clip_pretrained, device, None) if clip else None
     summary = generate_pairs(model, prompts, out, n_per_prompt=n, steps=steps, run_seed=seed, batch_size=batch_size,
                              p2p_range=(min_p2p, max_p2p), cfg_range=(min_cfg, max_cfg), limit=limit, device=device,
-                             dtype=_dtype(dtype), resolution=resolution, clip=sims, progress=progress)
+                             dtype=_dtype(dtype), resolution=resolution, clip=sims, progress=progress,
+                             partition=partition, n_partitions=n_partitions)
     typer.echo(f"{out}: {summary['pairs']} pairs of {summary['prompts']} prompts ({summary['generated_now']} generated now, "
-               f"{summary['rows_repaired']} metadata rows repaired) in {summary['seconds']} s")
+               f"{summary['rows_repaired']} metadata rows repaired) in {summary['seconds']} s; seeds.json lists "
+               f"{summary['pairs_listed']} pairs")
 
 
 @data_app.command("filter")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -387,9 +388,13 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
                    n_per_prompt: int = 100, steps: int = 100, run_seed: int = 0, batch_size: int = 8,
                    p2p_range: tuple[float, float] = (0.1, 0.9), cfg_range: tuple[float, float] = (7.5, 15.0),
                    limit: int | None = None, device=None, dtype=torch.float32, resolution: int | None = None,
-                   clip=None, progress: bool = True, sampler: PairSampler | None = None) -> dict[str, Any]:
+                   clip=None, progress: bool = True, sampler: PairSampler | None = None, partition: int = 0,
+                   n_partitions: int = 1) -> dict[str, Any]:
     """Generate (or complete) ``n_per_prompt`` pairs per triplet into ``out`` (module docstring).
-    ``clip``: a ``ClipSimilarity`` to fill the four similarities now (else null). Returns a summary."""
+    ``clip``: a ``ClipSimilarity`` to fill the four similarities now (else null). ``partition`` of
+    ``n_partitions``: this process takes that contiguous block of the prompts (one process per GPU;
+    each run lists every prompt's finished pairs in ``seeds.json``, so the last one to finish
+    leaves the complete list). Returns a summary."""
     from tqdm import tqdm
 
     t0 = time.time()
@@ -407,31 +412,43 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
                 "resolution": sampler.resolution, "dtype": str(dtype).replace("torch.", "")}
     _check_generation_file(root, settings)
 
-    # what is done, per folder (repairing what a kill left), and what is left
-    todo: list[tuple[Triplet, int]] = []
-    done: dict[str, list[int]] = {}
-    repaired = 0
-    for tr in triplets:
-        folder = root / tr.folder
-        prompt_text = json.dumps(tr.line)
-        pj = folder / "prompt.json"
-        if pj.is_file():
-            if json.loads(pj.read_text()) != tr.line:
-                raise DataRowError(f"{pj}: field 'prompt.json' differs from prompt {tr.index} of the prompts given "
-                                   f"({prompt_text[:80]}...); this folder was made from other prompts: use another --out")
-        else:
-            atomic_write_text(pj, prompt_text)
-        st = repair_folder(folder)
-        repaired += st.repaired
-        wanted = prompt_seeds(run_seed, tr.index, n_per_prompt)
-        done[tr.folder] = [s for s in wanted if s in st.rows]
-        todo += [(tr, s) for s in wanted if s not in st.rows]
-    n_total = len(triplets) * n_per_prompt
+    if not 0 <= partition < n_partitions:
+        raise SpecError(f"partition {partition} is outside 0..{n_partitions - 1} (--n-partitions {n_partitions})")
+    # the official script's partitioning: contiguous blocks of prompts (np.array_split)
+    mine = [triplets[i] for i in np.array_split(np.arange(len(triplets)), n_partitions)[partition]]
+    counts = {"done_before": 0, "generated_now": 0, "rows_repaired": 0}
+    n_total = len(mine) * n_per_prompt
+    bar = tqdm(total=n_total, desc="pairs" if n_partitions == 1 else f"pairs {partition + 1}/{n_partitions}",
+               unit="pair", disable=not progress, dynamic_ncols=True)
+
+    def missing() -> Iterable[tuple[Triplet, int]]:
+        """(triplet, seed) of every pair still to make, prompt by prompt (each folder prepared and
+        repaired when its turn comes, so a huge prompt file costs no up-front scan)."""
+        for tr in mine:
+            folder = root / tr.folder
+            prompt_text = json.dumps(tr.line)
+            pj = folder / "prompt.json"
+            if pj.is_file():
+                if json.loads(pj.read_text()) != tr.line:
+                    raise DataRowError(f"{pj}: field 'prompt.json' differs from prompt {tr.index} of the prompts given "
+                                       f"({prompt_text[:80]}...); this folder was made from other prompts: use another --out")
+            else:
+                atomic_write_text(pj, prompt_text)
+            st = repair_folder(folder)
+            counts["rows_repaired"] += st.repaired
+            for seed in prompt_seeds(run_seed, tr.index, n_per_prompt):
+                if seed in st.rows:
+                    counts["done_before"] += 1
+                    bar.update(1)
+                else:
+                    yield tr, seed
+
     killer = _Killer()
-    bar = tqdm(total=n_total, initial=n_total - len(todo), desc="pairs", unit="pair", disable=not progress,
-               dynamic_ncols=True)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    todo = missing()
+    while True:
+        chunk = list(itertools.islice(todo, batch_size))
+        if not chunk:
+            break
         draws = [draw_pair(s, sampler.latent_shape, p2p_range, cfg_range) for _, s in chunk]
         first, second = sampler.sample([tr.input for tr, _ in chunk], [tr.output for tr, _ in chunk], draws, steps)
         sims = None
@@ -448,14 +465,20 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
                             "clip_sim_dir": _finite(sims["sim_direction"][j]),
                             "clip_sim_image": _finite(sims["sim_image"][j])})
             append_row(folder / "metadata.jsonl", row)
-            done[tr.folder].append(seed)
+            counts["generated_now"] += 1
             killer.tick("pair")
             bar.update(1)
     bar.close()
-    write_seeds_json(root, done)
-    summary = {"prompts": len(triplets), "pairs": sum(len(v) for v in done.values()), "generated_now": len(todo),
-               "rows_repaired": repaired, "seconds": round(time.time() - t0, 2)}
-    return summary
+    # seeds.json from what is on disk for every prompt (all partitions): as prepare_dataset.py lists it
+    listed = {}
+    for tr in triplets:
+        rows = read_folder(root / tr.folder).rows if (root / tr.folder).is_dir() else {}
+        wanted = set(prompt_seeds(run_seed, tr.index, n_per_prompt))
+        listed[tr.folder] = [s for s in rows if s in wanted]
+    write_seeds_json(root, listed)
+    return {"prompts": len(mine), "pairs": counts["done_before"] + counts["generated_now"],
+            "pairs_listed": sum(len(v) for v in listed.values()), "generated_now": counts["generated_now"],
+            "rows_repaired": counts["rows_repaired"], "seconds": round(time.time() - t0, 2)}
 
 
 def _finite(v) -> float | None:
