@@ -34,6 +34,8 @@ _COMMAND_MODULES = (
     "ip2p.export_cli",
     "ip2p.train.cli",
     "ip2p.world.cli",
+    "ip2p.data.cli",
+    "bench.ablate",
     "bench.cli",
     "bench.profile_cli",
     "bench.regress_cli",
