@@ -57,7 +57,14 @@ import torch
 
 from ip2p.data.attention import PairCopyState, install_pair_attention, restore_attention
 from ip2p.errors import DataRowError, SpecError
-from ip2p.sampling import NoiseSource, discrete_sigmas, get_sigmas, sample_euler_ancestral, sigma_to_t
+from ip2p.sampling import (
+    NoiseSource,
+    denoised_from_output,
+    discrete_sigmas,
+    get_sigmas,
+    sample_euler_ancestral,
+    sigma_to_t,
+)
 from ip2p.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 KILL_ENV = "IP2P_PAIRS_KILL_AFTER"
@@ -197,18 +204,18 @@ def copy_active(p2p_threshold: float, step: int, n_sigmas: int) -> bool:
 class PairSampler:
     """A text-to-image model that samples Prompt-to-Prompt pairs (module docstring).
 
-    ``model``: anything ``baselines.sdedit.load_t2i_components`` loads (``world:sd``, ``tiny-t2i``,
-    a diffusers folder or hub id) or ``Components``.
+    ``model``: any text-to-image source the loading layer reads (``ip2p.models.load_components(kind="t2i")``:
+    ``world:sd``, ``tiny-t2i``, a diffusers folder or hub id, a single file) or ``Components``. The
+    model's ``prediction_type`` (epsilon, v_prediction, sample) is honoured.
     """
 
     def __init__(self, model="world:sd", *, device: str | torch.device | None = None, dtype=torch.float32,
                  resolution: int | None = None):
-        from baselines.sdedit import as_components, load_t2i_components
-        from ip2p.models import place_for_inference
+        from ip2p.models import components_from_pipe, load_components, place_for_inference
         from ip2p.text import PromptEncoder
 
-        c = model if not isinstance(model, (str, os.PathLike)) else load_t2i_components(model)
-        c = as_components(c)
+        c = load_components(model, kind="t2i") if isinstance(model, (str, os.PathLike)) else model
+        c = components_from_pipe(c, kind="t2i")
         self.components = c
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
@@ -257,7 +264,8 @@ class PairSampler:
             x_in = (x * c_in).to(self.dtype)
             eps = self.unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context, return_dict=False)[0].float()
             eps_uncond, eps_cond = eps.chunk(2)
-            return x - sigma * (eps_uncond + cfg * (eps_cond - eps_uncond))
+            guided = eps_uncond + cfg * (eps_cond - eps_uncond)  # the model's output kind (eps, v or sample)
+            return denoised_from_output(x, sigma, guided, self.components.prediction_type)
 
         saved = install_pair_attention(self.unet, state)
         try:
@@ -265,7 +273,7 @@ class PairSampler:
         finally:
             restore_attention(self.unet, saved)
         images = self.decode(latents)
-        from ip2p.editor import check_finite
+        from ip2p.core import check_finite
 
         check_finite(images, latents, [f"pair seed {draws[j // 2].seed} ({'first' if j % 2 == 0 else 'second'} image, "
                                        f"prompt {(firsts if j % 2 == 0 else seconds)[j // 2]!r}): the model produced NaN/Inf"
