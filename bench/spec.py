@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ip2p.errors import SpecError
 
+SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed takes as a non-negative int64)
+DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
 METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked")
 
@@ -46,11 +48,15 @@ class GridRange(_Strict):
     stop: float
     step: float
 
+    def count(self) -> int:
+        """How many values the range holds, computed without listing them (0 for an empty or
+        non-finite range)."""
+        if not all(map(math.isfinite, (self.start, self.stop, self.step))) or self.step <= 0:
+            return 0
+        return max(math.floor((self.stop - self.start) / self.step + 1e-9) + 1, 0)
+
     def values(self) -> list[float]:
-        if self.step <= 0:
-            return []
-        n = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
-        return [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+        return [round(self.start + i * self.step, 10) for i in range(self.count())]
 
 
 class DatasetSpec(_Strict):
@@ -79,6 +85,13 @@ class MethodSpec(_Strict):
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def grid_sizes(self) -> dict[str, int]:
+        """knob -> number of grid values, counted without expanding ranges."""
+        return {k: (v.count() if isinstance(v, GridRange) else len(v)) for k, v in self.grid.items()}
+
+    def n_settings(self) -> int:
+        return math.prod(self.grid_sizes().values())
 
     def grid_values(self) -> dict[str, list[Any]]:
         return {k: (v.values() if isinstance(v, GridRange) else list(v)) for k, v in self.grid.items()}
@@ -127,6 +140,7 @@ class ExperimentSpec(_Strict):
     batch_size: int = Field(default=8, gt=0)
     device: str = "auto"
     save_images: bool = True
+    max_units: int = Field(default=DEFAULT_MAX_UNITS, gt=0)  # refuse sweeps expanding to more work units
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -176,7 +190,7 @@ def _format_validation_error(e: ValidationError) -> str:
 
 
 def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
-    """Checks pydantic cannot express: registry names, knob names and values, grids, paths."""
+    """Checks pydantic cannot express: registry names, knob names and values, grids, seeds, size, paths."""
     from bench.methods import get_method
 
     ds = spec.dataset
@@ -185,7 +199,9 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
             raise SpecError(f"dataset.path: required for dataset kind {ds.kind!r}")
         if check_paths and not resolve_data_path(ds.path, base_dir).exists():
             raise SpecError(f"dataset.path: not found: {ds.path} (relative paths are read from the current folder)")
+    _check_seeds(spec.seeds)
     labels: dict[str, int] = {}
+    total_settings = 0
     for i, m in enumerate(spec.methods):
         where = f"methods[{i}]"
         try:
@@ -199,22 +215,69 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
         labels[m.key] = i
         for knob, value in m.knobs.items():
             _check_knob(info, knob, value, f"{where}.knobs.{knob}")
-        for knob, values in m.grid.items():
+        sizes = m.grid_sizes()  # counted first: a range of a billion values is never listed
+        for knob, n in sizes.items():
             path = f"{where}.grid.{knob}"
             if knob in m.knobs:
                 raise SpecError(f"{path}: knob {knob!r} is both fixed (knobs) and swept (grid); keep one")
-            vals = values.values() if isinstance(values, GridRange) else values
-            if not vals:
+            rng = m.grid[knob]
+            if isinstance(rng, GridRange) and not all(map(math.isfinite, (rng.start, rng.stop, rng.step))):
+                raise SpecError(f"{path}: start, stop and step must be finite numbers, got {rng.start}, {rng.stop}, {rng.step}")
+            if n == 0:
                 raise SpecError(f"{path}: empty grid (give at least one value; a range needs step > 0 and stop >= start)")
+            if n > spec.max_units:
+                raise SpecError(f"{path}: the grid has {n:,} values, more than max_units={spec.max_units:,}; "
+                                "use a larger step or fewer values (or raise max_units in the spec / --max-units)")
+        n_settings = math.prod(sizes.values())
+        if n_settings > spec.max_units:
+            detail = " x ".join(f"{k} {n:,}" for k, n in sizes.items())
+            raise SpecError(f"{where}.grid: {detail} = {n_settings:,} settings, more than max_units={spec.max_units:,}; "
+                            "sweep fewer values (or raise max_units in the spec / --max-units)")
+        total_settings += n_settings
+        for knob, values in m.grid.items():
+            path = f"{where}.grid.{knob}"
+            vals = values.values() if isinstance(values, GridRange) else values
             for j, v in enumerate(vals):
                 _check_knob(info, knob, v, f"{path}[{j}]")
-            if len(set(map(repr, vals))) != len(vals):
-                raise SpecError(f"{path}: repeated values {vals}")
+            _check_distinct(vals, path)
+    if total_settings * len(spec.seeds) > spec.max_units:
+        raise SpecError(f"seeds: {total_settings:,} settings x {len(spec.seeds)} seeds = "
+                        f"{total_settings * len(spec.seeds):,} work units before any item, more than "
+                        f"max_units={spec.max_units:,}; use fewer seeds or settings (or raise max_units / --max-units)")
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    for j, seed in enumerate(seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise SpecError(f"seeds[{j}]: {seed} is outside 0..{SEED_MAX} (2**63-1, the seeds torch.Generator "
+                            "takes); use a seed in that range")
+    _check_distinct(seeds, "seeds")
+
+
+def _same_value_key(v: Any) -> Any:
+    """Values a unit would be keyed by differently but that mean the same: 1 and 1.0."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return ("number", float(v))
+    return ("other", json.dumps(v, sort_keys=True, default=str))
+
+
+def _check_distinct(values: list[Any], path: str) -> None:
+    seen: dict[Any, int] = {}
+    for j, v in enumerate(values):
+        k = _same_value_key(v)
+        if k in seen:
+            first = values[seen[k]]
+            same = "the same value" if repr(first) == repr(v) else "equal as numbers"
+            raise SpecError(f"{path}: values [{seen[k]}] {first!r} and [{j}] {v!r} are {same}; "
+                            "list each value once (each would be run and reported as its own setting)")
+        seen[k] = j
 
 
 def _check_knob(info, knob: str, value: Any, path: str) -> None:
     if knob not in info.knobs:
         raise SpecError(f"{path}: method {info.name!r} has no knob {knob!r}; its knobs are {sorted(info.knobs)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{path}: must be a finite number, got {value!r}; give a real value")
     why = info.knobs[knob].check(value)
     if why:
         raise SpecError(f"{path}: {why}")

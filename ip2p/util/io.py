@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ip2p.errors import ImageReadError
 
 
+BACKGROUND: tuple[float, float, float] = (1.0, 1.0, 1.0)  # what transparent pixels are composited over
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
 
 
@@ -134,7 +135,6 @@ def png_bytes(x: torch.Tensor) -> bytes:
 # so they read to within 1/255. EXIF orientation (tag 274) is applied first, so a photo stored
 # sideways reads upright, as viewers show it. Embedded ICC profiles are not applied.
 
-BACKGROUND: tuple[float, float, float] = (1.0, 1.0, 1.0)  # what transparent pixels are composited over
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
