@@ -16,6 +16,7 @@ seeds. Every problem is a ``SpecError`` that names the field path, e.g.
     metrics: {clip: {model: ViT-L-14, pretrained: openai, preprocess: paper}}
     seeds: [0]
     batch_size: 8
+    max_units: 1000000     # refuse a sweep expanding to more work units (default; --max-units)
 """
 from __future__ import annotations
 
@@ -292,10 +293,14 @@ def resolve_data_path(path: str, base_dir: Path | None = None) -> Path:
     return alt if alt.exists() else p
 
 
-def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None, check_paths: bool = True) -> ExperimentSpec:
-    """Validate a spec given as a mapping; SpecError naming ``source`` and the field otherwise."""
+def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None, check_paths: bool = True,
+               max_units: int | None = None) -> ExperimentSpec:
+    """Validate a spec given as a mapping; SpecError naming ``source`` and the field otherwise.
+    ``max_units`` (e.g. from ``--max-units``) replaces the spec's own limit."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec must be a mapping of fields, got {type(data).__name__}")
+    if max_units is not None:
+        data = {**data, "max_units": max_units}
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as e:
@@ -307,7 +312,7 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     return spec
 
 
-def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
+def load_spec(path: str | Path, *, check_paths: bool = True, max_units: int | None = None) -> ExperimentSpec:
     """Read and validate a YAML spec file (a bare name is looked up in bench/suites/)."""
     p = Path(path)
     if not p.exists():
@@ -320,4 +325,4 @@ def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
-    return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths)
+    return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths, max_units=max_units)
