@@ -447,16 +447,9 @@ def check_device(device: str, field: str = "device") -> None:
 
 def check_output_folder(folder: Path, what: str = "--out") -> None:
     """Refuse an output folder that is a file or cannot be written, before any work is done."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SpecError(f"{what} {folder}: is a file, not a folder; give a folder path")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecError(f"{what} {folder}: {probe} is a file, not a folder; give a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"{what} {folder}: {probe} is not writable; choose a folder you can write to")
+    from ip2p.util.io import check_output_path
+
+    check_output_path(folder, option=what, kind="folder")
 
 
 def _stored_images_to_repair(store: RunStore, spec: ExperimentSpec, mine, done: set, items, images) -> dict[str, str]:

@@ -62,6 +62,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def check_output_path(path: str | os.PathLike, *, option: str, kind: str = "file") -> None:
+    """Refuse, before any work is done, an output ``path`` that cannot be written: for a ``file``,
+    a folder or an unwritable place; for a ``folder``, a file or an unwritable place. The nearest
+    existing folder is probed by creating (and removing) a temporary file in it, which is what
+    the later write will do (permission bits alone mislead root and read-only mounts)."""
+    from ip2p.errors import SpecError
+
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise SpecError(f"{option} {path}: is a folder; give a file name (e.g. {path / 'out.png'})")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise SpecError(f"{option} {path}: is a file, not a folder; give a folder path")
+    probe = path.parent if kind == "file" else path
+    probe = probe if str(probe) else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecError(f"{option} {path}: {probe} is a file, not a folder; choose a path under a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise SpecError(f"{option} {path}: cannot write in {probe} ({e.strerror or e}); "
+                        "choose a place you can write to") from None
+
+
 def remove_orphaned_temp_files(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
     """Delete temporary files ``atomic_write_bytes`` left behind when its process was killed
     between creating and renaming them. Only call it when no writer is active in ``folder``."""
