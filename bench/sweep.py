@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,10 +312,13 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
     editors: dict[str, Any] = {}  # method key -> (editor, identity), built once per run
     if done:
         _check_stored_models(store, method_specs, dev, editors)
-    todo_batches = [[u for u in b if u.key not in done] for b in plan]
-    todo_batches = [b for b in todo_batches if b]
-    todo = [u for b in todo_batches for u in b]
-    invocation = {"id": f"{int(t0)}-{os.getpid()}", "started": now_iso(), "world_size": world_size,
+    todo_batches = []
+    for b in plan:
+        need = [u for u in b if u.key not in done]
+        if need:  # a repair reruns its whole batch: the same batch mates give the same bits
+            todo_batches.append(b if any(u.key in repair for u in b) else need)
+    todo = [u for b in todo_batches for u in b if u.key not in done]
+    invocation = {"id": f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}", "started": now_iso(), "world_size": world_size,
                   "device": dev, "units_total": len(units), "units_stored_before": len(done & {u.key for u in units})}
     if rank == 0:
         atomic_write_json(store.root / UNITS_FILE, {"invocation": invocation["id"], "keys": [u.key for u in units]})
@@ -368,6 +372,8 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
             rows = _rows_for_batch(store, spec, batch, outs, items, images, input_paths, mi, mspec,
                                    identity, scorer, stats, editor)
             for row in rows:
+                if row["unit_key"] in done:  # a batch mate rerun only for a repair: already stored
+                    continue
                 old = repair.get(row["unit_key"])
                 if old is None:
                     pending.append(row)
@@ -377,7 +383,7 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
                     superseded.add(row["unit_key"])
                     pending.append(row)
             killer.tick("batch")
-            bar.update(len(batch))
+            bar.update(sum(1 for u in batch if u.key not in done))
             if len(pending) >= shard_rows:
                 flush()
         if pending:
