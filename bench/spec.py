@@ -54,7 +54,8 @@ class GridRange(_Strict):
         non-finite range)."""
         if not all(map(math.isfinite, (self.start, self.stop, self.step))) or self.step <= 0:
             return 0
-        return max(math.floor((self.stop - self.start) / self.step + 1e-9) + 1, 0)
+        q = (self.stop - self.start) / self.step  # the tolerance absorbs float error, also for huge q
+        return max(math.floor(q + max(1e-9, abs(q) * 1e-12)) + 1, 0)
 
     def values(self) -> list[float]:
         return [round(self.start + i * self.step, 10) for i in range(self.count())]
