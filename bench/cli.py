@@ -176,8 +176,10 @@ def _say_state(run: Path, df):
     from bench.store import bad_stored_images, describe_bad_images, run_state
 
     state = run_state(run, df)
-    if state.partial or state.state not in ("complete", "unknown"):
+    if state.partial:
         typer.echo(f"partial results: {state.line()}")
+    elif state.state in ("running", "interrupted", "failed"):
+        typer.echo(f"all units done; the newest sweep is {state.state}")
     bad = bad_stored_images(run, df)
     if not bad.empty:
         typer.secho(f"warning: {describe_bad_images(run, bad)}", fg=typer.colors.YELLOW, err=True)

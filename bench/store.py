@@ -137,7 +137,7 @@ class RunStore:
         path = self.root / ".active"
         if fcntl is None or not path.exists():
             return False
-        with open(path, "a+b") as f:
+        with open(path, "rb") as f:  # read-only suffices for flock (and works in a read-only folder)
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -154,11 +154,12 @@ class RunStore:
         return f
 
     def is_active(self) -> bool:
-        """Whether a sweep is running into this folder now (takes the mutex briefly)."""
-        if not self.root.is_dir():
+        """Whether a sweep is running into this folder now. A read-only probe without the mutex,
+        so that readers (aggregate, report) work on a folder they cannot write."""
+        try:
+            return self.root.is_dir() and self.others_active()
+        except OSError:
             return False
-        with self.mutex():
-            return self.others_active()
 
     # ---- verification and repair ---------------------------------------------------------
     def verify_images(self, rels: Iterable[str]) -> dict[str, str]:
