@@ -35,6 +35,8 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
                  rng: np.random.Generator | None = None) -> tuple[float, float, float]:
     """(mean, low, high) of ``values`` (NaNs ignored) with a percentile bootstrap interval."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if len(v) == 0:
@@ -126,8 +128,10 @@ def write_aggregate(agg: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category: str | None = ALL, console=None) -> None:
-    """A rich table of means and intervals (one category; ``None`` prints all)."""
+def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category: str | None = ALL, console=None,
+                note: str | None = None) -> None:
+    """A rich table of means and intervals (one category; ``None`` prints all); ``note`` (e.g.
+    "partial: 8 of 12 units done") is added to its title."""
     from rich.console import Console
     from rich.table import Table
 
@@ -141,7 +145,7 @@ def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category
     metrics = [m for m in (metrics or default) if m in all_metrics]
     sub = agg if category is None else agg[agg["category"] == category]
     table = Table(title=f"mean [95% bootstrap interval]{'' if category is None else f', category {category}'}"
-                  " (all metrics: aggregate.csv)")
+                  " (all metrics: aggregate.csv)" + (f" [{note}]" if note else ""))
     table.add_column("method")
     table.add_column("setting")
     if category is None:

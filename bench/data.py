@@ -13,8 +13,10 @@ from ip2p.errors import DataRowError
 from bench.spec import DatasetSpec, resolve_data_path
 
 
-def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str = "raise") -> list[EditExample]:
-    """Every item the spec's dataset selects, in dataset order, with unique item ids."""
+def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str = "raise",
+               bad_rows: list | None = None) -> list[EditExample]:
+    """Every item the spec's dataset selects, in dataset order, with unique item ids. Rows skipped
+    under ``on_bad_row="skip"`` are appended to ``bad_rows`` (``ip2p.data.rows.BadRow``) when given."""
     from ip2p.data import open_dataset
     import ip2p.data.testsets  # noqa: F401  (registers the test-set kinds)
 
@@ -26,6 +28,8 @@ def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str
         if ds.categories:
             options.setdefault("categories", list(ds.categories))
         items = open_dataset(f"world:{ds.split}", on_bad_row=on_bad_row, **options)
+        if bad_rows is not None:
+            bad_rows.extend(items.bad_rows.rows)
     else:
         path = resolve_data_path(ds.path or "", base_dir)
         # official: the test split by default; single-split formats: the files as given unless
@@ -35,6 +39,8 @@ def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str
             split = None
         items = open_dataset(f"{ds.kind}:{path}", split, subset=ds.limit, subset_seed=ds.seed,
                              on_bad_row=on_bad_row, **options)
+        if bad_rows is not None:
+            bad_rows.extend(items.bad_rows.rows)
         items = list(items)
         if ds.categories:
             want = set(ds.categories)

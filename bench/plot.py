@@ -60,8 +60,9 @@ def curves(agg: pd.DataFrame, method_names: dict[str, str] | None = None, catego
 
 
 def plot_tradeoff(agg: pd.DataFrame, out_base: str | Path, *, method_names: dict[str, str] | None = None,
-                  category: str = ALL, title: str | None = None) -> dict[str, Path]:
-    """Draw the figure from an aggregate table; writes ``<out_base>.pdf`` and ``.png``."""
+                  category: str = ALL, title: str | None = None, note: str | None = None) -> dict[str, Path]:
+    """Draw the figure from an aggregate table; writes ``<out_base>.pdf`` and ``.png``. ``note``
+    (e.g. "partial: 8 of 12 units done") is shown under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,10 +70,13 @@ def plot_tradeoff(agg: pd.DataFrame, out_base: str | Path, *, method_names: dict
 
     from ip2p.util.io import atomic_write_bytes
 
+    from ip2p.errors import SpecError
+
+    if agg.empty or category not in set(agg["category"]):
+        known = ", ".join(dict.fromkeys(agg["category"])) if not agg.empty else "(none)"
+        raise SpecError(f"category {category!r}: no results in this run; its categories are {known}")
     for c in (X, Y):
         if f"{c}_mean" not in agg.columns:
-            from ip2p.errors import SpecError
-
             raise SpecError(f"the run has no {c!r} column; the figure needs the CLIP metrics "
                             "(add clip to metrics.compute in the spec)")
     fig, ax = plt.subplots(figsize=(6.0, 4.6), dpi=150)
@@ -92,8 +96,8 @@ def plot_tradeoff(agg: pd.DataFrame, out_base: str | Path, *, method_names: dict
     ax.set_xlabel("CLIP text-image direction similarity")
     ax.set_ylabel("CLIP image similarity")
     n = int(agg[agg["category"] == category]["n_items"].max())
-    ax.set_title(title or f"Image consistency vs. edit direction ({n} items{'' if category == ALL else ', ' + category})",
-                 fontsize=9)
+    ax.set_title((title or f"Image consistency vs. edit direction ({n} items{'' if category == ALL else ', ' + category})")
+                 + (f"\n{note}" if note else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

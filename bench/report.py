@@ -25,6 +25,7 @@ pre{background:#f7f7f7;padding:8px;font-size:11px;overflow-x:auto}
 .grid img{width:96px;height:auto;image-rendering:pixelated;display:block}
 .grid td{text-align:center;font-size:10px}.grid td.text{text-align:left;max-width:220px}
 .fig{max-width:720px;width:100%}
+.warn{background:#fff4e0;border:1px solid #e0a040;padding:6px}td.bad{color:#a00;font-size:9px;max-width:120px;word-break:break-all}
 """
 
 
@@ -37,17 +38,21 @@ def _data_uri(png: bytes) -> str:
 
 
 def _image_uri(path: Path, max_side: int) -> str | None:
-    """A stored image as a data URI, shrunk to ``max_side`` pixels at most (thumbnails)."""
-    if not path.is_file():
-        return None
+    """A stored image as a data URI, shrunk to ``max_side`` pixels at most (thumbnails); None
+    when the file is missing or cannot be decoded."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max(im.size) > max_side:
-            im.thumbnail((max_side, max_side), Image.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
+    from ip2p.errors import ImageReadError
+    from ip2p.util.io import load_pil
+
+    try:
+        im = load_pil(path, what="stored image")
+    except ImageReadError:
+        return None
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
     return _data_uri(buf.getvalue())
 
 
@@ -67,7 +72,7 @@ def _table(agg: pd.DataFrame, category: str, metrics: list[str], table_id: str) 
     return f"<table id='{_e(table_id)}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int) -> str:
+def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int, bad_files: dict[str, str] | None = None) -> str:
     settings = (df[["method_index", "setting_index", "method", "knobs"]].drop_duplicates()
                 .sort_values(["method_index", "setting_index"]))
     seed0 = df["seed"].min()
@@ -82,13 +87,17 @@ def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int) -> str:
     out_by = {(r.item_id, r.method, r.knobs): r.output_image for r in d.itertuples()}
     cache: dict[str, str | None] = {}
 
+    bad_files = bad_files or {}
+
     def img(rel) -> str:
         if not isinstance(rel, str):
             return "<td>-</td>"
+        if rel in bad_files:
+            return f"<td class='bad' title='{_e(bad_files[rel])}'>corrupt or missing:<br>{_e(rel)}</td>"
         if rel not in cache:
             cache[rel] = _image_uri(run_dir / rel, max_side)
         uri = cache[rel]
-        return f"<td><img src='{uri}' alt='{_e(rel)}'></td>" if uri else "<td>missing</td>"
+        return f"<td><img src='{uri}' alt='{_e(rel)}'></td>" if uri else f"<td class='bad'>missing:<br>{_e(rel)}</td>"
 
     rows = []
     for it in items.itertuples():
@@ -107,13 +116,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
                  figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
     from bench.aggregate import aggregate, metric_columns
-    from bench.store import load_results
+    from bench.store import bad_stored_images, describe_bad_images, load_results, run_state
+    from ip2p.errors import SpecError
     from ip2p.util.io import atomic_write_text
 
     run_dir = Path(run_dir)
     df = load_results(run_dir)
     if df.empty:
-        raise ValueError(f"{run_dir}: no result rows yet; run `ip2p sweep` first")
+        raise SpecError(f"{run_dir}: no result rows yet; run `ip2p sweep <spec> --out {run_dir}` first")
+    state = run_state(run_dir, df)
+    bad = bad_stored_images(run_dir, df)
     agg = aggregate(df) if agg is None else agg
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
     spec_yaml = (run_dir / "spec.yaml").read_text() if (run_dir / "spec.yaml").exists() else ""
@@ -125,10 +137,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
     desc = (manifest.get("spec") or {}).get("description")
     if desc:
         parts.append(f"<p>{_e(desc)}</p>")
-    status = manifest.get("status", {})
+    progress = state.line() if state.total is not None else f"state {state.state}"
     parts.append(f"<p id='summary'>{len(df)} result rows, {df['item_id'].nunique()} items, "
-                 f"{df[['method', 'knobs']].drop_duplicates().shape[0]} settings; status: "
-                 f"{_e(status.get('state', 'unknown'))}. Intervals: bootstrap 95% over items.</p>")
+                 f"{df[['method', 'knobs']].drop_duplicates().shape[0]} settings; newest invocation: "
+                 f"<span id='state'>{_e(progress)}</span>. Intervals: bootstrap 95% over items.</p>")
+    if state.partial:
+        parts.append(f"<p id='partial' class='warn'><b>Partial results:</b> {state.done} of {state.total} units "
+                     f"done ({_e(state.state)}); every number below is over the units stored so far.</p>")
+    if not bad.empty:
+        parts.append(f"<p id='bad-images' class='warn'><b>Stored images:</b> {_e(describe_bad_images(run_dir, bad, limit=20))}</p>")
 
     parts.append("<h2>Image consistency vs. edit direction</h2>")
     if figure_png is not None and Path(figure_png).is_file():
@@ -139,7 +156,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
         from bench.plot import method_names_of, plot_tradeoff
 
         with tempfile.TemporaryDirectory() as tmp:
-            paths = plot_tradeoff(agg, Path(tmp) / "fig", method_names=method_names_of(run_dir))
+            paths = plot_tradeoff(agg, Path(tmp) / "fig", method_names=method_names_of(run_dir),
+                                  note=f"partial: {state.line()}" if state.partial else None)
             parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(paths['png'].read_bytes())}'>")
 
     parts.append("<h2>Results per setting</h2>")
@@ -153,7 +171,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
 
     parts.append("<h2>Edits</h2><p>Seed "
                  f"{int(df['seed'].min())}; columns are the settings in spec order.</p>")
-    parts.append(_grid(run_dir, df, n_items, max_side))
+    parts.append(_grid(run_dir, df, n_items, max_side, dict(zip(bad["file"], bad["problem"]))))
 
     parts.append("<h2>Provenance</h2>")
     prov_rows = []

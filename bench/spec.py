@@ -17,6 +17,7 @@ seeds. Every problem is a ``SpecError`` that names the field path, e.g.
     seeds: [0]
     batch_size: 8
     gate: {tolerance: {clip_sim_direction: 0.02}}     # only for `ip2p regress`
+    max_units: 1000000     # refuse a sweep expanding to more work units (default; --max-units)
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ip2p.errors import SpecError
 
+SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed takes as a non-negative int64)
+DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
 METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie")
 
@@ -47,11 +50,16 @@ class GridRange(_Strict):
     stop: float
     step: float
 
+    def count(self) -> int:
+        """How many values the range holds, computed without listing them (0 for an empty or
+        non-finite range)."""
+        if not all(map(math.isfinite, (self.start, self.stop, self.step))) or self.step <= 0:
+            return 0
+        q = (self.stop - self.start) / self.step  # the tolerance absorbs float error, also for huge q
+        return max(math.floor(q + max(1e-9, abs(q) * 1e-12)) + 1, 0)
+
     def values(self) -> list[float]:
-        if self.step <= 0:
-            return []
-        n = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
-        return [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+        return [round(self.start + i * self.step, 10) for i in range(self.count())]
 
 
 class DatasetSpec(_Strict):
@@ -80,6 +88,13 @@ class MethodSpec(_Strict):
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def grid_sizes(self) -> dict[str, int]:
+        """knob -> number of grid values, counted without expanding ranges."""
+        return {k: (v.count() if isinstance(v, GridRange) else len(v)) for k, v in self.grid.items()}
+
+    def n_settings(self) -> int:
+        return math.prod(self.grid_sizes().values())
 
     def grid_values(self) -> dict[str, list[Any]]:
         return {k: (v.values() if isinstance(v, GridRange) else list(v)) for k, v in self.grid.items()}
@@ -178,6 +193,7 @@ class ExperimentSpec(_Strict):
     plugins: list[str] = Field(default_factory=list)  # modules to import first: they register methods
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
+    max_units: int = Field(default=DEFAULT_MAX_UNITS, gt=0)  # refuse sweeps expanding to more work units
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -230,7 +246,7 @@ def _format_validation_error(e: ValidationError) -> str:
 
 
 def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
-    """Checks pydantic cannot express: registry names, knob names and values, grids, paths."""
+    """Checks pydantic cannot express: registry names, knob names and values, grids, seeds, size, paths."""
     from ip2p.registry import get_method, load_plugins
 
     load_plugins(spec.plugins)
@@ -240,7 +256,9 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
             raise SpecError(f"dataset.path: required for dataset kind {ds.kind!r}")
         if check_paths and not resolve_data_path(ds.path, base_dir).exists():
             raise SpecError(f"dataset.path: not found: {ds.path} (relative paths are read from the current folder)")
+    _check_seeds(spec.seeds)
     labels: dict[str, int] = {}
+    total_settings = 0
     for i, m in enumerate(spec.methods):
         where = f"methods[{i}]"
         try:
@@ -254,17 +272,36 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
         labels[m.key] = i
         for knob, value in m.knobs.items():
             _check_knob(info, knob, value, f"{where}.knobs.{knob}")
-        for knob, values in m.grid.items():
+        sizes = m.grid_sizes()  # counted first: a range of a billion values is never listed
+        for knob, n in sizes.items():
             path = f"{where}.grid.{knob}"
             if knob in m.knobs:
                 raise SpecError(f"{path}: knob {knob!r} is both fixed (knobs) and swept (grid); keep one")
-            vals = values.values() if isinstance(values, GridRange) else values
-            if not vals:
+            rng = m.grid[knob]
+            if isinstance(rng, GridRange) and not all(map(math.isfinite, (rng.start, rng.stop, rng.step))):
+                raise SpecError(f"{path}: start, stop and step must be finite numbers, got {rng.start}, {rng.stop}, {rng.step}")
+            if n == 0:
                 raise SpecError(f"{path}: empty grid (give at least one value; a range needs step > 0 and stop >= start)")
+            if n > spec.max_units:
+                raise SpecError(f"{path}: the grid has {n:,} values, more than max_units={spec.max_units:,}; "
+                                "use a larger step or fewer values (or raise max_units in the spec / --max-units)")
+        n_settings = math.prod(sizes.values())
+        if n_settings > spec.max_units:
+            detail = " x ".join(f"{k} {n:,}" for k, n in sizes.items())
+            raise SpecError(f"{where}.grid: {detail} = {n_settings:,} settings, more than max_units={spec.max_units:,}; "
+                            "sweep fewer values (or raise max_units in the spec / --max-units)")
+        total_settings += n_settings
+        for knob, values in m.grid.items():
+            path = f"{where}.grid.{knob}"
+            vals = values.values() if isinstance(values, GridRange) else values
             for j, v in enumerate(vals):
                 _check_knob(info, knob, v, f"{path}[{j}]")
-            if len(set(map(repr, vals))) != len(vals):
-                raise SpecError(f"{path}: repeated values {vals}")
+            _check_distinct(vals, path)
+    if total_settings * len(spec.seeds) > spec.max_units:
+        raise SpecError(f"seeds: {total_settings:,} settings x {len(spec.seeds)} seeds = "
+                        f"{total_settings * len(spec.seeds):,} work units before any item, more than "
+                        f"max_units={spec.max_units:,}; use fewer seeds or settings (or raise max_units / --max-units)")
+
     _check_gate(spec.gate)
 
 
@@ -285,9 +322,38 @@ def _check_gate(gate: GateSpec) -> None:
             raise SpecError(f"gate.tolerance.{name}: must be a number >= 0, got {tol!r}")
 
 
+def _check_seeds(seeds: list[int]) -> None:
+    for j, seed in enumerate(seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise SpecError(f"seeds[{j}]: {seed} is outside 0..{SEED_MAX} (2**63-1, the seeds torch.Generator "
+                            "takes); use a seed in that range")
+    _check_distinct(seeds, "seeds")
+
+
+def _same_value_key(v: Any) -> Any:
+    """Values a unit would be keyed by differently but that mean the same: 1 and 1.0."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return ("number", float(v))
+    return ("other", json.dumps(v, sort_keys=True, default=str))
+
+
+def _check_distinct(values: list[Any], path: str) -> None:
+    seen: dict[Any, int] = {}
+    for j, v in enumerate(values):
+        k = _same_value_key(v)
+        if k in seen:
+            first = values[seen[k]]
+            same = "the same value" if repr(first) == repr(v) else "equal as numbers"
+            raise SpecError(f"{path}: values [{seen[k]}] {first!r} and [{j}] {v!r} are {same}; "
+                            "list each value once (each would be run and reported as its own setting)")
+        seen[k] = j
+
+
 def _check_knob(info, knob: str, value: Any, path: str) -> None:
     if knob not in info.knobs:
         raise SpecError(f"{path}: method {info.name!r} has no knob {knob!r}; its knobs are {sorted(info.knobs)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{path}: must be a finite number, got {value!r}; give a real value")
     why = info.knobs[knob].check(value)
     if why:
         raise SpecError(f"{path}: {why}")
@@ -302,10 +368,14 @@ def resolve_data_path(path: str, base_dir: Path | None = None) -> Path:
     return alt if alt.exists() else p
 
 
-def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None, check_paths: bool = True) -> ExperimentSpec:
-    """Validate a spec given as a mapping; SpecError naming ``source`` and the field otherwise."""
+def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = None, check_paths: bool = True,
+               max_units: int | None = None) -> ExperimentSpec:
+    """Validate a spec given as a mapping; SpecError naming ``source`` and the field otherwise.
+    ``max_units`` (e.g. from ``--max-units``) replaces the spec's own limit."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec must be a mapping of fields, got {type(data).__name__}")
+    if max_units is not None:
+        data = {**data, "max_units": max_units}
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as e:
@@ -317,7 +387,7 @@ def parse_spec(data: Any, *, source: str = "<spec>", base_dir: Path | None = Non
     return spec
 
 
-def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
+def load_spec(path: str | Path, *, check_paths: bool = True, max_units: int | None = None) -> ExperimentSpec:
     """Read and validate a YAML spec file (a bare name is looked up in bench/suites/)."""
     p = Path(path)
     if not p.is_file():  # a bare name such as "baselines" may also be a folder of the current directory
@@ -330,4 +400,4 @@ def load_spec(path: str | Path, *, check_paths: bool = True) -> ExperimentSpec:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
-    return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths)
+    return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths, max_units=max_units)

@@ -3,25 +3,48 @@
 Layout of ``<run>/``:
 
     spec.yaml          the validated spec (as run)
+    spec.json          its fingerprint (what rows depend on) and the spec
     manifest.json      spec, fingerprint, package versions, git commit, hardware, invocations
+    units.json         the unit keys of the newest invocation's spec ("N of M units done")
     images/ab/<sha>.png  edited, input and target images, named by the hash of their PNG bytes
     shards/r<rank>-<n>-<nonce>.parquet   result rows; each file appears whole or not at all
+    .lock, .active     lock files (below)
 
 A row's ``unit_key`` names its work unit; the loader merges every shard and drops duplicate
 keys (a unit can only be stored twice if two runs raced on one folder; the rows are equal).
+
+Stored images are verified, not trusted: an image's name is the sha256 of its bytes (the row
+holds the name), so ``verify_images`` finds a truncated or altered file by hashing it.
+
+Locking (POSIX ``flock``, also over NFS on Linux): ``.lock`` is a short exclusive mutex held
+while a process checks the folder's spec, registers itself, edits shards or the manifest;
+``.active`` is held shared by every process running a sweep into the folder for its whole run.
+A process holding the mutex can tell whether any sweep is running (``others_active``): that is
+how a sweep of a different spec is refused while another is running, how a folder whose earlier
+sweep died before writing a row is taken over, and how ``run_state`` tells "running" from
+"interrupted".
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking (documented)
+    fcntl = None
 
 import pandas as pd
 import torch
 
 from ip2p.util.hashing import hash_bytes
+from ip2p.util.hashing import hash_file
 from ip2p.util.io import atomic_write_bytes, png_bytes
 
 SHARD_DIR = "shards"
@@ -49,10 +72,16 @@ class RunStore:
         return self.save_png_bytes(data)
 
     def save_png_bytes(self, data: bytes) -> str:
+        """Store PNG bytes under their content hash. An existing file is kept only when it holds
+        exactly these bytes (a truncated or corrupt one is replaced)."""
         h = hash_bytes(data, length=32)
         rel = f"{IMAGE_DIR}/{h[:2]}/{h}.png"
         path = self.root / rel
-        if not path.exists():
+        try:
+            intact = path.stat().st_size == len(data) and path.read_bytes() == data
+        except OSError:
+            intact = False
+        if not intact:
             atomic_write_bytes(path, data)
         return rel
 
@@ -87,6 +116,168 @@ class RunStore:
 
     def load(self) -> pd.DataFrame:
         return load_results(self.root)
+
+    # ---- locks ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        """The folder's short exclusive lock (spec check, registration, shard and manifest edits)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def others_active(self) -> bool:
+        """Whether some process holds ``.active`` (a sweep running into this folder). Call it while
+        holding ``mutex`` and before taking ``.active`` yourself."""
+        path = self.root / ".active"
+        if fcntl is None or not path.exists():
+            return False
+        with open(path, "rb") as f:  # read-only suffices for flock (and works in a read-only folder)
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return False
+
+    def hold_active(self):
+        """Take ``.active`` shared (call while holding ``mutex``); returns the open file to close
+        (which releases it) when the sweep ends."""
+        f = open(self.root / ".active", "a+b")
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        return f
+
+    def is_active(self) -> bool:
+        """Whether a sweep is running into this folder now. A read-only probe without the mutex,
+        so that readers (aggregate, report) work on a folder they cannot write."""
+        try:
+            return self.root.is_dir() and self.others_active()
+        except OSError:
+            return False
+
+    # ---- verification and repair ---------------------------------------------------------
+    def verify_images(self, rels: Iterable[str]) -> dict[str, str]:
+        """``{relative path: problem}`` of stored images that are missing or whose bytes do not
+        hash to their name (truncated, corrupt, altered)."""
+        bad = {}
+        for rel in sorted(set(r for r in rels if isinstance(r, str))):
+            path = self.root / rel
+            if not path.is_file():
+                bad[rel] = "file is missing"
+                continue
+            expected = Path(rel).stem
+            got = hash_file(path, length=len(expected))
+            if got != expected:
+                bad[rel] = f"content hash {got} does not match its name (truncated or corrupt file)"
+        return bad
+
+    def drop_rows(self, unit_keys: Iterable[str], *, keep_shards: Iterable[Path] = ()) -> int:
+        """Remove the rows of ``unit_keys`` from every shard except ``keep_shards`` (each shard is
+        rewritten atomically, or deleted when it empties); returns the number of rows removed.
+        Hold ``mutex`` while calling it."""
+        keys = set(unit_keys)
+        keep = {Path(p).name for p in keep_shards}
+        removed = 0
+        for p in self.shard_files():
+            if p.name in keep or not keys:
+                continue
+            df = pd.read_parquet(p)
+            drop = df["unit_key"].isin(keys)
+            if not drop.any():
+                continue
+            removed += int(drop.sum())
+            rest = df[~drop]
+            if rest.empty:
+                p.unlink()
+            else:
+                buf = io.BytesIO()
+                rest.to_parquet(buf, index=False)
+                atomic_write_bytes(p, buf.getvalue())
+        return removed
+
+
+def bad_stored_images(run: str | os.PathLike, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``df`` whose stored output, input or target image is missing or corrupt, with
+    columns ``file`` and ``problem`` (one row per bad file and result row)."""
+    store = RunStore(run)
+    cols = [c for c in ("output_image", "input_image", "target_image") if c in df.columns]
+    bad = store.verify_images(v for c in cols for v in df[c].dropna())
+    out = []
+    if bad:
+        for c in cols:
+            hit = df[df[c].isin(list(bad))]
+            for _, r in hit.iterrows():
+                out.append({"unit_key": r["unit_key"], "method": r.get("method"), "item_id": r.get("item_id"),
+                            "column": c, "file": r[c], "problem": bad[r[c]]})
+    return pd.DataFrame(out, columns=["unit_key", "method", "item_id", "column", "file", "problem"])
+
+
+def describe_bad_images(run: str | os.PathLike, bad: pd.DataFrame, limit: int = 3) -> str:
+    """One line naming the bad stored files (the first ``limit``) and the fix."""
+    files = list(dict.fromkeys(bad["file"]))
+    shown = "; ".join(f"{Path(run) / f} ({bad[bad['file'] == f]['problem'].iloc[0]})" for f in files[:limit])
+    more = f" and {len(files) - limit} more" if len(files) > limit else ""
+    return (f"{len(files)} stored image file(s) missing or corrupt: {shown}{more}; "
+            f"rerun `ip2p sweep <spec> --out {run}` to regenerate them")
+
+
+# ---- state of a run ----------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """How far a run is: ``state`` is complete, incomplete, running or interrupted (the newest
+    invocation died without finishing); ``done`` of ``total`` units of the newest spec are stored."""
+
+    state: str
+    done: int
+    total: int | None
+    rows: int
+
+    @property
+    def partial(self) -> bool:
+        return self.total is not None and self.done < self.total
+
+    def line(self) -> str:
+        if self.total is None:
+            return f"{self.rows} rows stored; state {self.state}"
+        return f"{self.done} of {self.total} units done ({self.state})"
+
+
+def run_state(run: str | os.PathLike, df: pd.DataFrame | None = None) -> RunState:
+    """The state of the newest invocation of ``run`` and its progress, from the manifest, the
+    unit list of the newest spec and whether a sweep holds the folder now."""
+    run = Path(run)
+    store = RunStore(run)
+    df = load_results(run) if df is None else df
+    stored = set(df["unit_key"]) if len(df) else set()
+    try:
+        man = json.loads(store.manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        man = {}
+    try:
+        keys = json.loads((run / UNITS_FILE).read_text())["keys"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        keys = None
+    total = len(keys) if keys is not None else (man.get("status") or {}).get("units_total")
+    done = len(stored & set(keys)) if keys is not None else len(stored)
+    invocations = man.get("invocations") or []
+    newest = invocations[-1] if invocations else {}
+    if newest and not newest.get("finished"):
+        state = "running" if store.is_active() else "interrupted"
+    else:
+        state = (man.get("status") or {}).get("state", "unknown")
+        if total is not None and state in ("complete", "incomplete"):
+            state = "complete" if done >= total else "incomplete"
+    return RunState(state=state, done=done, total=total, rows=len(df))
+
+
+UNITS_FILE = "units.json"
 
 
 _ORDER = ["method_index", "item_index", "seed", "setting_index"]

@@ -13,6 +13,15 @@ SIGKILL) loses at most the rows not yet flushed; a rerun skips stored units and 
 Under ``torchrun`` / ``accelerate launch`` each rank takes the units whose key hashes to it and
 writes its own shards; the merged rows equal a single-process run (invariant 1 of DESIGN.md).
 
+One run folder, one experiment at a time: a sweep takes the folder's locks (``bench.store``) to
+check the spec and for its whole run. The same spec may run from several processes at once (the
+ranks of one launch, or a second identical invocation); a different spec is refused with a
+``SpecError`` while any sweep runs or once any row is stored. A folder whose sweeps all died before
+storing a row is taken over by the next spec. Before running, the stored images of this rank's
+done units are verified by their content hash: a missing or corrupt edited image is regenerated
+(its row kept when the new image is identical, replaced otherwise), a corrupt input or target
+image is rewritten from the dataset, and temporary files of killed writers are removed.
+
 Test hook: ``IP2P_BENCH_KILL_AFTER=shard:K`` (or ``batch:K``) sends SIGKILL to this process right
 after its K-th shard is written (or right after its K-th batch is edited and its images stored,
 before its rows are flushed).
@@ -21,10 +30,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import signal
 import sys
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +44,19 @@ from typing import Any
 import torch
 import yaml
 
-from ip2p.errors import NonFiniteOutputError, SpecError
+from ip2p.errors import DataRowError, ImageReadError, NonFiniteOutputError, SpecError
 from ip2p.protocol import EditRequest, check_identity
-from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes
+from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, remove_orphaned_temp_files
 
 from bench.benchmarks import finish_run, turn_chain
 from bench.data import load_items
 from ip2p.registry import get_method
 from bench.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
-from bench.store import RunStore, load_results
+from bench.store import UNITS_FILE, RunStore, bad_stored_images, load_results
 from bench.units import expand_units, plan_batches
+
+log = logging.getLogger("ip2p.bench")
 
 KILL_ENV = "IP2P_BENCH_KILL_AFTER"
 
@@ -98,20 +111,46 @@ class _Killer:
 
 # ---- run folder bookkeeping ----------------------------------------------------------------
 
-def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int) -> None:
-    """Refuse a folder holding results of a different spec; record the spec (idempotent)."""
+def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
+    """Under the folder's mutex: refuse a folder that holds results of a different spec or that a
+    sweep of a different spec is running into; record the spec; remove orphaned temporary files
+    when no other sweep is running; register this process as running (``.active``, shared).
+    Returns the open ``.active`` file: close it when the sweep ends."""
     fp_path = store.root / "spec.json"
-    if fp_path.exists():
-        old = json.loads(fp_path.read_text())
-        if old.get("fingerprint") != spec.fingerprint():
-            raise SpecError(
-                f"{store.root} holds results of a different experiment (spec fingerprint "
-                f"{old.get('fingerprint')} != {spec.fingerprint()}: dataset, models or metrics changed). "
-                "Use another --out folder; grids, limits and seeds may grow within one folder."
-            )
-    if rank == 0:
-        atomic_write_json(fp_path, {"fingerprint": spec.fingerprint(), "spec": spec.to_dict()})
-        atomic_write_text(store.root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    with store.mutex():
+        others = store.others_active()
+        old_fp = None
+        if fp_path.exists():
+            try:
+                old_fp = json.loads(fp_path.read_text()).get("fingerprint")
+            except (json.JSONDecodeError, AttributeError):
+                old_fp = "(unreadable spec.json)"
+        if old_fp is not None and old_fp != spec.fingerprint():
+            if store.shard_files():
+                raise SpecError(
+                    f"{store.root} holds results of a different experiment (spec fingerprint "
+                    f"{old_fp} != {spec.fingerprint()}: dataset, models or metrics changed). "
+                    "Use another --out folder; grids, limits and seeds may grow within one folder."
+                )
+            if others:
+                raise SpecError(
+                    f"{store.root}: a sweep of a different experiment (spec fingerprint {old_fp}) is running "
+                    f"into this folder now; wait for it to end or use another --out folder"
+                )
+            log.warning("%s: taking over a folder whose earlier sweep (spec %s) stored no rows", store.root, old_fp)
+        if not others:
+            removed = remove_orphaned_temp_files(store.root)
+            if removed:
+                log.info("removed %d orphaned temporary file(s) of killed writers", len(removed))
+        active = store.hold_active()
+        try:
+            if rank == 0 or old_fp != spec.fingerprint():
+                atomic_write_json(fp_path, {"fingerprint": spec.fingerprint(), "spec": spec.to_dict()})
+                atomic_write_text(store.root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        except BaseException:
+            active.close()
+            raise
+    return active
 
 
 def _read_manifest(store: RunStore) -> dict:
@@ -124,9 +163,20 @@ def _read_manifest(store: RunStore) -> dict:
 
 
 def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:
+    """Record ``invocation`` (in start order; updated in place) and the run's ``status``, under the
+    folder's mutex so that concurrent invocations do not lose each other's entries."""
+    with store.mutex():
+        return _write_manifest_locked(store, spec, invocation=invocation, status=status)
+
+
+def _write_manifest_locked(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:
     man = _read_manifest(store)
-    invocations = [i for i in man.get("invocations", []) if i.get("id") != invocation["id"]]
-    invocations.append(invocation)
+    invocations = list(man.get("invocations", []))
+    ids = [i.get("id") for i in invocations]
+    if invocation["id"] in ids:
+        invocations[ids.index(invocation["id"])] = invocation
+    else:
+        invocations.append(invocation)
     man.update({
         "name": spec.name,
         "spec": spec.to_dict(),
@@ -147,19 +197,38 @@ def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, s
 # ---- the engine ----------------------------------------------------------------------------
 
 class _ImageCache:
-    """Input images of recent items (loaded lazily from the readers), a few hundred at most."""
+    """Images of recent items (input, target, mask; loaded lazily from the readers), a few
+    hundred items at most. A row whose image cannot be read raises ``DataRowError`` naming the
+    item and the field."""
 
     def __init__(self, items, capacity: int = 256):
         self.items, self.capacity = items, capacity
-        self._d: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._d: OrderedDict[int, tuple] = OrderedDict()
 
-    def __call__(self, index: int) -> torch.Tensor:
+    def entry(self, index: int) -> tuple:
         if index not in self._d:
-            self._d[index] = self.items[index].load_input()
+            ex = self.items[index]
+            loaded = []
+            for field_name, load in (("input_image", ex.load_input), ("target_image", ex.load_target),
+                                     ("mask", ex.load_mask)):
+                try:
+                    loaded.append(load())
+                except (ImageReadError, DataRowError, ValueError, OSError) as e:
+                    raise DataRowError(f"{ex.source or ex.item_id}: field {field_name!r}: {e}") from e
+            self._d[index] = tuple(loaded)
             while len(self._d) > self.capacity:
                 self._d.popitem(last=False)
         self._d.move_to_end(index)
         return self._d[index]
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return self.entry(index)[0]
+
+    def target(self, index: int) -> torch.Tensor | None:
+        return self.entry(index)[1]
+
+    def mask(self, index: int) -> torch.Tensor | None:
+        return self.entry(index)[2]
 
 
 def _quantize(x: torch.Tensor) -> torch.Tensor:
@@ -193,15 +262,44 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     env_rank, env_world, local_rank = dist_env()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
+    check_sweep_options(shard_rows=shard_rows, on_bad_row=on_bad_row)
+    dev = pick_device(device or spec.device, local_rank)
+    check_device(dev, "--device" if device else "device (spec)")
     store = RunStore(out)
+    check_output_folder(store.root)
     store.root.mkdir(parents=True, exist_ok=True)
-    prepare_run_folder(store, spec, rank)
+    active = prepare_run_folder(store, spec, rank)
+    registered: list[dict] = []  # the manifest's entry of this invocation, once rank 0 wrote it
+    try:
+        return _run_registered(spec, store, base_dir=base_dir, progress=progress, dev=dev, shard_rows=shard_rows,
+                               rank=rank, world_size=world_size, on_bad_row=on_bad_row, t0=t0,
+                               invocation_out=registered)
+    except BaseException as e:
+        invocation = registered[0] if registered else None
+        if rank == 0 and invocation is not None and not isinstance(e, KeyboardInterrupt):
+            invocation.update({"finished": now_iso(), "failed": f"{type(e).__name__}: {e}"})
+            try:
+                write_manifest(store, spec, invocation=invocation, status={"state": "failed"})
+            except Exception:  # the original error matters more
+                pass
+        raise
+    finally:
+        active.close()
+
+
+def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress, dev, shard_rows, rank, world_size,
+                    on_bad_row, t0, invocation_out: list) -> SweepResult:
     dist = _maybe_init_distributed(world_size)
     killer = _Killer()
-    dev = pick_device(device or spec.device, local_rank)
 
-    items = load_items(spec.dataset, base_dir, on_bad_row=on_bad_row)
+    bad_rows: list = []
+    items = load_items(spec.dataset, base_dir, on_bad_row=on_bad_row, bad_rows=bad_rows)
     method_specs = {m.key: (i, m) for i, m in enumerate(spec.methods)}
+    n_units = sum(m.n_settings() for m in spec.methods) * len(items) * len(spec.seeds)
+    if n_units > spec.max_units:
+        raise SpecError(f"{spec.name}: {sum(m.n_settings() for m in spec.methods):,} settings x {len(items):,} items x "
+                        f"{len(spec.seeds)} seeds = {n_units:,} work units, more than max_units={spec.max_units:,}; "
+                        "use dataset.limit, fewer settings or seeds (or raise max_units in the spec / --max-units)")
     units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds)
     # batches are cut from the whole unit list (the same on every rank and every rerun) and
     # dealt to ranks whole: a unit's batch mates never depend on the process count or on where
@@ -209,19 +307,26 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
     plan = plan_batches(units, spec.batch_size, rank, world_size)
     mine = [u for b in plan for u in b]
     done = store.done_keys()
+    images = _ImageCache(items)
+    repair = _stored_images_to_repair(store, spec, mine, done, items, images)
+    done -= set(repair)
     editors: dict[str, Any] = {}  # method key -> (editor, identity), built once per run
     metric_clip = spec.metrics.clip.model_dump() if "clip" in spec.metrics.compute else None
     if done:
         _check_stored_models(store, method_specs, dev, editors, metric_clip)
-    todo_batches = [[u for u in b if u.key not in done] for b in plan]
-    todo_batches = [b for b in todo_batches if b]
-    todo = [u for b in todo_batches for u in b]
-    invocation = {"id": f"{int(t0)}-{os.getpid()}", "started": now_iso(), "world_size": world_size,
+    todo_batches = []
+    for b in plan:
+        need = [u for u in b if u.key not in done]
+        if need:  # a repair reruns its whole batch: the same batch mates give the same bits
+            todo_batches.append(b if any(u.key in repair for u in b) else need)
+    todo = [u for b in todo_batches for u in b if u.key not in done]
+    invocation = {"id": f"{int(t0)}-{os.getpid()}-{uuid.uuid4().hex[:6]}", "started": now_iso(), "world_size": world_size,
                   "device": dev, "units_total": len(units), "units_stored_before": len(done & {u.key for u in units})}
     if rank == 0:
-        write_manifest(store, spec, invocation=invocation, status={"state": "running"})
+        atomic_write_json(store.root / UNITS_FILE, {"invocation": invocation["id"], "keys": [u.key for u in units]})
+        write_manifest(store, spec, invocation=invocation, status={"state": "running", "units_total": len(units)})
+        invocation_out.append(invocation)
 
-    images = _ImageCache(items)
     # published benchmarks (bench.benchmarks): a test set whose items continue one another
     # (MagicBrush's iterative turns) gets each unit's input from the previous turn's output
     chain = turn_chain(spec, items, store, world_size)
@@ -229,19 +334,32 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         todo_batches = chain.order(todo_batches)
     unit_image = chain.unit_image(images) if chain is not None else (lambda u: images(u.item_index))
     # batch units of one method and one input size together (the editor runs one call per batch)
-    stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None}
+    stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None, "units_repaired": 0,
+             "bad_rows": [r.message() for r in bad_rows]}
     scorer = None
     pending: list[dict] = []
-    shards = 0
+    new_shards: list[Path] = []
+    superseded: set[str] = set()  # repaired units whose regenerated row replaces the stored one
     seq = _next_seq(store, rank)
     input_paths: dict = {}  # item index (or ("target", index)) -> stored PNG path
+    skipped_items: set[int] = set()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="edit", dynamic_ncols=True,
                desc=f"{spec.name}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
                disable=not progress, position=rank if world_size > 1 else None, leave=True)
+
+    def flush():
+        nonlocal seq, pending
+        new_shards.append(store.write_shard(pending, rank, seq))
+        seq, pending = seq + 1, []
+        killer.tick("shard")
+
     try:
         for batch in todo_batches:
+            batch = _drop_unreadable_items(batch, items, images, on_bad_row, skipped_items, stats)
+            if not batch:
+                continue
             label = batch[0].method
             mi, mspec = method_specs[label]
             editor, identity = _cached_editor(editors, label, mspec, mi, dev, metric_clip)
@@ -259,27 +377,37 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
             outs = _run_by_size(editor, requests)
             stats["edit_seconds"] += time.time() - t1
             _check_outputs(outs, batch, items, label)
-            rows = _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi, mspec,
+            rows = _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_paths, mi, mspec,
                                    identity, scorer, stats, editor)
             if chain is not None:
                 chain.record(batch, rows)
-            pending.extend(rows)
+            for row in rows:
+                if row["unit_key"] in done:  # a batch mate rerun only for a repair: already stored
+                    continue
+                old = repair.get(row["unit_key"])
+                if old is None:
+                    pending.append(row)
+                    continue
+                stats["units_repaired"] += 1
+                if row["output_image"] != old:  # regenerated differently: the new row replaces the old
+                    superseded.add(row["unit_key"])
+                    pending.append(row)
             killer.tick("batch")
-            bar.update(len(batch))
+            bar.update(sum(1 for u in batch if u.key not in done))
             if len(pending) >= shard_rows:
-                store.write_shard(pending, rank, seq)
-                seq, shards, pending = seq + 1, shards + 1, []
-                killer.tick("shard")
+                flush()
         if pending:
-            store.write_shard(pending, rank, seq)
-            shards += 1
-            pending = []
-            killer.tick("shard")
+            flush()
     finally:
         bar.close()
+    if superseded:
+        with store.mutex():
+            store.drop_rows(superseded, keep_shards=new_shards)
+    shards = len(new_shards)
     seconds = time.time() - t0
     if stats["edit_seconds"] > 0:
         stats["images_per_second"] = len(todo) / stats["edit_seconds"]
+    stats["items_skipped"] = len(skipped_items)
     result = SweepResult(store.root, rank, world_size, len(units), len(mine), len(mine) - len(todo), len(todo),
                          shards, seconds, stats)
     atomic_write_json(store.root / "ranks" / f"r{rank:03d}.json",
@@ -293,16 +421,106 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
         missing = sum(1 for u in units if u.key not in stored)
         status = {"state": "complete" if missing == 0 else "incomplete", "rows": int(len(df)),
                   "units_total": len(units), "units_missing": missing}
+        if bad_rows or skipped_items:
+            status["bad_rows"] = len(bad_rows) + len(skipped_items)
         if len(df):
             status["metric_spec"] = json.loads(df["metric_spec"].iloc[0])
             status["models"] = {m: json.loads(g["model_identity"].iloc[0]) for m, g in df.groupby("method", sort=False)}
         invocation.update({"finished": now_iso(), "seconds": round(seconds, 2), "units_run_rank0": len(todo),
-                           "edit_seconds_rank0": round(stats["edit_seconds"], 2)})
+                           "edit_seconds_rank0": round(stats["edit_seconds"], 2),
+                           "units_repaired_rank0": stats["units_repaired"]})
         write_manifest(store, spec, invocation=invocation, status=status)
         finish_run(store.root, spec, items)  # bench.benchmarks: per-turn/category tables, official names
     if dist is not None:
         dist.destroy_process_group()
     return result
+
+
+def check_sweep_options(*, shard_rows: int, on_bad_row: str) -> None:
+    if shard_rows < 1:
+        raise SpecError(f"--shard-rows {shard_rows}: must be >= 1 (rows per result shard)")
+    if on_bad_row not in ("raise", "skip"):
+        raise SpecError(f"--on-bad-row {on_bad_row!r}: must be raise or skip")
+
+
+def check_device(device: str, field: str = "device") -> None:
+    """Refuse a torch device this machine does not have, before any model loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise SpecError(f"{field} {device!r}: not a torch device ({e}); use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"{field} {device!r}: CUDA is not available on this machine; use cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"{field} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SpecError(f"{field} {device!r}: MPS is not available on this machine; use cpu (or auto)")
+    elif dev.type != "cpu":
+        raise SpecError(f"{field} {device!r}: unsupported device type {dev.type!r}; use cpu, cuda, cuda:N or auto")
+
+
+def check_output_folder(folder: Path, what: str = "--out") -> None:
+    """Refuse an output folder that is a file or cannot be written, before any work is done."""
+    from ip2p.util.io import check_output_path
+
+    check_output_path(folder, option=what, kind="folder")
+
+
+def _stored_images_to_repair(store: RunStore, spec: ExperimentSpec, mine, done: set, items, images) -> dict[str, str]:
+    """Verify the stored images of this rank's done units: ``{unit_key: stored output image}`` of
+    units whose edited image is missing or corrupt (they run again); corrupt input and target
+    images are rewritten from the dataset now."""
+    if not spec.save_images or not done:
+        return {}
+    keys = {u.key for u in mine} & done
+    if not keys:
+        return {}
+    df = load_results(store.root)
+    df = df[df["unit_key"].isin(keys)]
+    bad = bad_stored_images(store.root, df)
+    if bad.empty:
+        return {}
+    index_of = {ex.item_id: i for i, ex in enumerate(items)}
+    rewritten = set()
+    for r in bad.itertuples():
+        if r.column == "output_image" or r.file in rewritten or r.item_id not in index_of:
+            continue
+        i = index_of[r.item_id]
+        x = images(i) if r.column == "input_image" else images.target(i)
+        if x is not None and store.save_png(x) == r.file:
+            rewritten.add(r.file)
+        else:
+            log.warning("%s: stored %s %s could not be rewritten from the dataset (its pixels changed)",
+                        store.root, r.column, r.file)
+    out = bad[bad["column"] == "output_image"]
+    repair = dict(zip(out["unit_key"], out["file"]))
+    if repair or rewritten:
+        log.warning("%s: %d stored edited image(s) missing or corrupt (regenerating), %d input/target image(s) "
+                    "rewritten: %s", store.root, len(repair), len(rewritten), ", ".join(sorted(set(bad["file"]))[:5]))
+    return repair
+
+
+def _drop_unreadable_items(batch, items, images, on_bad_row: str, skipped: set, stats: dict):
+    """The batch without units whose item's images cannot be read now (``on_bad_row="skip"``,
+    each such item logged once); under "raise" the ``DataRowError`` naming item and field."""
+    keep = []
+    for u in batch:
+        if u.item_index in skipped:
+            continue
+        try:
+            images.entry(u.item_index)
+        except DataRowError as e:
+            if on_bad_row != "skip":
+                raise DataRowError(f"{e} (pass --on-bad-row skip to skip such rows)") from e
+            skipped.add(u.item_index)
+            stats["bad_rows"].append(str(e))
+            log.warning("skipping bad row: %s", e)
+            continue
+        keep.append(u)
+    return keep
 
 
 def _maybe_init_distributed(world_size: int):
@@ -414,7 +632,10 @@ def _metric_input(editor, image: torch.Tensor, knobs: dict, hw: tuple[int, int])
     return x if tuple(x.shape[-2:]) == tuple(hw) else _fit_to(x, hw)
 
 
-def _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi, mspec, identity, scorer, stats, editor):
+def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_paths, mi, mspec, identity, scorer, stats,
+                    editor):
+    """Rows of one edited batch: ``images`` holds the items' inputs, targets and masks; ``unit_image(u)``
+    is a unit's input (a previous turn's output for chained benchmark turns)."""
     edited, inputs, targets, masks, out_paths = [], [], [], [], []
     for u, x in zip(batch, outs):
         data = png_bytes(x)
@@ -426,9 +647,9 @@ def _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi
             input_paths[u.item_index] = store.save_png(unit_image(u))
         edited.append(q)
         inputs.append(_quantize(_metric_input(editor, unit_image(u), u.knobs, hw)))
-        t = ex.load_target()
+        t = images.target(u.item_index)
         targets.append(None if t is None else _quantize(_fit_to(t, hw)))
-        m = ex.load_mask()
+        m = images.mask(u.item_index)
         masks.append(None if m is None else _fit_mask(m, hw))
     t1 = time.time()
     metrics = scorer.score(inputs, edited, [items[u.item_index].input_caption for u in batch],
@@ -444,7 +665,7 @@ def _rows_for_batch(store, spec, batch, outs, items, unit_image, input_paths, mi
         if spec.save_images and ex.target_image is not None:
             key = ("target", u.item_index)
             if key not in input_paths:
-                input_paths[key] = store.save_png(ex.load_target())
+                input_paths[key] = store.save_png(images.target(u.item_index))
             target_path = input_paths[key]
         row = {
             "unit_key": u.key, "method": u.method, "method_name": mspec.name, "method_index": mi,

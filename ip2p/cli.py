@@ -56,24 +56,55 @@ def _register_all() -> None:
 _register_all()
 
 
-def main() -> None:
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, UsageError, Abort) classes of click and of the copy typer carries."""
+    import click
+
+    exc, usage, abort = [click.ClickException], [click.UsageError], [click.exceptions.Abort]
     try:
-        app(standalone_mode=False)
+        from typer._click import exceptions as tex  # typer >= 0.20 ships its own click
+
+        exc.append(tex.ClickException)
+        usage.append(tex.UsageError)
+        abort.append(getattr(typer, "Abort", click.exceptions.Abort))
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        pass
+    return tuple(exc), tuple(usage), tuple(abort)
+
+
+def one_line(message: str) -> str:
+    """An error message on one line (newlines of nested messages joined with '; ')."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _usage_line(e) -> str:
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "ip2p"
+    return f"error: {command}: {one_line(e.format_message())} (see `{command} --help`)"
+
+
+def main() -> None:
+    """Run the CLI. A user-input error (``Ip2pError``, a bad option) is one line on stderr and exit
+    status 2; anything else is a bug and keeps its traceback (exit status 1)."""
+    click_exc, usage_exc, abort_exc = _click_exception_types()
+    try:
+        app(standalone_mode=False, prog_name="ip2p")
     except Ip2pError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {one_line(e)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:  # pragma: no cover - passthrough
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage_exc as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `ip2p train` alone: the help was shown
+            sys.exit(0)
+        typer.secho(_usage_line(e), fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except click_exc as e:
+        typer.secho(f"error: {one_line(e.format_message())}", fg=typer.colors.RED, err=True)
+        sys.exit(getattr(e, "exit_code", 1) or 1)
+    except abort_exc:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -28,21 +28,71 @@ def edit_command(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading .ckpt pickles (only from sources you trust)."),
 ) -> None:
     """Edit IMAGE by an instruction with InstructPix2Pix and write a PNG."""
+    out = out or image.with_name(f"{image.stem}_edited.png")
+    check_edit_options(steps=steps, image_guidance=image_guidance, text_guidance=text_guidance, seed=seed,
+                       resize=resize, dtype=dtype, out=out)
     import torch
 
-    from ip2p.editor import load_editor
     from ip2p.util.io import load_image, save_image
 
     x = load_image(image, what="input image")  # clear error for missing/undecodable files
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if dtype not in dtypes:
-        raise typer.BadParameter(f"--dtype must be one of {sorted(dtypes)}")
-    editor = load_editor(model, device=device, dtype=dtypes[dtype], config=config, trust_pickle=trust_pickle)
+    check_scheduler_name(scheduler)
+    if device is not None:
+        from bench.sweep import check_device
+
+        check_device(device, "--device")
+    from ip2p.editor import load_editor
+
+    editor = load_editor(model, device=device, dtype=DTYPES[dtype](torch), config=config, trust_pickle=trust_pickle)
     y = editor.edit(
         x, instruction, image_guidance_scale=image_guidance, guidance_scale=text_guidance,
         num_inference_steps=steps, seeds=seed, resize=None if resize == "none" else resize,
         scheduler=None if scheduler == "paper" else scheduler, progress=True,
     )[0]
-    out = out or image.with_name(f"{image.stem}_edited.png")
     save_image(y, out)
     typer.echo(f"wrote {out} ({y.shape[2]}x{y.shape[1]}) model={model} sI={image_guidance} sT={text_guidance} steps={steps} seed={seed}")
+
+
+DTYPES = {"float32": lambda torch: torch.float32, "float16": lambda torch: torch.float16,
+          "bfloat16": lambda torch: torch.bfloat16}
+RESIZE_MODES = ("paper", "diffusers", "none")
+SEED_MAX = 2**63 - 1
+
+
+def check_edit_options(*, steps: int, image_guidance: float, text_guidance: float, seed: int, resize: str,
+                       dtype: str, out: Path) -> None:
+    """Every ``ip2p edit`` option that can be checked without a model, as one-line ``SpecError``s."""
+    import math
+
+    from ip2p.errors import SpecError
+
+    if steps < 1:
+        raise SpecError(f"--steps {steps}: must be >= 1 (sampler steps; the paper uses 100)")
+    for name, value in (("--image-guidance", image_guidance), ("--text-guidance", text_guidance)):
+        if not math.isfinite(value):
+            raise SpecError(f"{name} {value}: must be a finite number (e.g. 1.5 for sI, 7.5 for sT)")
+    if not 0 <= seed <= SEED_MAX:
+        raise SpecError(f"--seed {seed}: must be in 0..{SEED_MAX} (2**63-1, the seeds torch.Generator takes)")
+    if resize not in RESIZE_MODES:
+        raise SpecError(f"--resize {resize!r}: must be one of {', '.join(RESIZE_MODES)}")
+    if dtype not in DTYPES:
+        raise SpecError(f"--dtype {dtype!r}: must be one of {', '.join(DTYPES)}")
+    from ip2p.util.io import check_output_path
+
+    check_output_path(out, option="--out", kind="file")
+
+
+def check_scheduler_name(scheduler: str) -> None:
+    """``paper`` or the class name of a diffusers scheduler (checked before any model loads)."""
+    if scheduler == "paper":
+        return
+    import diffusers
+
+    from ip2p.errors import SpecError
+
+    cls = getattr(diffusers, scheduler, None)
+    base = getattr(diffusers, "SchedulerMixin", None)
+    if not (isinstance(cls, type) and (base is None or issubclass(cls, base)) and hasattr(cls, "from_config")):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+        raise SpecError(f"--scheduler {scheduler!r}: not a diffusers scheduler; use paper or one of "
+                        f"{', '.join(known[:8])}, ... ({len(known)} in all)")

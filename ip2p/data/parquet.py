@@ -22,7 +22,7 @@ from ip2p.data.registry import register_dataset_kind
 from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError, ImageReadError
-from ip2p.util.io import decode_image_bytes, load_pil, pil_to_tensor
+from ip2p.util.io import decode_image, load_image
 
 TEXT_COLUMNS = {"original_prompt": "input_caption", "edit_prompt": "instruction", "edited_prompt": "output_caption"}
 IMAGE_COLUMNS = {"original_image": "input_image", "edited_image": "target_image"}
@@ -100,9 +100,9 @@ class _RowGroupImages:
         else:
             raise ImageReadError(f"{where}: expected a struct {{bytes, path}}, got {type(value).__name__}")
         if data:
-            return pil_to_tensor(decode_image_bytes(bytes(data), where=where))
+            return decode_image(bytes(data), where=where)
         if rel:
-            return pil_to_tensor(load_pil(self.path.parent / rel, what=where))
+            return load_image(self.path.parent / rel, what=where)
         raise ImageReadError(f"{where}: neither bytes nor path is set")
 
 

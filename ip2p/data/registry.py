@@ -7,7 +7,7 @@ manifest). Kinds live in a registry that other modules extend with ``register_da
 the test-set readers (``ip2p.data.testsets*``) are imported on demand when a kind is not found.
 
 Every kind goes through the same steps: the reader's row checks, the CLIP filter (when asked),
-the deterministic subset, then (``verify_images=True``) one decode of each kept image, so that a
+the deterministic subset, then (``verify_images=True``) one decode of each kept image and mask, so that a
 bad row is raised or skipped here and not in the middle of a run.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ip2p.data.filtering import ClipFilter, apply_clip_filter
-from ip2p.data.rows import BadRowLog, EditDataset, check_image, parse_subset, stable_unit
+from ip2p.data.rows import BadRowLog, EditDataset, check_image, check_mask, parse_subset, stable_unit
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError
 
@@ -172,6 +172,8 @@ def _verified(ex: EditExample, bad: BadRowLog) -> bool:
     if not check_image(ex.load_input, src, "input_image", bad):
         return False
     if ex.target_image is not None and not check_image(ex.load_target, src, "target_image", bad):
+        return False
+    if ex.mask is not None and not check_mask(ex.load_mask, src, "mask", bad):
         return False
     return True
 

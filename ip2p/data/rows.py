@@ -89,6 +89,21 @@ def check_image(load: Callable[[], torch.Tensor], source: str, field_name: str, 
     return True
 
 
+def check_mask(load: Callable[[], torch.Tensor], source: str, field_name: str, bad: BadRowLog) -> bool:
+    """Decode a mask once to prove it readable (a bool ``[H, W]`` tensor); report it as a bad row
+    when it is not."""
+    try:
+        m = load()
+    except (ImageReadError, DataRowError, ValueError) as e:
+        bad.report(source, field_name, str(e))
+        return False
+    if not (isinstance(m, torch.Tensor) and m.dtype == torch.bool and m.ndim == 2):
+        bad.report(source, field_name, f"expected a bool [H, W] mask, got {getattr(m, 'dtype', type(m))} "
+                   f"{tuple(getattr(m, 'shape', ()))}")
+        return False
+    return True
+
+
 def stable_unit(seed: int, key: str) -> float:
     """A number in [0, 1) that depends only on (seed, key): the basis of growth-stable subsets."""
     h = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()

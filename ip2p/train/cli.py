@@ -103,6 +103,7 @@ def train_command(
         validate_every=validate_every, val_data=val_data, val_examples=val_examples, val_steps=val_steps,
         val_image_guidance=val_image_guidance, val_text_guidance=val_text_guidance, cpu=cpu,
         time_limit_minutes=time_limit_minutes)
+    cfg.validate()  # every option, and a resume past --steps, before any data or model loads
     path = train(cfg)
     typer.echo(f"wrote {path}")
 

@@ -91,3 +91,27 @@ class TrainConfig:
         for ok, name, problem in checks:
             if not ok:
                 raise SpecError(f"training option {name}={getattr(self, name)!r}: {problem}")
+        self.check_resume()
+
+    def check_resume(self) -> None:
+        """Refuse to resume from a checkpoint past ``max_steps``: the trainer would export the
+        checkpoint's step while this configuration (and its training_config.json) says
+        ``max_steps``. Equal steps are allowed (nothing to train; the checkpoint is exported)."""
+        from ip2p.errors import SpecError
+
+        if not self.resume:
+            return
+        import json
+
+        from ip2p.train.trainer import STATE_FILE, find_resume
+
+        ckpt = find_resume(self)
+        if ckpt is None:
+            return
+        try:
+            step = int(json.loads((ckpt / STATE_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SpecError(f"resume={self.resume!r}: cannot read the step of checkpoint {ckpt} ({e})") from None
+        if step > self.max_steps:
+            raise SpecError(f"--steps {self.max_steps}: below the step of the checkpoint to resume ({ckpt}, step "
+                            f"{step}); pass --steps {step} or more, or resume from an earlier checkpoint")

@@ -1,7 +1,9 @@
 """Image IO and atomic file writes.
 
 Images inside the project are float tensors ``[3, H, W]`` (or ``[N, 3, H, W]``) in [0, 1];
-files and PIL stay at the edges. Every write goes to a temporary name in the same folder and
+files and PIL stay at the edges. ``load_image`` / ``decode_image`` are the one image reader of the
+project (CLI, editors, datasets, masks, metrics, stored results): every PIL mode maps to RGB in
+[0, 1] by the table above ``image_to_array``, transparency over white, EXIF orientation applied. Every write goes to a temporary name in the same folder and
 is renamed into place, so a reader never sees a half-written file (DESIGN invariant 3).
 """
 from __future__ import annotations
@@ -19,18 +21,38 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ip2p.errors import ImageReadError
 
 
+BACKGROUND: tuple[float, float, float] = (1.0, 1.0, 1.0)  # what transparent pixels are composited over
+TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" beside their target
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else by the
+    classic set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename. The file gets the
+    permissions a plain ``open(path, "w")`` would give (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -42,6 +64,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def check_output_path(path: str | os.PathLike, *, option: str, kind: str = "file") -> None:
+    """Refuse, before any work is done, an output ``path`` that cannot be written: for a ``file``,
+    a folder or an unwritable place; for a ``folder``, a file or an unwritable place. The nearest
+    existing folder is probed by creating (and removing) a temporary file in it, which is what
+    the later write will do (permission bits alone mislead root and read-only mounts)."""
+    from ip2p.errors import SpecError
+
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise SpecError(f"{option} {path}: is a folder; give a file name (e.g. {path / 'out.png'})")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise SpecError(f"{option} {path}: is a file, not a folder; give a folder path")
+    probe = path.parent if kind == "file" else path
+    probe = probe if str(probe) else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecError(f"{option} {path}: {probe} is a file, not a folder; choose a path under a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise SpecError(f"{option} {path}: cannot write in {probe} ({e.strerror or e}); "
+                        "choose a place you can write to") from None
+
+
+def remove_orphaned_temp_files(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Delete temporary files ``atomic_write_bytes`` left behind when its process was killed
+    between creating and renaming them. Only call it when no writer is active in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f"**/.*{TMP_SUFFIX}" if recursive else f".*{TMP_SUFFIX}"
+    removed = []
+    for p in folder.glob(pattern):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -140,10 +206,9 @@ def read_json(path: str | os.PathLike, error: type[Exception], *, missing: str, 
         raise error(f"{where or path}: not valid JSON: {e}") from e
 
 
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image -> float ``[3, H, W]`` in [0, 1] (RGB)."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+def pil_to_tensor(img: Image.Image, *, background: tuple[float, float, float] = BACKGROUND) -> torch.Tensor:
+    """PIL image of any mode -> float ``[3, H, W]`` in [0, 1] (RGB); see ``image_to_array``."""
+    return torch.from_numpy(image_to_array(img, background=background)).permute(2, 0, 1).contiguous()
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
@@ -160,34 +225,116 @@ def png_bytes(x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def load_pil(path: str | os.PathLike, *, what: str = "image") -> Image.Image:
-    """Open an image file fully, or raise ImageReadError naming the file and the problem."""
-    p = Path(path)
+# ---- reading images ------------------------------------------------------------------------
+#
+# Every image the project reads (CLI inputs, dataset rows, masks, stored results) goes through
+# ``image_to_array``, so that every PIL mode means what it shows:
+#   1, L, P, RGB, RGBX, CMYK, YCbCr  8-bit: value / 255 (CMYK: R = (1 - C)(1 - K), Pillow's formula)
+#   I;16, I;16L, I;16B, I;16N        16-bit grey: value / 65535 (a 30000 reads as 0.4578, not white)
+#   I                                32-bit integer, as Pillow decodes 16-bit PNG/PGM/TIFF: value / 65535;
+#                                    values outside 0..65535 are refused (the scale would be a guess)
+#   F                                32-bit float: already in [0, 1] (clamped); NaN/Inf refused
+#   LA, La, PA, RGBA, RGBa           transparency composited over ``background`` (default white,
+#                                    ``BACKGROUND``), as a page shows a transparent image
+#   P with a transparency entry      the same, through RGBA
+# 16-bit colour PNGs are decoded by Pillow to 8 bits per channel (its decoder keeps the high byte),
+# so they read to within 1/255. EXIF orientation (tag 274) is applied first, so a photo stored
+# sideways reads upright, as viewers show it. Embedded ICC profiles are not applied.
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def image_to_array(img: Image.Image, *, background: tuple[float, float, float] = BACKGROUND,
+                   where: str = "image") -> np.ndarray:
+    """Any PIL image -> float32 ``[H, W, 3]`` RGB in [0, 1] (the table above). ``ImageReadError``
+    naming ``where`` for values that have no defined meaning (NaN, 32-bit integers out of range)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode == "I":
+        grey = np.asarray(img).astype(np.float64)
+        if mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise ImageReadError(f"{where}: 32-bit integer image with values {grey.min():.0f}..{grey.max():.0f}; "
+                                 "only 0..65535 (16-bit) has a defined scale; convert it to 8 or 16 bits")
+        return np.repeat((grey / 65535.0).astype(np.float32)[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(grey).all():
+            raise ImageReadError(f"{where}: float image holds NaN or Inf values")
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2)
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+        img = img.convert("LA" if mode == "La" else "RGBA")
+    elif mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+    elif mode == "RGB" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    mode = img.mode
+    if mode in ("LA", "RGBA"):
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        colour = np.repeat(arr[..., :1], 3, axis=2) if mode == "LA" else arr[..., :3]
+        alpha = arr[..., -1:]
+        bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+        return (colour * alpha + bg * (1.0 - alpha)).astype(np.float32)
+    if mode != "RGB":
+        try:
+            img = img.convert("RGB")  # 1, L, CMYK, YCbCr, RGBX, LAB, HSV: Pillow's conversions
+        except (ValueError, OSError) as e:
+            raise ImageReadError(f"{where}: cannot convert PIL mode {mode!r} to RGB: {e}") from e
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (a no-op without one)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a malformed EXIF block: show the pixels as stored
+        return im
+
+
+def _decode(opener, where: str, background) -> np.ndarray:
+    try:
+        with opener() as im:
+            im.load()
+            im = _upright(im)
+            return image_to_array(im, background=background, where=where)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode {where}: {e}") from e
+
+
+def _check_file(p: Path, what: str) -> None:
     if not p.exists():
         raise ImageReadError(f"{what} file not found: {p}")
     if p.is_dir():
         raise ImageReadError(f"{what} path is a folder, not an image file: {p}")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot decode {what} file {p}: {e}") from e
 
 
-def load_image(path: str | os.PathLike, *, what: str = "image") -> torch.Tensor:
-    """Read an image file as float ``[3, H, W]`` in [0, 1]."""
-    return pil_to_tensor(load_pil(path, what=what))
+def load_image(path: str | os.PathLike, *, what: str = "image",
+               background: tuple[float, float, float] = BACKGROUND) -> torch.Tensor:
+    """Read an image file as float ``[3, H, W]`` in [0, 1] RGB, at its full bit depth (see the
+    table above); ``ImageReadError`` naming the file and the problem."""
+    p = Path(path)
+    _check_file(p, what)
+    arr = _decode(lambda: Image.open(p), f"{what} file {p}", background)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def decode_image_bytes(data: bytes, *, where: str) -> Image.Image:
-    """Decode encoded image bytes (PNG, JPEG, ...), naming ``where`` they came from on failure."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot decode image bytes from {where}: {e}") from e
+def load_pil(path: str | os.PathLike, *, what: str = "image",
+             background: tuple[float, float, float] = BACKGROUND) -> Image.Image:
+    """Read an image file as an 8-bit PIL RGB image (``load_image`` rounded to 8 bits)."""
+    return tensor_to_pil(load_image(path, what=what, background=background))
+
+
+def decode_image(data: bytes, *, where: str, background: tuple[float, float, float] = BACKGROUND) -> torch.Tensor:
+    """Decode encoded image bytes (PNG, JPEG, ...) as float ``[3, H, W]`` in [0, 1], like ``load_image``."""
+    arr = _decode(lambda: Image.open(io.BytesIO(data)), f"image bytes from {where}", background)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def decode_image_bytes(data: bytes, *, where: str, background: tuple[float, float, float] = BACKGROUND) -> Image.Image:
+    """Decode encoded image bytes as an 8-bit PIL RGB image, naming ``where`` they came from on failure."""
+    return tensor_to_pil(decode_image(data, where=where, background=background))
 
 
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
