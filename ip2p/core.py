@@ -61,8 +61,8 @@ def resize_paper(img: Image.Image, resolution: int = 512) -> Image.Image:
 
 def as_pil_or_tensor(image, index: int):
     """An input as given (tensor in [0, 1], PIL image or path) -> a checked CPU tensor or an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+    if isinstance(image, Image.Image):  # any mode, through the one reader's conversion (16-bit, alpha, ...)
+        return image if image.mode == "RGB" else tensor_to_pil(pil_to_tensor(image))
     if isinstance(image, (str, os.PathLike)):
         return load_pil(image, what=f"input image {index}")
     if isinstance(image, torch.Tensor):

@@ -61,16 +61,18 @@ SEED_MAX = 2**63 - 1
 
 def check_edit_options(*, steps: int, image_guidance: float, text_guidance: float, seed: int, resize: str,
                        dtype: str, out: Path) -> None:
-    """Every ``ip2p edit`` option that can be checked without a model, as one-line ``SpecError``s."""
-    import math
-
+    """Every ``ip2p edit`` option that can be checked without a model, as one-line ``SpecError``s; the
+    knobs are checked against InstructPix2Pix's own declarations (``declared_knobs``)."""
+    from ip2p.editor import InstructPix2PixEditor
     from ip2p.errors import SpecError
 
-    if steps < 1:
-        raise SpecError(f"--steps {steps}: must be >= 1 (sampler steps; the paper uses 100)")
-    for name, value in (("--image-guidance", image_guidance), ("--text-guidance", text_guidance)):
-        if not math.isfinite(value):
-            raise SpecError(f"{name} {value}: must be a finite number (e.g. 1.5 for sI, 7.5 for sT)")
+    declared = InstructPix2PixEditor.declared_knobs
+    for option, knob, value in (("--steps", "num_inference_steps", steps),
+                                ("--image-guidance", "image_guidance_scale", image_guidance),
+                                ("--text-guidance", "guidance_scale", text_guidance)):
+        why = declared[knob].check(value)
+        if why:
+            raise SpecError(f"{option} {value}: {why} ({declared[knob].doc}; default {declared[knob].default})")
     if not 0 <= seed <= SEED_MAX:
         raise SpecError(f"--seed {seed}: must be in 0..{SEED_MAX} (2**63-1, the seeds torch.Generator takes)")
     if resize not in RESIZE_MODES:

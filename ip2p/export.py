@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ip2p.builtin import builtin_config_dir, write_diffusers_config
+from ip2p.util.io import current_umask
 from ip2p.ldm_layout import (
     TEXT_PREFIX,
     UNET_PREFIX,
@@ -31,6 +32,7 @@ def export_single_file(components_or_pipe, path: str | os.PathLike, *, dtype: to
     sd = ldm_state_dict(components_or_pipe, dtype=dtype)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # the user's umask, not mkstemp's private 0600
     os.close(fd)
     try:
         if p.suffix == ".safetensors":

@@ -95,3 +95,17 @@ def test_the_plugin_environment_variable_registers_too(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     unknown = _run(tmp_path, _spec([4], plugins=False), "none")
     assert unknown.returncode == 2 and "unknown method 'posterize'" in unknown.stderr
+
+
+def test_the_edit_commands_defaults_are_the_declared_knobs():
+    """`ip2p edit` states InstructPix2Pix's knob defaults; they must be the method's one declaration."""
+    import inspect
+
+    from ip2p.editor import InstructPix2PixEditor
+    from ip2p.editor_cli import edit_command
+
+    params = inspect.signature(edit_command).parameters
+    declared = InstructPix2PixEditor.declared_knobs
+    for option, knob in (("image_guidance", "image_guidance_scale"), ("text_guidance", "guidance_scale"),
+                         ("steps", "num_inference_steps")):
+        assert params[option].default.default == declared[knob].default, option

@@ -136,12 +136,6 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def recover_dir(dest: str | os.PathLike) -> None:
     """Finish a swap that was interrupted between its two renames (systems without an atomic
     exchange): when ``dest`` is missing and its old copy is beside it, put the old copy back."""
@@ -186,7 +180,7 @@ def replacing_dir(dest: str | os.PathLike, *, start_from_existing: bool = False)
         if start_from_existing and dest.is_dir():
             shutil.rmtree(tmp)
             shutil.copytree(dest, tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         swap_in_dir(tmp, dest)
     finally:
