@@ -358,7 +358,7 @@ def _register() -> None:
                                mask_dir=mask_dir)
 
     for inner, factory, extra, demo_knobs in (
-        ("instructpix2pix", ip2p_factory, GUIDED_KNOB_DECLS, {"num_inference_steps": 20}),
+        ("instructpix2pix", ip2p_factory, GUIDED_KNOB_DECLS, {"num_inference_steps": 20, "guidance_scale": 7.5}),
         ("sdedit", sdedit_factory, MASK_KNOB_DECLS, {"num_inference_steps": 20}),
         ("text2live", text2live_factory, MASK_KNOB_DECLS, {}),
     ):
@@ -370,8 +370,10 @@ def _register() -> None:
             description=f"{base.description}; with EditWorld's post-edit (input kept outside the edit mask, "
                         + ("mask from the guidance terms)" if inner == "instructpix2pix"
                            else "mask from the output-input difference)"),
-            # no demo_grid: `ip2p demo` adds every method that has one; the demo names its own
             demo_model=base.demo_model, demo_knobs={**base.demo_knobs, **demo_knobs},
+            # the demo shows post-edit on world:ip2p (on 48 items, beside the 192-item sI sweep)
+            demo_grid={"image_guidance_scale": [1.5, 2.5]} if inner == "instructpix2pix" else None,
+            demo_limit=48 if inner == "instructpix2pix" else None,
             curve_knob=base.curve_knob, replace=True,
         )
 

@@ -215,7 +215,8 @@ register_method(
                 "model: a text-to-image diffusers folder or hub id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5",
     demo_model="world:sd",
     demo_grid={"strength": [0.3, 0.5, 0.7]},
-    demo_knobs={"num_inference_steps": 20},
+    demo_knobs={"num_inference_steps": 20, "guidance_scale": 7.5},
+    demo_limit=48,
     curve_knob="strength",
     replace=True,
 )

@@ -439,8 +439,8 @@ def _register() -> None:
                     "(Bar-Tal et al.); model: the guide CLIP (world:clip-guide, or an open_clip name with option "
                     "pretrained), never the metric CLIP",
         demo_model="world:clip-guide",
-        # no demo_grid yet: `ip2p demo` adds every method that has one, and its time budget is the
-        # lead's call (issue 14, deliverable 3); bench/suites/baselines.yaml holds the suggested grid
+        demo_grid={"iterations": [10, 30]},  # ~0.05-0.1 s an iteration per 64x64 item on 2 CPU cores
+        demo_limit=48,
         curve_knob="iterations",
         replace=True,
     )

@@ -61,8 +61,17 @@ def demo_spec(items: int | None = None, steps: int | None = None, model: str | N
     for name, info in sorted(registered_methods().items() if baselines else []):
         if name == "instructpix2pix" or not info.demo_grid:
             continue
-        data["methods"].append({"name": name, "model": info.demo_model, "knobs": dict(info.demo_knobs),
-                                "grid": {k: list(v) for k, v in info.demo_grid.items()}})
+        entry = {"name": name, "model": info.demo_model, "knobs": dict(info.demo_knobs),
+                 "grid": {k: list(v) for k, v in info.demo_grid.items()}}
+        if info.demo_limit:
+            entry["limit"] = min(info.demo_limit, int(items)) if items is not None else info.demo_limit
+        data["methods"].append(entry)
+    if not baselines:
+        data["methods"] = [m for m in data["methods"] if m["name"] == "instructpix2pix"]
+    from ip2p.metrics.lpips_metric import backbone_file
+
+    if backbone_file(data["metrics"].get("lpips", {}).get("net", "alex")).exists():  # LPIPS where it can be computed
+        data["metrics"]["compute"] = list(data["metrics"]["compute"]) + ["lpips"]
     return data
 
 

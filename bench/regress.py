@@ -579,7 +579,8 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
 def _rows_of(df: pd.DataFrame, spec: ExperimentSpec, items: Sequence) -> pd.DataFrame:
     """The run folder's rows of exactly this suite's units (a folder may hold more); SpecError
     when some are missing."""
-    units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds)
+    units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds,
+                         spec.item_limits())
     keys = {u.key for u in units}
     if df.empty:
         raise SpecError("the sweep stored no rows")

@@ -76,7 +76,8 @@ class DatasetSpec(_Strict):
 
 class MethodSpec(_Strict):
     """One method: registry ``name``, optional ``label`` (unique per spec), model source,
-    fixed ``knobs`` and a ``grid`` of swept knobs (cartesian product)."""
+    fixed ``knobs`` and a ``grid`` of swept knobs (cartesian product); ``limit``: run this method on
+    the dataset's first N items only (an expensive baseline beside a larger sweep)."""
 
     name: str
     label: str | None = None
@@ -84,6 +85,7 @@ class MethodSpec(_Strict):
     knobs: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, Union[list[Any], GridRange]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, gt=0)  # this method on the dataset's first N items only
 
     @property
     def key(self) -> str:
@@ -197,6 +199,10 @@ class ExperimentSpec(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def item_limits(self) -> dict[str, int]:
+        """Method label -> its item limit, for the methods that have one."""
+        return {m.key: m.limit for m in self.methods if m.limit}
 
     def fingerprint(self) -> str:
         """Hash of what a result row's content depends on (dataset source, methods' models,

@@ -300,7 +300,8 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
         raise SpecError(f"{spec.name}: {sum(m.n_settings() for m in spec.methods):,} settings x {len(items):,} items x "
                         f"{len(spec.seeds)} seeds = {n_units:,} work units, more than max_units={spec.max_units:,}; "
                         "use dataset.limit, fewer settings or seeds (or raise max_units in the spec / --max-units)")
-    units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds)
+    units = expand_units([(m.key, m.settings()) for m in spec.methods], [ex.item_id for ex in items], spec.seeds,
+                         spec.item_limits())
     # batches are cut from the whole unit list (the same on every rank and every rerun) and
     # dealt to ranks whole: a unit's batch mates never depend on the process count or on where
     # a previous run stopped, so results are bit-identical, not merely equal to float noise

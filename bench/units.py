@@ -38,16 +38,18 @@ def unit_key(method: str, knobs_json: str, item_id: str, seed: int) -> str:
 
 
 def expand_units(methods: Sequence[tuple[str, list[dict[str, Any]]]], item_ids: Sequence[str],
-                 seeds: Iterable[int]) -> list[WorkUnit]:
+                 seeds: Iterable[int], limits: dict[str, int] | None = None) -> list[WorkUnit]:
     """Every unit of a sweep, in (method, item, seed, setting) order.
 
-    ``methods`` is [(label, [knob setting, ...]), ...]. Every setting sees the same items and the
-    same seeds (paired comparison across settings, as in the paper's sweep)."""
+    ``methods`` is [(label, [knob setting, ...]), ...]. Every setting of a method sees the same items
+    and the same seeds (paired comparison across settings, as in the paper's sweep); ``limits`` gives
+    a method only the first N items (an expensive baseline on a subset of the same items)."""
     seeds = list(seeds)
     units = []
     for label, settings in methods:
         jsons = [canonical_knobs(s) for s in settings]
-        for ii, item_id in enumerate(item_ids):
+        n_items = (limits or {}).get(label) or len(item_ids)
+        for ii, item_id in enumerate(item_ids[:n_items]):
             for seed in seeds:
                 for si, (s, sj) in enumerate(zip(settings, jsons)):
                     units.append(WorkUnit(label, dict(s), sj, ii, item_id, int(seed), si))

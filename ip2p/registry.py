@@ -36,7 +36,8 @@ class MethodInfo:
 
     ``knobs``: every knob the editor accepts (validated in specs before loading).
     ``default_model``: the model source used when the spec gives none.
-    ``demo_grid`` / ``demo_knobs``: a small grid the demo uses for this method on the small world.
+    ``demo_grid`` / ``demo_knobs`` / ``demo_limit``: a small grid the demo uses for this method on the
+    small world (on its first ``demo_limit`` items, when the method is expensive).
     ``curve_knob``: the knob that varies along one curve of the paper's figure (others split curves).
     """
 
@@ -50,6 +51,7 @@ class MethodInfo:
     demo_knobs: Mapping[str, Any] = field(default_factory=dict)
     curve_knob: str | None = None
     editor_class: type | None = None
+    demo_limit: int | None = None
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -70,6 +72,7 @@ def register_method(
     demo_grid: Mapping[str, list] | None = None,
     demo_knobs: Mapping[str, Any] | None = None,
     curve_knob: str | None = None,
+    demo_limit: int | None = None,
     replace: bool = False,
 ) -> MethodInfo:
     """Make ``name`` usable in specs. Knobs come from ``editor_class.declared_knobs`` (the one
@@ -91,6 +94,7 @@ def register_method(
         demo_knobs=dict(demo_knobs or {}),
         curve_knob=curve_knob,
         editor_class=editor_class,
+        demo_limit=demo_limit,
     )
     _REGISTRY[name] = info
     return info

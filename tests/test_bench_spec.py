@@ -90,3 +90,20 @@ def test_fingerprint_ignores_grids_and_limits_but_not_models():
     assert parse_spec(d).fingerprint() == a.fingerprint()
     d["methods"][0]["model"] = "world:ip2p"
     assert parse_spec(d).fingerprint() != a.fingerprint()
+
+
+def test_a_method_limit_runs_it_on_the_first_items_only():
+    from bench.units import expand_units
+
+    spec = parse_spec({"name": "lim", "dataset": {"kind": "world", "limit": 5},
+                       "methods": [{"name": "instructpix2pix", "model": "tiny", "grid": {"image_guidance_scale": [1.0, 2.0]}},
+                                   {"name": "sdedit", "model": "tiny-t2i", "limit": 2, "grid": {"strength": [0.5]}}]})
+    units = expand_units([(m.key, m.settings()) for m in spec.methods], [f"i{k}" for k in range(5)], [0],
+                         spec.item_limits())
+    by = {}
+    for u in units:
+        by.setdefault(u.method, set()).add(u.item_id)
+    assert by == {"instructpix2pix": {f"i{k}" for k in range(5)}, "sdedit": {"i0", "i1"}}
+    assert len(units) == 5 * 2 + 2
+    with pytest.raises(SpecError, match=r"methods\.1\.limit|methods\[1\]\.limit"):
+        parse_spec({**spec.to_dict(), "methods": [spec.to_dict()["methods"][0], {"name": "sdedit", "limit": 0}]})
