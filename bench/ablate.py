@@ -476,7 +476,7 @@ def register(app) -> None:
 
     @app.command("ablate")
     def ablate_command(
-        spec: Path = typer.Argument(..., help="Ablation spec (YAML); see bench/ablate.py and bench/suites/ablation_world.yaml."),
+        spec: Path = typer.Argument(..., help="Ablation spec (YAML); see bench/ablate.py and bench/ablations/world.yaml."),
         out: Path = typer.Option(None, "--out", help="Run folder (default results/runs/<spec name>); rerun to resume."),
         report: Path = typer.Option(None, "--report", help="Also copy the figure, tables and timings here (e.g. reports/ablation)."),
     ) -> None:

@@ -103,7 +103,7 @@ class TrainConfig:
             return
         import json
 
-        from ip2p.train.trainer import STATE_FILE, find_resume
+        from ip2p.train.checkpoints import STATE_FILE, find_resume
 
         ckpt = find_resume(self)
         if ckpt is None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ip2p.text import encode_prompts
 from ip2p.train.conditioning import apply_conditioning_dropout
+from ip2p.train.checkpoints import CHECKPOINT_DIR, STATE_FILE, checkpoint_dirs, find_resume  # noqa: F401
 from ip2p.train.config import TIMESTEP_SAMPLING, TrainConfig
 from ip2p.train.ema import EMA
 from ip2p.train.samples import StepBatches, TrainSamples
@@ -30,8 +31,6 @@ from ip2p.train.unet_init import widen_conv_in
 
 log = logging.getLogger("ip2p.train")
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "trainer_state.json"
 
 
 def load_base(base: str):
@@ -116,29 +115,6 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> t
     if noise_scheduler.config.prediction_type == "v_prediction":
         return (clipped / (snr + 1)).float()
     return (clipped / snr).float()
-
-
-def checkpoint_dirs(out: str | Path) -> list[Path]:
-    """Complete checkpoints (those with a trainer state), oldest first."""
-    root = Path(out) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file()]
-    return sorted(dirs, key=lambda p: json.loads((p / STATE_FILE).read_text())["step"])
-
-
-def find_resume(cfg: TrainConfig) -> Path | None:
-    from ip2p.errors import SpecError
-
-    if not cfg.resume:
-        return None
-    if cfg.resume == "latest":
-        dirs = checkpoint_dirs(cfg.out)
-        return dirs[-1] if dirs else None  # nothing yet: start from scratch
-    p = Path(cfg.resume)
-    if not (p / STATE_FILE).is_file():
-        raise SpecError(f"resume={cfg.resume!r}: not a checkpoint folder (no {STATE_FILE} in it)")
-    return p
 
 
 def _open_training_data(cfg: TrainConfig):
