@@ -163,3 +163,37 @@ def print_table(agg: pd.DataFrame, *, metrics: list[str] | None = None, category
             cells.append(f"{r[f'{m}_mean']:.3f} [{r[f'{m}_lo']:.3f},{r[f'{m}_hi']:.3f}]")
         table.add_row(*cells)
     console.print(table)
+
+
+def sweep_end_differences(df: pd.DataFrame, curve_knobs: dict[str, str],
+                          metrics: tuple[str, ...] = ("clip_sim_direction", "clip_sim_image"),
+                          n_boot: int = 1000) -> pd.DataFrame:
+    """Paired differences between the ends of each method's sweep: for every method whose curve knob
+    (``curve_knobs``: method label -> knob) takes 2 or more values, each item's value at the largest
+    knob value minus its value at the smallest (same item, seed and other knobs), then the mean and a
+    bootstrap 95% interval over items. Marginal intervals of two settings can overlap while the paired
+    difference is clearly away from 0: every setting of a sweep sees the same items and seeds."""
+    out = []
+    for method, knob in curve_knobs.items():
+        col = f"knob_{knob}"
+        d = df[df["method"] == method]
+        if d.empty or col not in d.columns:
+            continue
+        values = sorted(pd.to_numeric(d[col], errors="coerce").dropna().unique())
+        if len(values) < 2:
+            continue
+        lo_v, hi_v = values[0], values[-1]
+        others = [c for c in d.columns if c.startswith("knob_") and c != col]
+        keys = ["item_id", "seed", *others]
+        a = d[pd.to_numeric(d[col], errors="coerce") == lo_v].set_index(keys)
+        b = d[pd.to_numeric(d[col], errors="coerce") == hi_v].set_index(keys)
+        joined = a.join(b, how="inner", lsuffix="_lo", rsuffix="_hi")
+        for m in metrics:
+            if f"{m}_lo" not in joined.columns:
+                continue
+            diff = (joined[f"{m}_hi"] - joined[f"{m}_lo"]).groupby(level="item_id").mean().to_numpy()
+            mean, low, high = bootstrap_ci(diff, n_boot=n_boot, rng=np.random.default_rng(0))
+            out.append({"method": method, "knob": knob, "from": lo_v, "to": hi_v, "metric": m,
+                        "n_items": int(np.isfinite(diff).sum()), "mean_difference": mean, "ci_low": low, "ci_high": high,
+                        "separated": bool(low > 0 or high < 0)})
+    return pd.DataFrame(out)

@@ -112,6 +112,26 @@ def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int, bad_file
     return f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _sweep_ends(run_dir: Path, df: pd.DataFrame, agg: pd.DataFrame) -> str:
+    """A table of each method's paired difference between the ends of its curve (``sweep_end_differences``)."""
+    from bench.aggregate import sweep_end_differences
+    from bench.plot import curves, method_names_of
+
+    knobs = {c["method"]: c["knob"] for c in curves(agg, method_names_of(run_dir)) if c["knob"]}
+    ends = sweep_end_differences(df, knobs)
+    if ends.empty:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(r.method)}</td><td>{_e(r.knob)} {r._3:g} &rarr; {r.to:g}</td><td>{_e(r.metric)}</td>"
+        f"<td>{r.n_items}</td><td>{r.mean_difference:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]</td>"
+        f"<td>{'yes' if r.separated else 'no'}</td></tr>" for r in ends.itertuples())
+    return ("<p>Each item's value at the sweep's last setting minus its value at the first (same item and seed), "
+            "mean and bootstrap 95% interval over items: the per-setting intervals above overlap where items "
+            "differ more than settings, the paired difference does not.</p><table id='sweep-ends'><tr><th>method</th>"
+            "<th>sweep</th><th>metric</th><th>n</th><th>last - first</th><th>interval excludes 0</th></tr>"
+            + rows + "</table>")
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.DataFrame | None = None,
                  figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
@@ -159,6 +179,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
             paths = plot_tradeoff(agg, Path(tmp) / "fig", method_names=method_names_of(run_dir),
                                   note=f"partial: {state.line()}" if state.partial else None)
             parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(paths['png'].read_bytes())}'>")
+
+    ends = _sweep_ends(run_dir, df, agg)
+    if ends:
+        parts.append("<h2>Ends of each sweep, paired</h2>" + ends)
 
     parts.append("<h2>Results per setting</h2>")
     parts.append(_table(agg, ALL, metrics, "aggregate-all"))

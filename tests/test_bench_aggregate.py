@@ -88,3 +88,29 @@ def test_figure_has_one_curve_per_st_sorted_by_si(tmp_path):
         assert im.size[0] > 500 and im.size[1] > 400
     by_cat = plot_tradeoff(agg, tmp_path / "fig_add", category="add")
     assert by_cat["png"].stat().st_size > 1000
+
+
+def test_sweep_end_differences_are_paired_per_item():
+    """Items differ far more than settings: the per-setting intervals overlap, the paired one does not."""
+    import numpy as np
+    import pandas as pd
+
+    from bench.aggregate import sweep_end_differences
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1.0, size=50)  # large spread between items
+    rows = []
+    for s_i, shift in ((1.0, 0.0), (2.0, 0.05), (5.0, 0.1)):
+        for k, b in enumerate(base):
+            rows.append({"method": "m", "item_id": f"i{k}", "seed": 0, "knob_image_guidance_scale": s_i,
+                         "knob_guidance_scale": 7.5, "clip_sim_image": b + shift + rng.normal(0, 0.01)})
+    df = pd.DataFrame(rows)
+    ends = sweep_end_differences(df, {"m": "image_guidance_scale"}, metrics=("clip_sim_image",))
+    assert len(ends) == 1
+    r = ends.iloc[0]
+    assert (r["from"], r["to"], r["n_items"]) == (1.0, 5.0, 50)
+    assert abs(r["mean_difference"] - 0.1) < 0.01 and r["separated"] and r["ci_low"] > 0.09
+    # unpaired, the two ends' intervals overlap (the spread between items is 10x the effect)
+    lo = df[df.knob_image_guidance_scale == 1.0].clip_sim_image
+    hi = df[df.knob_image_guidance_scale == 5.0].clip_sim_image
+    assert hi.mean() - 2 * hi.std() / np.sqrt(50) < lo.mean() + 2 * lo.std() / np.sqrt(50)
