@@ -193,7 +193,7 @@ def _finite_or_none(v) -> float | None:
 
 def build_golden(spec: ExperimentSpec, meas: dict, df: pd.DataFrame, models: dict) -> dict:
     """The golden document of a complete run: measurement, provenance and every unit's values."""
-    from bench.provenance import git_state, hardware, now_iso, package_versions
+    from ip2p.util.provenance import git_state, hardware, now_iso, package_versions
 
     cols = metric_columns(df)
     units = [{"method": r["method"], "knobs": r["knobs"], "item_id": r["item_id"], "seed": int(r["seed"]),
@@ -354,7 +354,7 @@ class GateReport:
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
-        from bench.provenance import now_iso
+        from ip2p.util.provenance import now_iso
 
         d = {k: v for k, v in asdict(self).items() if k != "verdicts"}
         d.update({"format": REPORT_FORMAT, "written": now_iso(), "headline": self.headline(),
@@ -401,7 +401,7 @@ class GateReport:
         testcase when the gate could not run."""
         import socket
 
-        from bench.provenance import now_iso
+        from ip2p.util.provenance import now_iso
 
         cases = []
         for v in self.verdicts:
@@ -472,7 +472,7 @@ def code_state() -> str:
 
     from ip2p.util.hashing import hash_bytes
 
-    from bench.provenance import git_state, package_versions
+    from ip2p.util.provenance import git_state, package_versions
 
     git = git_state()
     if not git.get("commit"):
@@ -530,7 +530,7 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
         if not update_golden:
             golden = read_golden(golden_path)
             report.models["golden"] = golden["models"]
-            from bench.provenance import package_versions
+            from ip2p.util.provenance import package_versions
 
             report.notes = implementation_differences(golden, {"metric_spec": meas["metric_spec"],
                                                                "versions": package_versions()})

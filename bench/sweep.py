@@ -51,7 +51,8 @@ from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, remove
 from bench.benchmarks import finish_run, turn_chain
 from bench.data import load_items
 from ip2p.registry import get_method
-from bench.provenance import git_state, hardware, now_iso, package_versions
+from ip2p.util.devices import check_device  # noqa: F401  (re-exported for the CLI)
+from ip2p.util.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
 from bench.store import UNITS_FILE, RunStore, bad_stored_images, load_results
 from bench.units import expand_units, plan_batches
@@ -442,25 +443,6 @@ def check_sweep_options(*, shard_rows: int, on_bad_row: str) -> None:
         raise SpecError(f"--shard-rows {shard_rows}: must be >= 1 (rows per result shard)")
     if on_bad_row not in ("raise", "skip"):
         raise SpecError(f"--on-bad-row {on_bad_row!r}: must be raise or skip")
-
-
-def check_device(device: str, field: str = "device") -> None:
-    """Refuse a torch device this machine does not have, before any model loads."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise SpecError(f"{field} {device!r}: not a torch device ({e}); use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpecError(f"{field} {device!r}: CUDA is not available on this machine; use cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpecError(f"{field} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                            f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise SpecError(f"{field} {device!r}: MPS is not available on this machine; use cpu (or auto)")
-    elif dev.type != "cpu":
-        raise SpecError(f"{field} {device!r}: unsupported device type {dev.type!r}; use cpu, cuda, cuda:N or auto")
 
 
 def check_output_folder(folder: Path, what: str = "--out") -> None:

@@ -38,7 +38,7 @@ def edit_command(
     x = load_image(image, what="input image")  # clear error for missing/undecodable files
     check_scheduler_name(scheduler)
     if device is not None:
-        from bench.sweep import check_device
+        from ip2p.util.devices import check_device
 
         check_device(device, "--device")
     from ip2p.editor import load_editor

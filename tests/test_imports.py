@@ -107,3 +107,12 @@ def test_every_module_imports_in_a_fresh_interpreter(order):
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("ok")
+
+
+def test_the_core_and_the_baselines_never_import_the_harness():
+    """Methods register without the harness (issue 12): only the CLI's composition root (ip2p.cli)
+    may import bench."""
+    graph = import_graph(all_modules())
+    offenders = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                       if t.split(".")[0] == "bench" and m.split(".")[0] in ("ip2p", "baselines") and m != "ip2p.cli")
+    assert offenders == []

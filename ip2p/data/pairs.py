@@ -509,7 +509,7 @@ def _check_generation_file(root: Path, settings: dict) -> None:
                 raise SpecError(f"{root}: setting {key!r} differs from the run that made this folder ({a!r} there, "
                                 f"{b!r} now); pairs made with other settings cannot be mixed: use another --out")
         return
-    from bench.provenance import package_versions
+    from ip2p.util.provenance import package_versions
 
     atomic_write_json(path, {"settings": settings, "ip2p_version": ip2p.__version__, "versions": package_versions(),
                              "layout": "official InstructPix2Pix (generate_img_dataset.py + prepare_dataset.py)"})
