@@ -33,12 +33,19 @@ from ip2p.sampling import scheduler_from
 
 
 def _scheduler_name_ok(value: Any) -> str | None:
+    """None for ``paper`` or the class name of a diffusers scheduler, else why not (checked before any
+    model loads: spec validation, ``ip2p edit --scheduler``)."""
+    if value == "paper":
+        return None
     import diffusers
 
     cls = getattr(diffusers, str(value), None)
-    if value == "paper" or (cls is not None and hasattr(cls, "from_config")):
+    base = getattr(diffusers, "SchedulerMixin", None)
+    if isinstance(cls, type) and (base is None or issubclass(cls, base)) and hasattr(cls, "from_config"):
         return None
-    return f"must be a diffusers scheduler class name (e.g. DDIMScheduler) or null for the paper's sampler, got {value!r}"
+    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+    return (f"must be paper (the paper's Euler ancestral) or a diffusers scheduler class, e.g. "
+            f"{', '.join(known[:8])}, ... ({len(known)} in all); got {value!r}")
 
 
 class InstructPix2PixEditor(DiffusionEditor):

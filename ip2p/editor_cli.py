@@ -85,16 +85,11 @@ def check_edit_options(*, steps: int, image_guidance: float, text_guidance: floa
 
 
 def check_scheduler_name(scheduler: str) -> None:
-    """``paper`` or the class name of a diffusers scheduler (checked before any model loads)."""
-    if scheduler == "paper":
-        return
-    import diffusers
-
+    """``paper`` or the class name of a diffusers scheduler (checked before any model loads), by the
+    editor's own declaration of its ``scheduler`` knob."""
+    from ip2p.editor import InstructPix2PixEditor
     from ip2p.errors import SpecError
 
-    cls = getattr(diffusers, scheduler, None)
-    base = getattr(diffusers, "SchedulerMixin", None)
-    if not (isinstance(cls, type) and (base is None or issubclass(cls, base)) and hasattr(cls, "from_config")):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
-        raise SpecError(f"--scheduler {scheduler!r}: not a diffusers scheduler; use paper or one of "
-                        f"{', '.join(known[:8])}, ... ({len(known)} in all)")
+    why = InstructPix2PixEditor.declared_knobs["scheduler"].check(scheduler)
+    if why:
+        raise SpecError(f"--scheduler {scheduler!r}: {why}")
