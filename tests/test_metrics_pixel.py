@@ -166,3 +166,18 @@ def test_lpips_reads_the_backbone_from_the_torch_cache(tmp_path, monkeypatch, lp
 
     ref = lpips_pkg.LPIPS(net="alex", pnet_rand=True, verbose=False)
     assert torch.equal(m.model.lin0.model[-1].weight, ref.lin0.model[-1].weight)
+
+
+def test_ssim_of_an_image_with_itself_is_exactly_one_on_flat_scenes():
+    """float32 torchmetrics gives 0.9997 for a flat world scene against itself (variance cancellation);
+    the metric must say the images are identical."""
+    from ip2p.metrics import pixel
+    from ip2p.world.dataset import world_examples
+
+    x = torch.stack([e.load_input() for e in list(world_examples("test", 4))])
+    assert torch.equal(pixel.ssim(x, x.clone()), torch.ones(4))
+    full = pixel.ssim_map(x, x.clone())
+    assert full.dtype == torch.float32 and torch.equal(full, torch.ones_like(full))
+    y = x.clone()
+    y[:, :, 10:20, 10:20] = 1 - y[:, :, 10:20, 10:20]
+    assert (pixel.ssim(x, y) < 0.99).all()

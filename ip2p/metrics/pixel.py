@@ -54,20 +54,24 @@ def psnr(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_map(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """The full SSIM map ``[N, 3, H, W]`` (torchmetrics ``return_full_image``); its mean is ``ssim``."""
+    """The full SSIM map ``[N, 3, H, W]`` (torchmetrics ``return_full_image``); its mean is ``ssim``.
+    Computed in float64: torchmetrics forms the local variances as E[x^2] - E[x]^2, which in float32
+    cancels to small negative values on flat regions, clamps them to 0 but not the covariance, and
+    so gives SSIM(x, x) < 1 (0.9997 on the small world's flat scenes); in float64 it is 1."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = _pair(reference, image)
-    _, full = structural_similarity_index_measure(b, a, data_range=1.0, reduction="none", return_full_image=True)
-    return full
+    _, full = structural_similarity_index_measure(b.double(), a.double(), data_range=1.0, reduction="none",
+                                                  return_full_image=True)
+    return full.float()
 
 
 def ssim(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Structural similarity per item, ``[N]`` (torchmetrics, data range 1)."""
+    """Structural similarity per item, ``[N]`` (torchmetrics, data range 1, float64: see ``ssim_map``)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = _pair(reference, image)
-    return structural_similarity_index_measure(b, a, data_range=1.0, reduction="none")
+    return structural_similarity_index_measure(b.double(), a.double(), data_range=1.0, reduction="none").float()
 
 
 # ----------------------------------------------------------------------------- masked

@@ -115,12 +115,12 @@ _PIXEL_SPEC = {
     "l1": "mean |edited - reference| over C,H,W",
     "l2": "mean (edited - reference)^2 over C,H,W",
     "psnr": "10 log10(1 / l2), torchmetrics",
-    "ssim": "torchmetrics gaussian 11, sigma 1.5, k1 0.01, k2 0.03, reflect pad, mean of map",
+    "ssim": "torchmetrics gaussian 11, sigma 1.5, k1 0.01, k2 0.03, reflect pad, mean of map, float64",
 }
 _MASK_SPEC = {
     "mask": "True = edited region; metrics over pixels outside it, normalised by that area",
     "composite": "edited region of the edited image replaced by the reference before comparing",
-    "ssim": "torchmetrics full SSIM map averaged outside the mask",
+    "ssim": "torchmetrics full SSIM map (float64) averaged outside the mask",
     "lpips": "lpips spatial map averaged outside the mask",
     "empty_outside": "NaN",
 }
