@@ -8,10 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ip2p.core import as_pil_or_tensor, paper_size, resize_paper
+from ip2p.core import process_input
 from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs
 from ip2p.registry import register_method
-from ip2p.util.io import pil_to_tensor, tensor_to_pil
 
 
 class IdentityEditor:
@@ -33,13 +32,7 @@ class IdentityEditor:
 
     def metric_input(self, request: EditRequest) -> torch.Tensor:
         k = resolve_knobs(self.declared_knobs, request.knobs, method=self.name, item_id=request.item_id)
-        x = as_pil_or_tensor(request.image, 0)
-        if k["resize"] == "paper":
-            pil = x if not isinstance(x, torch.Tensor) else tensor_to_pil(x)
-            if isinstance(x, torch.Tensor) and paper_size(pil.width, pil.height, self.resolution) == pil.size:
-                return x
-            return pil_to_tensor(resize_paper(pil, self.resolution))
-        return pil_to_tensor(x) if not isinstance(x, torch.Tensor) else x
+        return process_input(request.image, k["resize"], self.resolution)
 
     def run(self, requests: Sequence[EditRequest], **kwargs) -> list[torch.Tensor]:
         return [self.metric_input(r) for r in requests]

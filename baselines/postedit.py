@@ -55,7 +55,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ip2p.core import Chunk, broadcast
+from ip2p.core import Chunk
 from ip2p.editor import InstructPix2PixEditor, load_editor
 from ip2p.errors import SpecError
 from ip2p.guidance import dual_guidance
@@ -181,28 +181,6 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
 
     def group(self, knobs) -> Any:  # one mask setting per chunk
         return (knobs["scheduler"],) + tuple(knobs[k] for k in GUIDED_KNOBS)
-
-    def edit(self, images, instructions, *, image_guidance_scale=1.5, guidance_scale=7.5, num_inference_steps=100,
-             seeds=0, resize=..., progress: bool = False, **postedit) -> torch.Tensor:
-        """As ``InstructPix2PixEditor.edit`` (paper sampler), plus the post-edit knobs as keywords."""
-        unknown = sorted(set(postedit) - set(GUIDED_KNOBS))
-        if unknown:
-            raise TypeError(f"edit() got an unexpected keyword argument {unknown[0]!r}")
-        images = list(images) if isinstance(images, torch.Tensor) and images.ndim == 4 else (
-            images if isinstance(images, (list, tuple)) else [images])
-        instructions = [instructions] if isinstance(instructions, str) else list(instructions)
-        n = max(len(images), len(instructions))
-        cols = {k: broadcast(v, n, k) for k, v in [("images", images), ("instructions", instructions),
-                                                    ("image_guidance_scale", image_guidance_scale),
-                                                    ("guidance_scale", guidance_scale),
-                                                    ("num_inference_steps", num_inference_steps), ("seeds", seeds),
-                                                    *postedit.items()]}
-        extra = {} if resize is ... else {"resize": resize}
-        reqs = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i], seed=int(cols["seeds"][i]),
-                            knobs={**{k: cols[k][i] for k in ("image_guidance_scale", "guidance_scale",
-                                                              "num_inference_steps", *postedit)}, **extra})
-                for i in range(n)]
-        return self.run_same_size(reqs, progress=progress)
 
     def run(self, requests: Sequence[EditRequest], *, progress: bool = False) -> list[torch.Tensor]:
         """Protocol entry point: InstructPix2Pix's knobs plus the post-edit knobs. Fills

@@ -58,12 +58,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ip2p.core import as_pil_or_tensor, paper_size, resize_paper
+from ip2p.core import process_input
 from ip2p.errors import DataRowError, ModelLoadError, NonFiniteOutputError, SpecError
 from ip2p.metrics.clip_models import LoadedClip, load_clip
 from ip2p.metrics.preprocess import normalize
 from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
-from ip2p.util.io import pil_to_tensor, tensor_to_pil
 
 GENERATOR_WIDTH = 16
 ALPHA_INIT_BIAS = -3.0  # sigmoid(-3) = 0.047: the first composite is (almost) the input
@@ -316,15 +315,7 @@ class Text2LiveEditor:
     def preprocess(self, image, resize: str | None = None, *, index: int = 0) -> torch.Tensor:
         """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1]:
         as given (``resize=None``) or InstructPix2Pix's paper resize to ``resolution``."""
-        x = as_pil_or_tensor(image, index)
-        if resize is None:
-            return pil_to_tensor(x) if not isinstance(x, torch.Tensor) else x
-        if resize == "paper":
-            pil = x if not isinstance(x, torch.Tensor) else tensor_to_pil(x)
-            if isinstance(x, torch.Tensor) and paper_size(pil.width, pil.height, self.resolution) == (pil.width, pil.height):
-                return x
-            return pil_to_tensor(resize_paper(pil, self.resolution))
-        raise ValueError(f"resize must be 'paper' or None, got {resize!r}")
+        return process_input(image, resize, self.resolution, index=index)
 
     # ------------------------------------------------------------ protocol
 

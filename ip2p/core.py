@@ -80,6 +80,21 @@ def as_pil_or_tensor(image, index: int):
     raise ImageReadError(f"input image {index}: unsupported type {type(image).__name__} (give a tensor, PIL image or path)")
 
 
+def process_input(image, resize: str | None, resolution: int, *, index: int = 0) -> torch.Tensor:
+    """One input (tensor in [0, 1], PIL image or path) as float ``[3, H, W]`` in [0, 1]: as given
+    (``resize=None``) or the official script's resize to ``resolution`` (``"paper"``; a tensor already
+    at that size is returned as it is, with no lossy round trip through 8 bits)."""
+    x = as_pil_or_tensor(image, index)
+    if resize is None:
+        return pil_to_tensor(x) if isinstance(x, Image.Image) else x
+    if resize != "paper":
+        raise ValueError(f"resize must be 'paper' or None here, got {resize!r}")
+    pil = x if isinstance(x, Image.Image) else tensor_to_pil(x)
+    if isinstance(x, torch.Tensor) and paper_size(pil.width, pil.height, resolution) == (pil.width, pil.height):
+        return x
+    return pil_to_tensor(resize_paper(pil, resolution))
+
+
 # ---------------------------------------------------------------- one chunk of work
 
 @dataclass
@@ -259,13 +274,9 @@ class DiffusionEditor:
 
     def preprocess(self, image, resize: str | None = "paper", *, index: int = 0) -> torch.Tensor:
         """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1]."""
-        x = as_pil_or_tensor(image, index)
         if resize == "paper":
-            pil = x if isinstance(x, Image.Image) else tensor_to_pil(x)
-            w, h = paper_size(pil.width, pil.height, self.resolution)
-            if isinstance(x, torch.Tensor) and (w, h) == (pil.width, pil.height):
-                return x  # already the paper size: no lossy round trip through 8 bits
-            return pil_to_tensor(resize_paper(pil, self.resolution))
+            return process_input(image, resize, self.resolution, index=index)
+        x = as_pil_or_tensor(image, index)
         if resize == "diffusers":
             from diffusers.image_processor import VaeImageProcessor
 
@@ -391,5 +402,5 @@ class DiffusionEditor:
         return outs  # type: ignore[return-value]
 
 
-__all__ = ["DiffusionEditor", "Chunk", "as_pil_or_tensor", "RESIZE_MODES", "RESIZE_KNOB", "STEPS_KNOB", "paper_size", "resize_paper",
+__all__ = ["DiffusionEditor", "Chunk", "as_pil_or_tensor", "process_input", "RESIZE_MODES", "RESIZE_KNOB", "STEPS_KNOB", "paper_size", "resize_paper",
            "check_finite", "broadcast"]

@@ -161,6 +161,7 @@ class InstructPix2PixEditor(DiffusionEditor):
         scheduler=None,
         resize: str | None | type(Ellipsis) = ...,
         progress: bool = False,
+        **knobs,
     ) -> torch.Tensor:
         """Edit ``images`` by ``instructions``; returns float ``[N, 3, H, W]`` in [0, 1].
 
@@ -170,8 +171,12 @@ class InstructPix2PixEditor(DiffusionEditor):
         scheduler (instance, or class name such as ``"DDIMScheduler"``) built from the model's
         config. ``resize``: ``"paper"``, ``"diffusers"`` (floor to the VAE factor) or None;
         by default the editor's own ``resize`` (itself ``"paper"`` unless set at construction).
-        Inputs that process to different sizes are refused before any sampling.
+        Inputs that process to different sizes are refused before any sampling. Any other
+        declared knob of the method (e.g. post-edit's ``mask_threshold``) is given as a keyword.
         """
+        unknown = sorted(set(knobs) - set(self.declared_knobs))
+        if unknown:
+            raise TypeError(f"edit() got an unexpected keyword argument {unknown[0]!r}")
         if resize is ...:
             resize = self.resize
         if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -184,13 +189,13 @@ class InstructPix2PixEditor(DiffusionEditor):
         cols = {name: broadcast(v, n, name) for name, v in [
             ("images", images), ("instructions", list(instructions)),
             ("image_guidance_scale", image_guidance_scale), ("guidance_scale", guidance_scale),
-            ("num_inference_steps", num_inference_steps), ("seeds", seeds)]}
+            ("num_inference_steps", num_inference_steps), ("seeds", seeds), *knobs.items()]}
         by_name = {"scheduler": scheduler} if isinstance(scheduler, str) and scheduler != "paper" else {}
         requests = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i], seed=int(cols["seeds"][i]),
                                 knobs={"image_guidance_scale": float(cols["image_guidance_scale"][i]),
                                        "guidance_scale": float(cols["guidance_scale"][i]),
                                        "num_inference_steps": int(cols["num_inference_steps"][i]), "resize": resize,
-                                       **by_name})
+                                       **{k: cols[k][i] for k in knobs}, **by_name})
                     for i in range(n)]
         saved = self.scheduler
         if scheduler is not None and not isinstance(scheduler, str):
