@@ -30,15 +30,17 @@ def small_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     dino = make_tiny_dino_folder(root / "dino")
-    hub = root / "torch" / "hub"
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    torch.manual_seed(0)
-    path = backbone_file("squeeze")
-    path.parent.mkdir(parents=True)
-    torch.save(tvm.squeezenet1_1(weights=None).state_dict(), path)
-    yield {"dino": str(dino)}
-    torch.hub.set_dir(old)
+    # TORCH_HOME, not torch.hub.set_dir(): set_dir() pins the hub folder for the rest of the
+    # worker's life (restoring it to get_dir()'s value still overrides TORCH_HOME afterwards),
+    # which broke the LPIPS cache tests that ran later in the same worker.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "torch"))
+        torch.manual_seed(0)
+        path = backbone_file("squeeze")
+        assert path.parent == root / "torch" / "hub" / "checkpoints"
+        path.parent.mkdir(parents=True)
+        torch.save(tvm.squeezenet1_1(weights=None).state_dict(), path)
+        yield {"dino": str(dino)}
 
 
 def _run(name: str, data: Path, out: Path, models: dict, **kw) -> pd.DataFrame:
