@@ -32,8 +32,6 @@ import inspect
 import json
 import logging
 import os
-import signal
-import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -46,6 +44,7 @@ import yaml
 
 from ip2p.errors import DataRowError, ImageReadError, NonFiniteOutputError, SpecError
 from ip2p.protocol import EditRequest, check_identity
+from ip2p.util.faults import KillSwitch
 from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, remove_orphaned_temp_files
 
 from bench.benchmarks import finish_run, turn_chain
@@ -92,22 +91,6 @@ def pick_device(requested: str, local_rank: int) -> str:
     if torch.cuda.is_available():
         return f"cuda:{local_rank % torch.cuda.device_count()}"
     return "cpu"
-
-
-class _Killer:
-    """The test hook of the module docstring."""
-
-    def __init__(self):
-        spec = os.environ.get(KILL_ENV, "")
-        self.stage, _, n = spec.partition(":")
-        self.n = int(n) if n.strip().isdigit() else 0
-        self.counts = {"shard": 0, "batch": 0}
-
-    def tick(self, stage: str) -> None:
-        self.counts[stage] += 1
-        if self.n and stage == self.stage and self.counts[stage] >= self.n:
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- run folder bookkeeping ----------------------------------------------------------------
@@ -291,7 +274,7 @@ def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | 
 def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress, dev, shard_rows, rank, world_size,
                     on_bad_row, t0, invocation_out: list) -> SweepResult:
     dist = _maybe_init_distributed(world_size)
-    killer = _Killer()
+    killer = KillSwitch(KILL_ENV)
 
     bad_rows: list = []
     items = load_items(spec.dataset, base_dir, on_bad_row=on_bad_row, bad_rows=bad_rows)

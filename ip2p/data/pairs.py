@@ -45,8 +45,6 @@ import itertools
 import json
 import math
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +63,7 @@ from ip2p.sampling import (
     sample_euler_ancestral,
     sigma_to_t,
 )
+from ip2p.util.faults import KillSwitch
 from ip2p.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 KILL_ENV = "IP2P_PAIRS_KILL_AFTER"
@@ -373,19 +372,6 @@ def write_seeds_json(root: Path, rows_by_folder: dict[str, Iterable[int]], name:
     return atomic_write_text(root / name, seeds_json(rows_by_folder.items()))
 
 
-class _Killer:
-    def __init__(self):
-        stage, _, n = os.environ.get(KILL_ENV, "").partition(":")
-        self.stage, self.n = stage, int(n) if n.strip().isdigit() else 0
-        self.counts = {"pair": 0, "images": 0}
-
-    def tick(self, stage: str) -> None:
-        self.counts[stage] += 1
-        if self.n and stage == self.stage and self.counts[stage] >= self.n:
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ---------------------------------------------------------------- the command's work
 
 GENERATION_FILE = "generation.json"
@@ -451,7 +437,7 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
                 else:
                     yield tr, seed
 
-    killer = _Killer()
+    killer = KillSwitch(KILL_ENV)
     todo = missing()
     while True:
         chunk = list(itertools.islice(todo, batch_size))
