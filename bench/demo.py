@@ -23,7 +23,7 @@ from ip2p.errors import ModelLoadError
 
 SUITE = Path(__file__).resolve().parent / "suites" / "world.yaml"
 _BUILD_HINT = {
-    "ip2p": "train it with `python -m ip2p.train.world_recipe train` (trains from world:sd, ships to "
+    "ip2p": "train it with `ip2p world train-ip2p` (trains from world:sd, ships to "
             "ip2p/world/weights/ip2p)",
     "clip": "train it with `ip2p world train-clip --which metric`",
     "sd": "train it with `ip2p world train-vae` then `ip2p world train-sd`",
@@ -31,12 +31,12 @@ _BUILD_HINT = {
 
 
 def _require_world_models(names) -> None:
-    from ip2p.world import world_model_path
+    from ip2p.models import resolve_source
 
     missing = []
     for n in names:
         try:
-            world_model_path(n)
+            resolve_source(f"world:{n}")
         except ModelLoadError as e:
             missing.append(f"'world:{n}' is not built yet ({e}); {_BUILD_HINT.get(n, 'see ip2p/world/README.md')}")
     if missing:

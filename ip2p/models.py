@@ -44,15 +44,15 @@ _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 def resolve_source(source: str | Path) -> str:
     """Map a model name to what diffusers / open_clip loaders take.
 
-    ``world:<name>`` -> the shipped folder; an existing path -> that path (as str);
+    ``<prefix>:<name>`` (``world:ip2p``) -> the folder the prefix's registered resolver names
+    (``ip2p.sources``); an existing path -> that path (as str);
     anything else is returned unchanged (a hub id, or a built-in architecture name).
     """
-    s = str(source)
-    if s.startswith("world:"):
-        from ip2p.world import world_model_path
+    from ip2p.sources import resolve_prefixed
 
-        return str(world_model_path(s.split(":", 1)[1]))
-    return s
+    s = str(source)
+    resolved = resolve_prefixed(s)
+    return s if resolved is None else resolved
 
 
 def local_files_only_default(local_files_only: bool | None) -> bool:
@@ -396,9 +396,9 @@ def load_components(
                              trust_pickle=trust_pickle, local_files_only=local_files_only, torch_dtype=torch_dtype)
     else:
         if p.is_dir() and not (p / "model_index.json").exists() and not (p / "unet").is_dir():
-            if s.startswith("world:"):
-                raise ModelLoadError(f"world model {s!r} is not fully built: {p} has no unet/ subfolder. "
-                                     f"Build it with its recipe (see ip2p/world/README.md).")
+            if s != resolved:
+                raise ModelLoadError(f"model {s!r} is not fully built: {p} has no unet/ subfolder. "
+                                     f"Build it with its recipe (for world:*, see ip2p/world/README.md).")
             raise ModelLoadError(f"{p} is a folder but not a diffusers pipeline folder (no model_index.json or unet/)")
         c = load_diffusers(resolved, kind=kind, local_files_only=local_files_only, torch_dtype=torch_dtype)
     if s != resolved:

@@ -216,7 +216,7 @@ def test_jsonl_manifest_relative_paths_mask_and_bad_rows(tmp_path):
 # ---------------------------------------------------------------- the world
 
 def test_world_adapter_matches_generator_and_is_lazy():
-    from ip2p.world.dataset import world_examples
+    from ip2p.data.world.examples import world_examples
 
     ds = open_dataset("world:val", n=6, categories="add,remove")
     ref = list(world_examples("val", n=6, seed=0, categories=["add", "remove"]))

@@ -79,7 +79,7 @@ def clip():
 def _pairs_folder(root, n_prompts=3, per_prompt=3):
     """A folder in the layout `ip2p data pairs` writes, with world scenes as images: for each
     prompt, pairs whose second image is the exact edit, the unedited input, or another scene."""
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     for p in range(n_prompts):
         ex = make_example("train", p)

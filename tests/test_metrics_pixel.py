@@ -172,7 +172,7 @@ def test_ssim_of_an_image_with_itself_is_exactly_one_on_flat_scenes():
     """float32 torchmetrics gives 0.9997 for a flat world scene against itself (variance cancellation);
     the metric must say the images are identical."""
     from ip2p.metrics import pixel
-    from ip2p.world.dataset import world_examples
+    from ip2p.data.world.examples import world_examples
 
     x = torch.stack([e.load_input() for e in list(world_examples("test", 4))])
     assert torch.equal(pixel.ssim(x, x.clone()), torch.ones(4))

@@ -19,7 +19,7 @@ from ip2p.editor import load_editor
 from ip2p.protocol import EditRequest, Editor
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import load_image, png_bytes
-from ip2p.world.dataset import world_examples
+from ip2p.data.world.examples import world_examples
 
 LOCAL = ["attribute-colour", "add", "remove", "move"]
 IP2P = {"image_guidance_scale": 1.5, "guidance_scale": 7.5, "num_inference_steps": 6}

@@ -10,7 +10,7 @@ import torch
 from baselines.text2live import Text2LiveEditor, load_text2live, sparsity_loss
 from ip2p.errors import DataRowError, SpecError
 from ip2p.protocol import EditRequest, Editor
-from ip2p.world.dataset import world_examples
+from ip2p.data.world.examples import world_examples
 
 FAST = {"iterations": 3, "n_aug": 2}
 

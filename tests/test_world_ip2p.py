@@ -3,13 +3,12 @@ live re-measurement on test items shows what the card claims (it beats the ident
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ip2p.train.world_recipe import SHIP_DIR, evaluate, model_card
+from ip2p.world.ip2p_recipe import SHIP_DIR, evaluate, model_card
 from ip2p.world import WEIGHTS_DIR
 
 VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
@@ -33,7 +32,7 @@ def test_world_ip2p_ships_world_sd_vae():
 
 
 def test_card_is_written_from_the_stored_evaluation():
-    """README.md is exactly what `world_recipe card` writes from training_config.json and
+    """README.md is exactly what `ip2p.world.ip2p_recipe.model_card` writes from training_config.json and
     evaluation.json: no figure in the card was edited by hand."""
     _need_shipped()
     run = json.loads((SHIP_DIR / "training_config.json").read_text())
@@ -58,22 +57,3 @@ def test_world_ip2p_beats_identity_on_test_items():
         assert ours["l1_target_by_category"][cat] < 0.8 * ident["l1_target_by_category"][cat], cat
     # the edit moves the image toward its output caption (world:clip), unlike identity
     assert ours["clip_direction"] > 0.1
-
-
-def test_stage2_base_takes_world_sd_vae_and_the_stage1_unet(tmp_path):
-    """Stage 2 trains from the stage-1 UNet with world:sd's current VAE, and keeps an existing base on resume."""
-    _need_shipped()
-    from ip2p.train.world_recipe import stage2_base
-
-    stage1 = tmp_path / "stage1-src"
-    shutil.copytree(SHIP_DIR, stage1)
-    stale = load_file(str(stage1 / VAE_FILE))
-    save_file({k: v + 1 for k, v in stale.items()}, str(stage1 / VAE_FILE))  # a VAE other than world:sd's
-    base = stage2_base(tmp_path / "run", stage1)
-    assert base == tmp_path / "run" / "stage1"
-    got, sd = load_file(str(base / VAE_FILE)), load_file(str(WEIGHTS_DIR / "sd" / VAE_FILE))
-    assert all(torch.equal(got[k], sd[k]) for k in sd)
-    unet = "unet/diffusion_pytorch_model.safetensors"
-    assert (base / unet).read_bytes() == (SHIP_DIR / unet).read_bytes()
-    (base / "marker").write_text("kept")
-    assert (stage2_base(tmp_path / "run", stage1) / "marker").read_text() == "kept"

@@ -1,28 +1,81 @@
-"""World recipes: fixed seeds reproduce weights exactly; the `ip2p world` commands are registered."""
+"""World recipes: fixed seeds reproduce weights exactly, an interrupted recipe resumes bit for bit,
+the `ip2p world` commands are registered, and the recipes sit above the generator."""
 from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from ip2p.util.hashing import hash_folder
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_vae_recipe_is_deterministic(tmp_path):
-    from ip2p.world.train_vae import train_vae
 
+@pytest.fixture
+def threads():
     n = torch.get_num_threads()
-    try:
-        recs = [train_vae(tmp_path / f"run{i}", steps=2, batch=4, decoder_steps=1) for i in range(2)]
-    finally:
-        torch.set_num_threads(n)
-    a, b = (hash_folder(tmp_path / f"run{i}", suffixes=(".safetensors",)) for i in range(2))
-    assert a == b
-    assert recs[0]["scaling_factor"] == recs[1]["scaling_factor"] > 0
-    assert recs[0]["config"]["steps"] == 2 and "wall_time_s" in recs[0]
-    # a different seed gives different weights
-    train_vae(tmp_path / "other", steps=2, batch=4, decoder_steps=0, seed=5)
+    yield
     torch.set_num_threads(n)
-    assert hash_folder(tmp_path / "other", suffixes=(".safetensors",)) != a
+
+
+def _weights(folder: Path) -> str:
+    return hash_folder(folder, suffixes=(".safetensors",))
+
+
+def test_vae_recipe_is_deterministic_and_resumes_bit_for_bit(tmp_path, threads):
+    from ip2p.world.vae_recipe import train_vae
+
+    kw = dict(steps=4, batch=4, checkpoint_every=2, eval_n=12, bf16=False)
+    rec = train_vae(tmp_path / "a" / "vae", run_dir=tmp_path / "a" / "run", **kw)
+    train_vae(tmp_path / "b" / "vae", run_dir=tmp_path / "b" / "run", **kw)
+    assert _weights(tmp_path / "a" / "vae") == _weights(tmp_path / "b" / "vae")
+    assert rec["scaling_factor"] > 0 and rec["posterior_std_after"] < rec["posterior_std_before"] / 100
+    assert set(rec["roundtrip_test_targets"]["l1_by_category"]) and rec["config"]["steps"] == 4
+    # interrupted after step 2: only checkpoint-2 survives; the same command finishes the run
+    run_c = tmp_path / "c" / "run"
+    run_c.mkdir(parents=True)
+    shutil.copy2(tmp_path / "a" / "run" / "checkpoint-2.pt", run_c / "checkpoint-2.pt")
+    train_vae(tmp_path / "c" / "vae", run_dir=run_c, **kw)
+    assert _weights(tmp_path / "c" / "vae") == _weights(tmp_path / "a" / "vae")
+    # another seed gives other weights
+    train_vae(tmp_path / "d" / "vae", run_dir=tmp_path / "d" / "run", seed=5, **kw)
+    assert _weights(tmp_path / "d" / "vae") != _weights(tmp_path / "a" / "vae")
+
+
+def test_sd_recipe_resumes_bit_for_bit(tmp_path, threads):
+    from ip2p.world import SD_DIR
+    from ip2p.world.sd_recipe import train_sd
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for part in ("vae", "tokenizer"):
+            shutil.copytree(SD_DIR / part, tmp_path / name / part)
+    kw = dict(steps=4, batch=4, n_images=16, checkpoint_every=2, bf16=False)
+    rec = train_sd(tmp_path / "a", run_dir=tmp_path / "run-a", **kw)
+    assert rec["config"]["steps"] == 4 and (tmp_path / "a" / "model_index.json").exists()
+    run_b = tmp_path / "run-b"
+    run_b.mkdir()
+    for f in ("checkpoint-2.pt", "latents-16-0.pt"):
+        shutil.copy2(tmp_path / "run-a" / f, run_b / f)
+    train_sd(tmp_path / "b", run_dir=run_b, **kw)
+    for part in ("unet", "text_encoder"):
+        assert _weights(tmp_path / "a" / part) == _weights(tmp_path / "b" / part), part
+
+
+def test_sd_recipe_time_limit_stops_and_the_same_command_continues(tmp_path, threads):
+    from ip2p.world import SD_DIR
+    from ip2p.world.sd_recipe import train_sd
+
+    for part in ("vae", "tokenizer"):
+        shutil.copytree(SD_DIR / part, tmp_path / "sd" / part)
+    kw = dict(steps=3, batch=2, n_images=8, checkpoint_every=100, bf16=False)
+    assert train_sd(tmp_path / "sd", run_dir=tmp_path / "run", time_limit_minutes=0.0, **kw) is None
+    assert [p.name for p in (tmp_path / "run").glob("checkpoint-*.pt")] == ["checkpoint-1.pt"]
+    assert not (tmp_path / "sd" / "unet").exists()
+    assert train_sd(tmp_path / "sd", run_dir=tmp_path / "run", **kw)["config"]["steps"] == 3
 
 
 def test_world_commands_registered():
@@ -32,51 +85,36 @@ def test_world_commands_registered():
 
     out = CliRunner().invoke(app, ["world", "--help"])
     assert out.exit_code == 0, out.output
-    for cmd in ("build-tokenizer", "train-vae", "train-sd", "train-clip", "cards", "report"):
+    for cmd in ("build-tokenizer", "train-vae", "train-sd", "train-ip2p", "evaluate-ip2p", "train-clip", "cards",
+                "report"):
         assert cmd in out.output
     bad = CliRunner().invoke(app, ["world", "train-clip", "--which", "huge"])
     assert bad.exit_code != 0 and "metric" in (bad.output + str(bad.exception))
 
 
-def test_sharpen_posterior_keeps_mean_and_decoder_and_refuses_twice(tmp_path):
-    from diffusers import AutoencoderKL
-
-    from ip2p.world.train_vae import build_vae, sharpen_posterior
-
-    torch.manual_seed(0)
-    build_vae().save_pretrained(str(tmp_path / "vae"))
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    with torch.no_grad():
-        before = AutoencoderKL.from_pretrained(str(tmp_path / "vae")).encode(x).latent_dist
-    rec = sharpen_posterior(tmp_path / "vae", logvar_shift=-10.0)
-    vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
-    with torch.no_grad():
-        after = vae.encode(x).latent_dist
-    assert torch.equal(after.mean, before.mean)
-    assert torch.allclose(after.std, before.std * torch.exp(torch.tensor(-5.0)), rtol=1e-4)
-    assert rec["posterior_std_after"] < rec["posterior_std_before"] / 100
-    assert rec["config"]["posterior_logvar_shift"] == -10.0 and "sharpen-vae" in rec["command"]
-    with pytest.raises(RuntimeError, match="already"):
-        sharpen_posterior(tmp_path / "vae")
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
 
 
-def test_decoder_finetune_on_edits_keeps_the_encoder_and_refuses_twice(tmp_path):
-    from diffusers import AutoencoderKL
-
-    from ip2p.world.train_vae import build_vae, finetune_decoder_on_edits
-
-    torch.manual_seed(0)
-    build_vae().save_pretrained(str(tmp_path / "vae"))
-    before = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
-    rec = finetune_decoder_on_edits(tmp_path / "vae", n_items=4, steps=3, batch=4, eval_n=12)
-    after = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
-    b, a = before.state_dict(), after.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in b if k.startswith(("encoder.", "quant_conv.")))
-    assert any(not torch.equal(a[k], b[k]) for k in b if k.startswith("decoder."))
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    with torch.no_grad():
-        assert torch.equal(after.encode(x).latent_dist.mean, before.encode(x).latent_dist.mean)
-    assert rec["edit_roundtrip_l1_before"]["n"] == 12 and set(rec["edit_roundtrip_l1_after"]["l1_by_category"])
-    assert rec["config"]["edit_decoder_steps"] == 3 and "finetune-vae-decoder" in rec["command"]
-    with pytest.raises(RuntimeError, match="already"):
-        finetune_decoder_on_edits(tmp_path / "vae", n_items=4, steps=1, batch=4, eval_n=12)
+def test_only_the_world_imports_its_recipes_and_the_generator_imports_no_models():
+    """Recipes (ip2p.world.*) are imported from ip2p/world/ only (tests aside); the generator
+    (ip2p.data.world) imports nothing of ip2p.world; the loading layer imports no world code."""
+    offenders = []
+    for path in ROOT.glob("*/**/*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", ".venv", "runs") or rel.parts[:2] == ("ip2p", "world"):
+            continue
+        bad = {m for m in _imports(path) if m == "ip2p.world" and rel.parts[:2] != ("ip2p", "world")
+               or m.startswith("ip2p.world.")}
+        if bad:
+            offenders.append(f"{rel}: {sorted(bad)}")
+    assert not offenders, offenders
+    for path in (ROOT / "ip2p" / "data" / "world").glob("*.py"):
+        assert not {m for m in _imports(path) if m.startswith("ip2p.world")}, path
+    assert not {m for m in _imports(ROOT / "ip2p" / "models.py") if "world" in m}

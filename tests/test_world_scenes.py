@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ip2p.world import CATEGORIES
-from ip2p.world.dataset import make_example, scene_seed, split_of_seed, world_captions, world_examples
-from ip2p.world.edits import TEMPLATES
-from ip2p.world.scenes import (
+from ip2p.data.world.examples import make_example, scene_seed, split_of_seed, world_captions, world_examples
+from ip2p.data.world.edits import TEMPLATES
+from ip2p.data.world.scenes import (
     BACKGROUNDS,
     COLOURS,
     KINDS,

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from ip2p.world.edits import TEMPLATES
+from ip2p.data.world.edits import TEMPLATES
 from ip2p.world.recipe import TOKENIZER_DIR
-from ip2p.world.tokenizer import BOS, EOS, build_vocab, world_words
+from ip2p.data.world.tokenizer import BOS, EOS, build_vocab, world_words
 
 
 
@@ -46,7 +46,7 @@ def test_every_world_word_is_one_known_token(tok):
 
 
 def test_all_captions_and_instructions_including_held_out_fit(tok):
-    from ip2p.world.dataset import world_examples
+    from ip2p.data.world.examples import world_examples
 
     n_words = n_held = 0
     for split in ("train", "test"):

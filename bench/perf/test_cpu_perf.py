@@ -23,7 +23,7 @@ def world_editor():
 
 @pytest.fixture(scope="module")
 def scenes():
-    from ip2p.world.dataset import world_examples
+    from ip2p.data.world.examples import world_examples
 
     ex = list(world_examples("test", BATCH))
     return torch.stack([e.input_image for e in ex]), [e.instruction for e in ex]

@@ -110,7 +110,7 @@ def parse_triplet(obj: Any, index: int, source: str) -> Triplet:
 def world_triplets(n: int, *, split: str = "train", seed: int = 0) -> list[dict]:
     """The small world's caption triplets (``world:triplets``): items ``0..n-1`` of ``split``,
     as prompt lines ``{"input", "edit", "output", "category", "world_item"}``."""
-    from ip2p.world.dataset import world_examples
+    from ip2p.data.world.examples import world_examples
 
     return [{"input": ex.input_caption, "edit": ex.instruction, "output": ex.output_caption,
              "category": ex.category, "world_item": ex.item_id}

@@ -41,7 +41,7 @@ class DatasetKind:
 
 
 _KINDS: dict[str, DatasetKind] = {}
-_BUILTIN_MODULES = ("ip2p.data.official", "ip2p.data.parquet", "ip2p.data.jsonl", "ip2p.data.world")
+_BUILTIN_MODULES = ("ip2p.data.official", "ip2p.data.parquet", "ip2p.data.jsonl", "ip2p.data.world.reader")
 # imported when a kind is unknown, so that their register_dataset_kind calls run
 _PLUGIN_MODULES = ("ip2p.data.testsets",)
 _loaded_builtin = False

@@ -1,15 +1,21 @@
-"""The small world: a procedural 64x64 editing world and its shipped, trained models.
+"""The small world's models: shipped weights, the recipes that train them, cards and evaluation.
+
+The generator (scenes, edits, examples, tokenizer) lives below, in ``ip2p.data.world``.
 
 Model names ``world:<name>`` resolve to folders under ``weights/`` here, through the same
-loading code as real models (``ip2p.models.resolve_source``).
+loading code as real models: the ``ip2p.sources`` entry point ``world`` registers
+``world_model_path`` as the resolver of the ``world:`` prefix.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ip2p.world.edits import CATEGORIES, WORLD_DYNAMICS  # noqa: E402  (numpy only; cheap)
+from ip2p.data.world.edits import CATEGORIES, WORLD_DYNAMICS  # noqa: E402  (numpy only; cheap)
 
+# the one place that says where the shipped weights live
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SD_DIR = WEIGHTS_DIR / "sd"
+TOKENIZER_DIR = SD_DIR / "tokenizer"
 
 # name -> folder under WEIGHTS_DIR
 WORLD_MODELS = {

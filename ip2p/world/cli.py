@@ -11,65 +11,62 @@ world_app = typer.Typer(no_args_is_help=True, help="The small world: scene gener
 @world_app.command("build-tokenizer")
 def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: the shipped sd/tokenizer)")) -> None:
     """Generate vocab.json + merges.txt from the world's words and save a CLIPTokenizer."""
-    from ip2p.world.recipe import TOKENIZER_DIR
-    from ip2p.world.tokenizer import build_tokenizer
+    from ip2p.world import TOKENIZER_DIR
+    from ip2p.data.world.tokenizer import build_tokenizer
 
     tok = build_tokenizer(out or TOKENIZER_DIR)
     typer.echo(f"tokenizer: {len(tok)} tokens -> {out or TOKENIZER_DIR}")
 
 
 @world_app.command("train-vae")
-def train_vae_cmd(steps: int = 700, batch: int = 32, seed: int = 0, decoder_steps: int = 500,
-                  decoder_only: bool = typer.Option(False, help="run phase 2 only, on the phase-1 VAE in --out"),
-                  refine_steps: int = typer.Option(0, help="run phase 3 only (after train-sd): anchored refinement"),
+def train_vae_cmd(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+                  run_dir: Path = typer.Option(Path("runs/world-vae"), help="checkpoints; a rerun resumes from here"),
+                  bf16: bool = typer.Option(True, help="bfloat16 autocast for forward and backward"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
-    """Train the world's AutoencoderKL (64x64 <-> 16x16x4): whole VAE, then the decoder alone;
-    after train-sd, `--refine-steps N` refines both halves with the latents anchored in place."""
-    from ip2p.world.recipe import SD_DIR
-    from ip2p.world.train_vae import refine_vae, train_vae
+    """Train the world's AutoencoderKL (64x64 <-> 16x16x4) on caption scenes and edit inputs/targets,
+    set its latent scale and make its posterior nearly deterministic; resumable."""
+    from ip2p.world import SD_DIR
+    from ip2p.world.vae_recipe import train_vae
 
-    if refine_steps:
-        rec = refine_vae(out or SD_DIR / "vae", steps=refine_steps, batch=batch)
-        typer.echo(f"vae (refined): {rec['figures']} drift {rec['refine_final_drift_mse']:.4f} in {rec['wall_time_s']} s")
-        return
-    rec = train_vae(out or SD_DIR / "vae", steps=steps, batch=batch, seed=seed, decoder_steps=decoder_steps,
-                    decoder_only=decoder_only)
-    typer.echo(f"vae: {rec['figures']} scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
-
-
-@world_app.command("sharpen-vae")
-def sharpen_vae_cmd(logvar_shift: float = typer.Option(-10.0, help="added to the encoder's log-variance output"),
-                    out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
-    """After train-vae: make the VAE posterior nearly deterministic, as SD's (mean and decoder unchanged)."""
-    from ip2p.world.recipe import SD_DIR
-    from ip2p.world.train_vae import sharpen_posterior
-
-    rec = sharpen_posterior(out or SD_DIR / "vae", logvar_shift=logvar_shift)
-    typer.echo(f"vae posterior std {rec['posterior_std_before']:.4f} -> {rec['posterior_std_after']:.6f}")
-
-
-@world_app.command("finetune-vae-decoder")
-def finetune_vae_decoder_cmd(items: int = typer.Option(2000, help="training edits (inputs and targets) to train on"),
-                             steps: int = 300, batch: int = 32,
-                             out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
-    """After sharpen-vae: fine-tune the decoder alone on world edits (encoder and latents unchanged)."""
-    from ip2p.world.recipe import SD_DIR
-    from ip2p.world.train_vae import finetune_decoder_on_edits
-
-    rec = finetune_decoder_on_edits(out or SD_DIR / "vae", n_items=items, steps=steps, batch=batch)
-    typer.echo(f"vae: edit round-trip L1 {rec['edit_roundtrip_l1_before']['l1_mean']} -> "
-               f"{rec['edit_roundtrip_l1_after']['l1_mean']} in {rec['wall_time_s']} s")
+    rec = train_vae(out or SD_DIR / "vae", run_dir=run_dir, steps=steps, batch=batch, lr=lr, seed=seed, bf16=bf16)
+    typer.echo(f"vae: round-trip L1 of test targets {rec['roundtrip_test_targets']['l1_mean']} "
+               f"scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 
 
 @world_app.command("train-sd")
-def train_sd_cmd(steps: int = 1500, batch: int = 32, seed: int = 0,
+def train_sd_cmd(steps: int = 8000, batch: int = 32, lr: float = 1e-3, n_images: int = 16384, seed: int = 0,
+                 run_dir: Path = typer.Option(Path("runs/world-sd"), help="checkpoints; a rerun resumes from here"),
+                 time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long"),
                  out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
-    """Train the world's text encoder + UNet on world captions; save a StableDiffusionPipeline folder."""
-    from ip2p.world.recipe import SD_DIR
-    from ip2p.world.train_sd import train_sd
+    """Train the world's text encoder + UNet on world captions (needs the VAE and tokenizer in --out);
+    save a StableDiffusionPipeline folder when done; resumable."""
+    from ip2p.world import SD_DIR
+    from ip2p.world.sd_recipe import train_sd
 
-    rec = train_sd(out or SD_DIR, steps=steps, batch=batch, seed=seed)
-    typer.echo(f"sd: final loss {rec['final_loss']:.4f} in {rec['wall_time_s']} s")
+    rec = train_sd(out or SD_DIR, run_dir=run_dir, steps=steps, batch=batch, lr=lr, n_images=n_images, seed=seed,
+                   time_limit_minutes=time_limit_minutes)
+    if rec is not None:
+        typer.echo(f"sd: final loss {rec['final_loss']:.4f} in {rec['wall_time_s']} s")
+
+
+@world_app.command("train-ip2p")
+def train_ip2p_cmd(steps: int = typer.Option(None, help="default: the recipe's max_steps"),
+                   run_dir: Path = typer.Option(Path("runs/world-ip2p"), help="checkpoints; a rerun resumes"),
+                   time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long")) -> None:
+    """Train world:ip2p from world:sd with the project's trainer; ship and evaluate it when done."""
+    from ip2p.world.ip2p_recipe import train_ip2p
+
+    res = train_ip2p(run_dir, steps=steps, time_limit_minutes=time_limit_minutes)
+    if res is not None:
+        typer.echo(f"world:ip2p shipped; evaluation written to its card")
+
+
+@world_app.command("evaluate-ip2p")
+def evaluate_ip2p_cmd(n: int = 192, steps: int = 20) -> None:
+    """Re-measure the shipped world:ip2p's card figures on the test split and rewrite its card."""
+    from ip2p.world.ip2p_recipe import write_card
+
+    write_card(n=n, steps=steps)
 
 
 @world_app.command("train-clip")

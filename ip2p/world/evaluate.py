@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ip2p.world.dataset import caption_scene, to_tensor
-from ip2p.world.scenes import COLOURS, KINDS, Scene, caption, render
+from ip2p.data.world.examples import caption_scene, to_tensor
+from ip2p.data.world.scenes import COLOURS, KINDS, Scene, caption, render
 
 
 @torch.no_grad()
@@ -124,11 +124,23 @@ def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> 
     }
 
 
-def evaluate_vae(vae_folder: str | Path, n: int = 64) -> dict:
+@torch.no_grad()
+def evaluate_vae(vae_folder: str | Path, n: int = 192) -> dict:
+    """Round-trip L1 (posterior mode) of the targets of ``n`` test edits, per category, and the
+    PSNR of 64 test caption scenes' reconstructions (ip2p.metrics.pixel.psnr: torchmetrics, range 1)."""
+    from ip2p.metrics.pixel import psnr
     from ip2p.models import load_vae
-    from ip2p.world.train_vae import evaluate_vae as _ev
+    from ip2p.world.recipe import caption_batch
+    from ip2p.world.vae_recipe import roundtrip_l1
 
-    return _ev(load_vae(vae_folder), n)
+    vae = load_vae(vae_folder)
+    x, _ = caption_batch("test", 0, 64)
+    rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample + 1) / 2).clamp(0, 1)
+    p = psnr(x, rec)
+    rt = roundtrip_l1(vae, "test", n=n)
+    return {"test_psnr_db_mean": round(float(p.mean()), 2), "test_psnr_db_min": round(float(p.min()), 2),
+            "roundtrip_l1_test_targets": rt["l1_mean"], "roundtrip_l1_by_category": rt["l1_by_category"],
+            "n_test_targets": n}
 
 
 __all__ = ["evaluate_clip", "evaluate_sd", "evaluate_vae", "retrieval_top1", "zero_shot", "sd_samples", "clip_features"]

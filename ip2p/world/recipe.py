@@ -17,12 +17,10 @@ import numpy as np
 import torch
 
 from ip2p.util.io import atomic_write_json
-from ip2p.world.dataset import caption_scene, scene_seed, to_tensor
-from ip2p.world.scenes import N_CAPTION_PHRASINGS, caption, render
+from ip2p.data.world.examples import caption_scene, scene_seed, to_tensor
+from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, caption, render
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SD_DIR = WEIGHTS_DIR / "sd"
-TOKENIZER_DIR = SD_DIR / "tokenizer"
+from ip2p.world import SD_DIR, TOKENIZER_DIR, WEIGHTS_DIR  # noqa: F401  (recipes import them from here too)
 
 
 def setup(seed: int, threads: int | None = None) -> torch.Generator:
@@ -88,9 +86,3 @@ def load_record(folder: str | Path) -> dict:
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1], ``[N, 3, H, W]``."""
-    mse = (a.clamp(0, 1) - b.clamp(0, 1)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ip2p.world.dataset import world_examples
-from ip2p.world.edits import CATEGORIES
+from ip2p.data.world.examples import world_examples
+from ip2p.data.world.edits import CATEGORIES
 
 
 def _img(ax, x: torch.Tensor, title: str = "") -> None:

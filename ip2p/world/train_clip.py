@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ip2p.world.recipe import WEIGHTS_DIR, RunRecord, caption_batch, n_params, setup
-from ip2p.world.tokenizer import MODEL_MAX_LENGTH
+from ip2p.data.world.tokenizer import MODEL_MAX_LENGTH
 
 # The world tokenizer's size and special ids (checked against the tokenizer when training).
 VOCAB_SIZE = 927

@@ -50,7 +50,7 @@ def build_vae():
 
 def edit_batch(split: str, start: int, n: int, seed: int = 0) -> torch.Tensor:
     """Inputs and targets of edit items ``start..start+n//2`` interleaved: ``[n, 3, 64, 64]`` in [0, 1]."""
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     out = []
     for i in range(start, start + (n + 1) // 2):
@@ -71,7 +71,7 @@ def training_batch(step: int, batch: int, seed: int = 0) -> torch.Tensor:
 def roundtrip_l1(vae, split: str = "test", n: int = 192, batch: int = 64) -> dict:
     """Mean L1 (images in [0, 1]) of the VAE round trip (posterior mode) of the *targets* of ``n``
     world edits of ``split``, overall and per category: the floor under a latent editor's error."""
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     items = [make_example(split, i) for i in range(n)]
     tgt = torch.stack([e.target_image for e in items])
@@ -84,6 +84,14 @@ def roundtrip_l1(vae, split: str = "test", n: int = 192, batch: int = 64) -> dic
                                for c in cats}}
 
 
+def save_vae(vae, out: Path) -> None:
+    """Write the VAE into ``out`` as one folder swap (its other files, records and card, kept)."""
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(out, start_from_existing=True) as tmp:
+        vae.save_pretrained(str(tmp))
+
+
 def _lr_lambda(steps: int, warmup: int = 100):
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
 
@@ -93,14 +101,14 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
-def _save_checkpoint(run_dir: Path, step: int, vae, opt, sched, gen, keep: int = 2) -> None:
+def _save_checkpoint(run_dir: Path, step: int, vae, opt, sched, gen, wall_s: float, keep: int = 2) -> None:
     from ip2p.util.io import atomic_write_bytes
 
     import io
 
     buf = io.BytesIO()
     torch.save({"step": step, "model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, buf)
+                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "wall_s": wall_s}, buf)
     atomic_write_bytes(run_dir / f"checkpoint-{step}.pt", buf.getvalue())
     cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     for old in cks[:-keep]:
@@ -109,7 +117,7 @@ def _save_checkpoint(run_dir: Path, step: int, vae, opt, sched, gen, keep: int =
 
 def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"), steps: int = 3000, batch: int = 32,
               lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0, checkpoint_every: int = 250,
-              bf16: bool = True, threads: int | None = None) -> dict:
+              bf16: bool = True, threads: int | None = None, eval_n: int = 192) -> dict:
     """Train (or resume) the VAE, then set its scale, sharpen its posterior and save it into ``out``."""
     gen = setup(seed, threads)
     run_dir = Path(run_dir)
@@ -122,7 +130,7 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
-    start, prior_wall = 0, 0.0
+    start, prior_wall, t_run = 0, 0.0, time.time()
     ck = _latest_checkpoint(run_dir)
     if ck is not None:
         state = torch.load(ck, map_location="cpu", weights_only=False)
@@ -152,16 +160,14 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{(rec - x).abs().mean().item() / 2:.4f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(run_dir, step + 1, vae, opt, sched, gen)
+            _save_checkpoint(run_dir, step + 1, vae, opt, sched, gen, prior_wall + time.time() - t_run)
     vae.eval()
-    return finish_vae(vae, out, record, gen, seed)
+    return finish_vae(vae, out, record, gen, seed, eval_n)
 
 
 @torch.no_grad()
-def finish_vae(vae, out: Path, record: RunRecord, gen: torch.Generator, seed: int = 0) -> dict:
+def finish_vae(vae, out: Path, record: RunRecord, gen: torch.Generator, seed: int = 0, eval_n: int = 192) -> dict:
     """Scale, sharpen, evaluate and save the trained VAE with its record."""
-    from ip2p.world.train_vae import save_vae
-
     x, _ = caption_batch("train", 10_000_000, 256, seed=seed)
     post = vae.encode(x * 2 - 1).latent_dist
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
@@ -170,12 +176,12 @@ def finish_vae(vae, out: Path, record: RunRecord, gen: torch.Generator, seed: in
     std_before = float(post.std.mean())
     vae.quant_conv.bias[vae.config.latent_channels:] += POSTERIOR_LOGVAR_SHIFT
     std_after = float(vae.encode(x[:64] * 2 - 1).latent_dist.std.mean())
-    figures = roundtrip_l1(vae, "test")
+    figures = roundtrip_l1(vae, "test", n=eval_n)
     Path(out).mkdir(parents=True, exist_ok=True)
     save_vae(vae, Path(out))
     return record.save(out, parameters=n_params(vae), scaling_factor=scaling, posterior_std_before=std_before,
                        posterior_std_after=std_after, roundtrip_test_targets=figures,
-                       roundtrip_train_targets=roundtrip_l1(vae, "train"))
+                       roundtrip_train_targets=roundtrip_l1(vae, "train", n=eval_n))
 
 
 if __name__ == "__main__":  # pragma: no cover - `ip2p world train-vae` is the entry point

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ip2p.data.types import EditExample
-from ip2p.world.edits import CATEGORIES, make_edit
-from ip2p.world.scenes import N_CAPTION_PHRASINGS, Scene, caption, random_scene, render
+from ip2p.data.world.edits import CATEGORIES, make_edit
+from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, Scene, caption, random_scene, render
 
 SPLITS = ("train", "val", "test")
 _SPLIT_BASE = {"train": 0, "val": 1 << 40, "test": 2 << 40}

@@ -28,8 +28,8 @@ def byte_symbols() -> list[str]:
 
 def world_words() -> list[str]:
     """Every word (and punctuation mark) of every world caption and instruction phrasing, sorted."""
-    from ip2p.world.edits import all_instruction_words
-    from ip2p.world.scenes import BACKGROUNDS, COLOURS, KINDS, PUDDLE, all_captions, random_scene
+    from ip2p.data.world.edits import all_instruction_words
+    from ip2p.data.world.scenes import BACKGROUNDS, COLOURS, KINDS, PUDDLE, all_captions, random_scene
 
     words = set(all_instruction_words())
     for name in list(COLOURS) + list(BACKGROUNDS) + list(KINDS) + [PUDDLE]:

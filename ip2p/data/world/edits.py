@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ip2p.world.scenes import (
+from ip2p.data.world.scenes import (
     BACKGROUNDS,
     GRID,
     KINDS,

@@ -1,7 +1,7 @@
 """Adapter from the small world's generator to the dataset registry: ``world:<split>``.
 
 ``open_dataset("world:train", n=5000, seed=0, categories="add,remove")`` yields the examples of
-``ip2p.world.dataset.world_examples(split, n=n, seed=seed, categories=categories)`` (64x64, with
+``ip2p.data.world.examples.world_examples(split, n=n, seed=seed, categories=categories)`` (64x64, with
 exact targets and masks) after the usual row checks. ``n`` defaults to 10,000 for train and
 1,000 for val and test (the generator itself is endless). ``world`` alone takes the split from the
 ``split`` argument (default train).
@@ -29,7 +29,7 @@ class _WorldImage:
         self.split, self.index, self.seed, self.category, self.attr = split, index, seed, category, attr
 
     def __call__(self):
-        from ip2p.world.dataset import make_example
+        from ip2p.data.world.examples import make_example
 
         return getattr(make_example(self.split, self.index, self.seed, self.category), self.attr)
 
@@ -42,9 +42,9 @@ def read_world(location: str, *, split: str | None, bad: BadRowLog, n: int | Non
     if name not in WORLD_SPLITS:
         raise DataRowError(f"world dataset has no split {name!r}; splits: {', '.join(WORLD_SPLITS)}")
     try:
-        from ip2p.world import dataset as world_dataset
+        from ip2p.data.world import examples as world_dataset
     except ModuleNotFoundError as e:
-        raise DataRowError(f"the small world's generator is not available (ip2p.world.dataset): {e}") from e
+        raise DataRowError(f"the small world's generator is not available (ip2p.data.world.examples): {e}") from e
     if isinstance(categories, str):
         categories = [c.strip() for c in categories.split(",") if c.strip()]
     n = DEFAULT_N[name] if n is None else int(n)

@@ -1,0 +1,242 @@
+"""Recipe: the world's "Stable Diffusion" (second generation), resumable, in one command.
+
+A CLIPTextModel and a 4-channel UNet trained together on world captions over the world VAE's
+latents, saved as a standard ``StableDiffusionPipeline`` folder. Training is SD's: epsilon
+prediction, 1000 scaled-linear steps (0.00085..0.012), MSE; captions are replaced by "" 10% of the
+time so classifier-free guidance works; latents are ``scaling_factor * posterior.sample()``; the
+text encoder learns with the UNet; the EMA weights are saved. Differences from the first
+generation: many more steps (the first trained 1,500 and drew its own caption 16% of the time),
+bfloat16 autocast on CPU, a larger pool of caption scenes, and checkpoints: rerunning the same
+command resumes from the newest one in ``run_dir`` (bit for bit: batches are drawn from RNGs saved
+in the checkpoint).
+
+The VAE and tokenizer must already be in ``out`` (``ip2p world train-vae``, ``build-tokenizer``).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ip2p.world.recipe import SD_DIR, RunRecord, n_params, setup
+from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, caption
+from ip2p.data.world.examples import caption_scene
+from ip2p.data.world.scenes import render
+
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
+
+TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    hidden_act="quick_gelu",
+    projection_dim=64,
+)
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 96),
+    layers_per_block=1,
+    attention_head_dim=4,
+    norm_num_groups=16,
+)
+
+
+def build_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TEXT_CONFIG,
+    )
+    return CLIPTextModel(cfg)
+
+
+def build_unet(cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(cross_attention_dim=cross_attention_dim, **UNET_CONFIG)
+
+
+def build_scheduler():
+    """SD's PNDM scheduler configuration, including ``clip_sample: false`` as SD's file has it: a
+    DDIM/DDPM scheduler made ``from_config`` would otherwise clip predicted latents to [-1, 1]."""
+    from diffusers import PNDMScheduler
+
+    sched = PNDMScheduler(**SCHEDULER_CONFIG)
+    sched.register_to_config(clip_sample=False)
+    return sched
+
+
+@torch.no_grad()
+def encode_dataset(vae, n: int, seed: int, batch: int = 256):
+    """Posterior mean and std of ``n`` training caption scenes, and the scenes themselves."""
+    from ip2p.data.world.examples import to_tensor
+
+    scenes = [caption_scene("train", i, seed) for i in range(n)]
+    means, stds = [], []
+    for s in tqdm(range(0, n, batch), desc="encode latents"):
+        x = torch.stack([to_tensor(render(sc)) for sc in scenes[s:s + batch]]) * 2 - 1
+        post = vae.encode(x).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds), scenes
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _lr_lambda(steps: int, warm: int = 100):
+    return lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def _latents(vae, run_dir: Path, n_images: int, seed: int):
+    """Posterior means/stds of the caption pool, cached in ``run_dir`` (a resume re-reads them)."""
+    from ip2p.util.io import atomic_write_bytes
+
+    cache = run_dir / f"latents-{n_images}-{seed}.pt"
+    if cache.exists():
+        d = torch.load(cache, weights_only=True)
+        return d["mean"], d["std"], [caption_scene("train", i, seed) for i in range(n_images)]
+    mean, std, scenes = encode_dataset(vae, n_images, seed)
+    buf = io.BytesIO()
+    torch.save({"mean": mean, "std": std}, buf)
+    atomic_write_bytes(cache, buf.getvalue())
+    return mean, std, scenes
+
+
+def _checkpoint(run_dir: Path, step: int, models, opt, sched, gen, rng, wall_s: float, keep: int = 2) -> None:
+    from ip2p.util.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "models": [m.state_dict() for m in models], "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "wall_s": wall_s}, buf)
+    atomic_write_bytes(run_dir / f"checkpoint-{step}.pt", buf.getvalue())
+    for old in sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-keep]:
+        old.unlink()
+
+
+def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: int = 8000, batch: int = 32,
+             lr: float = 1e-3, n_images: int = 16384, caption_dropout: float = 0.1, ema_decay: float = 0.999,
+             seed: int = 0, checkpoint_every: int = 250, bf16: bool = True, threads: int | None = None,
+             time_limit_minutes: float | None = None) -> dict | None:
+    """Train (or resume) world:sd; save the pipeline into ``out`` when ``steps`` are done.
+
+    With ``time_limit_minutes`` the run checkpoints and returns None at the first step past the
+    limit; rerunning the same command continues it."""
+    import time
+
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from ip2p.models import load_tokenizer, load_vae
+
+    gen = setup(seed, threads)
+    out, run_dir = Path(out), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(f"ip2p world train-sd --steps {steps} --batch {batch} --lr {lr} --n-images {n_images} "
+                       f"--run-dir {run_dir}", steps=steps, batch=batch, lr=lr, n_images=n_images,
+                       caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed, bf16_autocast=bf16,
+                       text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
+    tokenizer = load_tokenizer(out / "tokenizer")
+    vae = load_vae(out / "vae").requires_grad_(False)
+    scale = float(vae.config.scaling_factor)
+    mean, std, scenes = _latents(vae, run_dir, n_images, seed)
+    text_encoder = build_text_encoder(tokenizer)
+    unet = build_unet(text_encoder.config.hidden_size)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, text_encoder)]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
+    noise_sched = DDPMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
+    rng = np.random.default_rng(seed)
+    start, prior_wall = 0, 0.0
+    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if cks:
+        st = torch.load(cks[-1], map_location="cpu", weights_only=False)
+        for m, sd in zip([unet, text_encoder, *ema], st["models"]):
+            m.load_state_dict(sd)
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["gen"])
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        start, prior_wall = st["step"], st["wall_s"]
+        print(f"resuming {run_dir} from step {start}")
+    t_run = time.time()
+    record.t0 -= prior_wall
+    losses: list[float] = []
+    bar = tqdm(range(start, steps), desc="train-sd", initial=start, total=steps)
+    for step in bar:
+        idx = rng.integers(0, n_images, size=batch)
+        caps = [caption(scenes[i], int(rng.integers(N_CAPTION_PHRASINGS))) if rng.random() >= caption_dropout else ""
+                for i in idx]
+        ids = tokenize(tokenizer, caps)
+        i_t = torch.from_numpy(idx)
+        z0 = scale * (mean[i_t] + std[i_t] * torch.randn(mean[i_t].shape, generator=gen))
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
+        zt = noise_sched.add_noise(z0, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = unet(zt, t, text_encoder(ids)[0]).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            d = min(ema_decay, (1 + step) / (10 + step))
+            for e, m in zip(ema, (unet, text_encoder)):
+                for pe, pm in zip(e.parameters(), m.parameters()):
+                    pe.lerp_(pm, 1 - d)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        done = step + 1
+        over = time_limit_minutes is not None and time.time() - t_run > 60 * time_limit_minutes
+        if done % checkpoint_every == 0 or done == steps or over:
+            _checkpoint(run_dir, done, [unet, text_encoder, *ema], opt, sched, gen, rng,
+                        prior_wall + time.time() - t_run)
+        if over and done < steps:
+            print(f"time limit: stopped at step {done} of {steps}; rerun the same command to continue")
+            return None
+    unet, text_encoder = ema
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(out, start_from_existing=True) as tmp:  # one swap: the old pipeline or the new
+        pipe.save_pretrained(str(tmp))
+    return record.save(out / "unet", final_loss=float(np.mean(losses[-100:])) if losses else None,
+                       parameters={"unet": n_params(unet), "text_encoder": n_params(text_encoder)})
