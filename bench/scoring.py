@@ -40,7 +40,8 @@ class Scorer:
 
             lpips = LPIPS(metrics.lpips.net, device=device)
         self.suite = MetricSuite(clip=clip if "clip" in metrics.compute else None,
-                                 lpips=lpips if "lpips" in metrics.compute else None)
+                                 lpips=lpips if "lpips" in metrics.compute else None,
+                                 success="success" in metrics.compute)
         self.benchmark = None
         if any(g in metrics.compute for g in ("dino", "structure", "pie")):
             from ip2p.metrics.benchmark_metrics import BenchmarkMetrics
@@ -80,6 +81,9 @@ class Scorer:
         rows: list[dict[str, float]] = [{} for _ in outputs]
         for (_, any_t, any_m), idx in groups.items():
             has_t, has_m = use_targets and any_t, use_masks and any_m
+            # the suite computes the success columns when it gets targets and masks; they need both
+            # even where the target or masked group is off
+            alone = "success" in self.metrics.compute and any_t and any_m and not (has_t and has_m)
             t0 = [text_0[i] for i in idx]
             t1 = [text_1[i] for i in idx]
             # captions always go in: an item without one gets NaN text metrics (named in
@@ -88,6 +92,11 @@ class Scorer:
             tg = torch.stack([targets[i] for i in idx]) if has_t else None
             mk = torch.stack([masks[i] for i in idx]) if has_m else None
             cols = self.suite(x_in, x_out, t0, t1, targets=tg, masks=mk)
+            if alone:
+                from ip2p.metrics.success import edit_success
+
+                cols.update(edit_success(x_in, x_out, torch.stack([targets[i] for i in idx]),
+                                         torch.stack([masks[i] for i in idx])))
             if self.benchmark is not None:
                 tb = torch.stack([targets[i] for i in idx]) if any_t else None
                 mb = torch.stack([masks[i] for i in idx]) if any_m else None

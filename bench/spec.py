@@ -36,7 +36,7 @@ from ip2p.errors import SpecError
 SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed takes as a non-negative int64)
 DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
-METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie")
+METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie", "success")
 
 
 class _Strict(BaseModel):
@@ -149,7 +149,9 @@ class MetricsSpec(_Strict):
     input), lpips (vs the input), target (vs the target image, when the data has one), masked
     (pixel and lpips outside the edit mask, when the data has one), dino (DINO similarity to the
     input and to the target), structure (PIE-Bench structure distance), pie (PIE-Bench background
-    metrics and CLIP scores; uses the clip and lpips settings). See ``ip2p.metrics.benchmark_metrics``."""
+    metrics and CLIP scores; uses the clip and lpips settings), success (the world's exact edit success,
+    ``ip2p.metrics.success``: needs items with an exact target and edit mask). See
+    ``ip2p.metrics.benchmark_metrics``."""
 
     compute: list[Literal[METRIC_GROUPS]] = Field(default_factory=lambda: ["clip", "pixel"])  # type: ignore[valid-type]
     clip: ClipMetricSpec = Field(default_factory=ClipMetricSpec)

@@ -357,7 +357,8 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
                 ex = items[u.item_index]
                 requests.append(EditRequest(image=unit_image(u), instruction=ex.instruction,
                                             input_caption=ex.input_caption, output_caption=ex.output_caption,
-                                            knobs=u.knobs, seed=u.seed, item_id=ex.item_id))
+                                            knobs=u.knobs, seed=u.seed, item_id=ex.item_id,
+                                            target=ex.target_image))
             t1 = time.time()
             outs = _run_by_size(editor, requests)
             stats["edit_seconds"] += time.time() - t1

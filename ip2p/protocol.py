@@ -95,7 +95,9 @@ class EditRequest:
 
     ``knobs`` overrides the method's defaults for this request only; ``seed`` fixes its noise.
     Captions are optional: InstructPix2Pix ignores them, SDEdit uses ``output_caption``,
-    Text2Live-style methods use both.
+    Text2Live-style methods use both. ``target``: the exact expected output when the data has one
+    (a tensor like ``image``, or a callable loading it); only reference methods (the ``oracle``)
+    read it, an editor never should.
     """
 
     image: torch.Tensor
@@ -105,6 +107,7 @@ class EditRequest:
     knobs: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     item_id: str = ""
+    target: Any = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable

@@ -20,7 +20,14 @@ masked_l1_outside           L1 over pixels outside the edit mask                
 masked_psnr_outside         PSNR over pixels outside the edit mask                   masks
 masked_ssim_outside         SSIM map averaged outside the edit mask                  masks
 masked_lpips_outside        LPIPS map averaged outside the edit mask                 masks, lpips
+edit_success                1 = inside the mask near the target, outside kept        success, targets, masks
+edit_inside_closed          share of the input-to-target distance closed in the mask success, targets, masks
+edit_outside_l1             L1 to the input outside the edit mask                    success, targets, masks
 ==========================  ======================================================  ============
+
+The ``edit_*`` columns (``ip2p.metrics.success``, the world's exact edit success) are computed
+only by a suite built with ``success=True`` (the spec's ``success`` group), so the metric spec of
+suites without it is unchanged.
 
 A caption-based column of an item whose caption is empty (a test set entry without an output
 caption, e.g. EditWorld's) is NaN, never a similarity to the empty string: ``clip_sim_0`` needs the
@@ -45,6 +52,8 @@ from ip2p.metrics import pixel
 from ip2p.metrics.checks import check_images
 from ip2p.metrics.clip_similarity import ClipSimilarity
 from ip2p.metrics.lpips_metric import LPIPS
+from ip2p.metrics.success import SPEC as SUCCESS_SPEC
+from ip2p.metrics.success import SUCCESS_COLUMNS, edit_success
 from ip2p.util.hashing import hash_bytes
 
 
@@ -88,6 +97,9 @@ COLUMNS: dict[str, MetricColumn] = dict([
     _col("masked_psnr_outside", "higher", 0.2, "dB"),
     _col("masked_ssim_outside", "higher", 0.005, "SSIM"),
     _col("masked_lpips_outside", "lower", 0.005, "LPIPS"),
+    _col("edit_success", "higher", 0.02, "share of items"),
+    _col("edit_inside_closed", "higher", 0.01, "share of the edit"),
+    _col("edit_outside_l1", "lower", 0.002, "[0,1] range"),
 ])
 # the published benchmarks' columns declare their direction beside their definitions
 # (ip2p.metrics.dino, ip2p.metrics.benchmark_metrics); their default tolerances by unit:
@@ -148,9 +160,10 @@ class MetricSuite:
     :class:`LPIPS` (or None to skip LPIPS columns). Pixel columns are always computed.
     """
 
-    def __init__(self, clip: ClipSimilarity | None = None, lpips: LPIPS | None = None):
+    def __init__(self, clip: ClipSimilarity | None = None, lpips: LPIPS | None = None, *, success: bool = False):
         self.clip = clip
         self.lpips = lpips
+        self.success = success
 
     def columns(self, *, captions: bool = True, targets: bool = False, masks: bool = False) -> list[str]:
         """The column names a call with these inputs returns, in order."""
@@ -168,6 +181,8 @@ class MetricSuite:
                 cols.append("target_clip_image")
         if masks:
             cols += [c for c in MASK_COLUMNS if c != "masked_lpips_outside" or self.lpips is not None]
+        if self.success and targets and masks:
+            cols += list(SUCCESS_COLUMNS)
         return cols
 
     def __call__(
@@ -216,6 +231,8 @@ class MetricSuite:
             out["masked_ssim_outside"] = pixel.masked_ssim_outside(inputs, outputs, masks).cpu()
             if self.lpips is not None:
                 out["masked_lpips_outside"] = pixel.masked_lpips_outside(inputs, outputs, masks, self.lpips).cpu()
+        if self.success and targets is not None and masks is not None:
+            out.update({k: v.cpu() for k, v in edit_success(inputs, outputs, targets, masks).items()})
         return {k: v.float() for k, v in out.items()}
 
     def spec(self) -> dict[str, Any]:
@@ -233,5 +250,8 @@ class MetricSuite:
                 **{c: "pixel+masked" for c in MASK_COLUMNS[:3]},
             },
         }
+        if self.success:  # only then: the spec of suites without the group stays as it was
+            rec["success"] = SUCCESS_SPEC
+            rec["columns"].update({c: "success" for c in SUCCESS_COLUMNS})
         rec["spec_hash"] = hash_bytes(json.dumps(rec, sort_keys=True, default=str).encode())
         return rec
