@@ -107,7 +107,7 @@ def test_oracle_returns_the_target_bit_for_bit_and_names_items_without_one():
     from baselines.oracle import OracleEditor
     from ip2p.errors import SpecError
     from ip2p.protocol import EditRequest
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     ed = OracleEditor()
     exs = [make_example("test", i) for i in range(3)]

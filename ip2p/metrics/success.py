@@ -1,5 +1,5 @@
 """Exact edit success: did the edit do what was asked, and nothing else? Needs the exact target and
-the exact edit mask (the small world has both; ``ip2p.world.dataset.make_example``).
+the exact edit mask (the small world has both; ``ip2p.data.world.examples.make_example``).
 
 Per item, with ``M`` the edit mask (True where input and target differ), errors as mean absolute
 differences over pixels and channels in [0, 1]:
@@ -96,7 +96,7 @@ def _by_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
 def calibrate(split: str = "test", n: int = 192, vae_folder: str | None = None, batch: int = 64) -> dict[str, Any]:
     """Edit success per category of the exact target, the identity editor and (given a VAE folder)
     the VAE round trip (posterior mode, 8-bit) of the targets on ``n`` world items of ``split``."""
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     items = [make_example(split, i) for i in range(n)]
     cats = [e.category for e in items]
