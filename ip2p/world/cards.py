@@ -47,25 +47,23 @@ def _fmt_figures(fig: dict) -> str:
     return "\n".join(f"| {k} | {v} |" for k, v in fig.items())
 
 
+def render_card(title: str, intro: str, sections: list[tuple[str, str]]) -> str:
+    """The one layout of every world model card: a title, an introduction, then titled sections."""
+    body = "".join(f"\n## {head}\n{text.strip()}\n" for head, text in sections)
+    return f"# {title}\n\n{intro.strip()}\n{body}"
+
+
+def write_card(folder: Path, text: str) -> Path:
+    """The one writer of the cards: ``README.md`` beside the weights, atomically."""
+    return atomic_write_text(Path(folder) / "README.md", text)
+
+
 def _card(title: str, what: str, folder: Path, rec: dict, figures: dict, extra: str = "") -> Path:
-    text = f"""# {title}
-
-{what}
-
-## Training
-{_fmt_record(rec)}
-
-Configuration: see `training.json` beside this card.
-
-## Sanity figures (test split, recomputed by `ip2p world cards`)
-| figure | value |
-|---|---|
-{_fmt_figures(figures)}
-
-## Files
-{_fmt_sizes(folder)}
-{extra}"""
-    return atomic_write_text(folder / "README.md", text)
+    sections = [("Training", _fmt_record(rec) + "\n\nConfiguration: see `training.json` beside this card."),
+                ("Sanity figures (test split, recomputed by `ip2p world cards`)",
+                 "| figure | value |\n|---|---|\n" + _fmt_figures(figures)),
+                ("Files", _fmt_sizes(folder) + ("\n" + extra if extra else ""))]
+    return write_card(folder, render_card(title, what, sections))
 
 
 def write_cards(evaluate: bool = True) -> list[Path]:

@@ -144,3 +144,95 @@ def evaluate_vae(vae_folder: str | Path, n: int = 192) -> dict:
 
 
 __all__ = ["evaluate_clip", "evaluate_sd", "evaluate_vae", "retrieval_top1", "zero_shot", "sd_samples", "clip_features"]
+
+
+# --------------------------------------------------------------------------------------------
+# the editor's targets (issue 21): world:ip2p against the identity editor and the exact target
+
+EDIT_PROTOCOL = dict(n=192, steps=20, image_guidance_scale=1.5, guidance_scale=7.5, sampler="paper (Euler ancestral)",
+                     resize=None, seed="0 + item index")
+
+
+def _edit_all(folder: str | Path, items, steps: int, image_guidance: float, text_guidance: float,
+              batch: int = 32) -> torch.Tensor:
+    import ip2p
+    from ip2p.protocol import EditRequest
+
+    editor = ip2p.load_editor(str(folder), resize=None)
+    outs = []
+    for s in range(0, len(items), batch):
+        outs += editor.run([EditRequest(
+            image=e.input_image, instruction=e.instruction, input_caption=e.input_caption,
+            output_caption=e.output_caption, seed=i, item_id=e.item_id,
+            knobs={"image_guidance_scale": image_guidance, "guidance_scale": text_guidance,
+                   "num_inference_steps": steps}) for i, e in enumerate(items[s:s + batch], start=s)])
+    return torch.stack(outs).float().clamp(0, 1)
+
+
+def _per_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
+    import math
+
+    out = {}
+    for c in sorted(set(cats)):
+        v = values[[i for i, k in enumerate(cats) if k == c]].double()
+        v = v[~torch.isnan(v)]
+        out[c] = round(float(v.mean()), 5) if len(v) else math.nan
+    return out
+
+
+@torch.no_grad()
+def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guidance: float = 1.5,
+                   text_guidance: float = 7.5, vae_folder: str | Path | None = None) -> tuple[dict, torch.Tensor]:
+    """The issue-21 figures of the editor in ``folder`` on the first ``n`` world:test items (all 12
+    categories cycle): L1 to the exact target and exact edit success (``ip2p.metrics.success``) for
+    the editor, identity and the exact target (oracle), per category; the paired difference of L1
+    (editor - identity) per category with a 95% bootstrap interval over items; the VAE round trip of
+    the targets. Returns (figures, edited images)."""
+    import numpy as np
+
+    from ip2p.data.world.examples import make_example
+    from ip2p.metrics.success import edit_success
+    from ip2p.util.stats import bootstrap_ci
+    from ip2p.world.vae_recipe import roundtrip_l1
+
+    items = [make_example("test", i) for i in range(n)]
+    cats = [e.category for e in items]
+    inp = torch.stack([e.input_image for e in items])
+    tgt = torch.stack([e.target_image for e in items])
+    masks = torch.stack([e.mask for e in items])
+    edited = _edit_all(folder, items, steps, image_guidance, text_guidance)
+    res: dict = {"protocol": dict(EDIT_PROTOCOL, n=n, steps=steps, image_guidance_scale=image_guidance,
+                                  guidance_scale=text_guidance), "editors": {}, "paired_l1_minus_identity": {}}
+    l1 = {}
+    for name, out in (("editor", edited), ("identity", inp), ("oracle", tgt)):
+        l1[name] = (out - tgt).abs().flatten(1).mean(1)
+        s = edit_success(inp, out, tgt, masks)["edit_success"]
+        res["editors"][name] = {"l1_target": round(float(l1[name].mean()), 5),
+                                "l1_target_by_category": _per_category(l1[name], cats),
+                                "edit_success": round(float(s[~torch.isnan(s)].mean()), 4),
+                                "edit_success_by_category": _per_category(s, cats)}
+    diff = (l1["editor"] - l1["identity"]).numpy()
+    for c in sorted(set(cats)) + ["all"]:
+        v = diff if c == "all" else diff[[i for i, k in enumerate(cats) if k == c]]
+        mean, lo, hi = bootstrap_ci(v, n_boot=2000, rng=np.random.default_rng(0))
+        res["paired_l1_minus_identity"][c] = {"mean": round(mean, 5), "low": round(lo, 5), "high": round(hi, 5),
+                                              "n": int(len(v)), "excludes_0": bool(hi < 0 or lo > 0)}
+    from ip2p.models import load_vae
+
+    res["vae_roundtrip"] = roundtrip_l1(load_vae(Path(vae_folder or Path(folder) / "vae")), "test", n=n)
+    res["targets"] = edit_targets_met(res)
+    return res, edited
+
+
+def edit_targets_met(res: dict) -> dict[str, bool]:
+    """Issue 21's targets, each true or false, from ``evaluate_edits``'s figures."""
+    ed, ident = res["editors"]["editor"], res["editors"]["identity"]
+    paired = res["paired_l1_minus_identity"]
+    cats = [c for c in paired if c != "all"]
+    return {
+        "vae_roundtrip_l1<=0.004": res["vae_roundtrip"]["l1_mean"] <= 0.004,
+        "l1_below_identity_every_category_ci_excludes_0": all(paired[c]["high"] < 0 for c in cats),
+        "l1_at_most_half_identity": ed["l1_target"] <= 0.5 * ident["l1_target"],
+        "edit_success>=0.8": ed["edit_success"] >= 0.8,
+        "edit_success>=0.6_every_category": all(v >= 0.6 for v in ed["edit_success_by_category"].values()),
+    }

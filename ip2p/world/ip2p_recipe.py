@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from ip2p.train.config import TrainConfig
-from ip2p.util.io import atomic_write_json, atomic_write_text
+from ip2p.util.io import atomic_write_json
 from ip2p.world import WEIGHTS_DIR
+from ip2p.world.cards import render_card
+from ip2p.world.cards import write_card as write_world_card
 
 SHIP_DIR = WEIGHTS_DIR / "ip2p"
 RUN_DIR = Path("runs/world-ip2p")
@@ -180,21 +182,14 @@ def model_card(run: dict, results: dict) -> str:
     recipe = "".join(_stage_block(r, i + 1, len(stages)) for i, r in enumerate(stages))
     total_wall = round(sum(r.get("wall_time_s") or 0 for r in stages), 1)
     vae_line = ("- VAE: " + run["vae_note"] + "\n") if run.get("vae_note") else ""
-    return f"""# world:ip2p -- the small world's InstructPix2Pix
-
-A diffusers `StableDiffusionInstructPix2PixPipeline` folder (64x64 images, 16x16x4 latents),
+    intro = """A diffusers `StableDiffusionInstructPix2PixPipeline` folder (64x64 images, 16x16x4 latents),
 trained by this project's trainer (`ip2p train`) from `world:sd` on the world's training edits.
 Load with `ip2p.load_editor("world:ip2p")` or
-`StableDiffusionInstructPix2PixPipeline.from_pretrained(<this folder>)`.
-
-## Recipe
-{recipe}
+`StableDiffusionInstructPix2PixPipeline.from_pretrained(<this folder>)`."""
+    recipe_text = f"""{recipe}
 {vae_line}- Total: {sum(r.get('final_step') or 0 for r in stages)} optimiser steps, {total_wall} s of wall time.
-- Versions: {json.dumps(run.get('versions', {}))}.
-
-## Evaluation (world test split)
-
-{results['n']} items of `world:test`, sI {results['image_guidance_scale']}, sT {results['text_guidance_scale']},
+- Versions: {json.dumps(run.get('versions', {}))}."""
+    evaluation = f"""{results['n']} items of `world:test`, sI {results['image_guidance_scale']}, sT {results['text_guidance_scale']},
 {results['num_inference_steps']} Euler-ancestral steps, seed {results['seed']} + item index, through
 `ip2p.load_editor(..., resize=None)`. CLIP: `ip2p.metrics.ClipSimilarity("world:clip")` (paper preprocessing;
 directional = cos(I1 - I0, T1 - T0) with the input/output captions). L1 and LPIPS against the exact targets
@@ -211,11 +206,38 @@ L1 vs target per category (world:ip2p / identity):
 {_category_lines(results)}
 
 Measured by `ip2p world evaluate-ip2p` ({results.get('editing_wall_s')} s of editing on CPU);
-raw figures in `evaluation.json`.
-"""
+raw figures in `evaluation.json`."""
+    sections = [("Recipe", recipe_text), ("Evaluation (world test split)", evaluation)]
+    if results.get("issue21"):
+        sections.append(("Targets (issue 21)", _targets_section(results["issue21"])))
+    return render_card("world:ip2p -- the small world's InstructPix2Pix", intro, sections)
 
 
-def ship(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
+def _targets_section(r: dict) -> str:
+    """The issue-21 protocol's figures: edit success and paired L1 against identity, per category."""
+    p = r["protocol"]
+    ed, ident, orc = (r["editors"][k] for k in ("editor", "identity", "oracle"))
+    lines = [f"{p['n']} test items, {p['steps']} steps, sI {p['image_guidance_scale']}, sT {p['guidance_scale']}, "
+             f"the paper's sampler, resize none (`ip2p.world.evaluate.evaluate_edits`). Edit success: "
+             f"`ip2p.metrics.success` (1 = inside the true mask nearer the target than the input, outside nearly "
+             f"unchanged). Paired difference: L1(world:ip2p) - L1(identity) per item, 95% bootstrap interval.",
+             "", "| category | edit success (ours / identity / oracle) | L1 ours | L1 identity | paired diff [95% CI] |",
+             "|---|---|---|---|---|"]
+    for c, d in r["paired_l1_minus_identity"].items():
+        if c == "all":
+            continue
+        lines.append(f"| {c} | {ed['edit_success_by_category'][c]:.2f} / {ident['edit_success_by_category'][c]:.2f} / "
+                     f"{orc['edit_success_by_category'][c]:.2f} | {ed['l1_target_by_category'][c]:.4f} | "
+                     f"{ident['l1_target_by_category'][c]:.4f} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |")
+    d = r["paired_l1_minus_identity"]["all"]
+    lines.append(f"| **all** | {ed['edit_success']:.2f} / {ident['edit_success']:.2f} / {orc['edit_success']:.2f} | "
+                 f"{ed['l1_target']:.4f} | {ident['l1_target']:.4f} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |")
+    lines += ["", f"VAE round trip of the test targets: L1 {r['vae_roundtrip']['l1_mean']}.", "",
+              "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in r["targets"].items()) + "."]
+    return "\n".join(lines)
+
+
+def ship_run(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
     """Copy the pipeline parts of a run into the shipped folder (no checkpoints or logs)."""
     from ip2p.util.io import replacing_dir
 
@@ -232,22 +254,29 @@ def ship(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
     return ship_dir
 
 
-def write_card(ship_dir: Path = SHIP_DIR, n: int = 200, steps: int = 50) -> dict:
+def write_card(ship_dir: Path = SHIP_DIR, n: int = 192, steps: int = 20) -> dict:
+    """Measure the card's figures (the CLIP/LPIPS table at 50 steps on 200 items, and the issue-21
+    protocol at ``steps`` on ``n`` items), store them in ``evaluation.json`` and write the card."""
+    from ip2p.world.evaluate import evaluate_edits
+
     run = json.loads((ship_dir / "training_config.json").read_text())
-    results, edited, inputs, targets = evaluate(ship_dir, n=n, steps=steps)
+    results, edited, inputs, targets = evaluate(ship_dir, n=200, steps=50)
+    results["issue21"], _ = evaluate_edits(ship_dir, n=n, steps=steps)
     atomic_write_json(ship_dir / "evaluation.json", results)
-    atomic_write_text(ship_dir / "README.md", model_card(run, results))
+    write_world_card(ship_dir, model_card(run, results))
     return results
 
 
 def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_minutes: float | None = None,
-               ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20) -> dict | None:
+               ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20, base: str | None = None,
+               ship: bool = True) -> dict | None:
     """Train (resuming when ``run_dir`` has checkpoints), then ship and evaluate when ``max_steps`` is reached.
 
     Returns the evaluation, or None when the time limit stopped the run first (rerun to continue)."""
     from ip2p.train.trainer import train
 
-    recipe = dict(RECIPE, max_steps=steps or RECIPE["max_steps"], time_limit_minutes=time_limit_minutes)
+    recipe = dict(RECIPE, max_steps=steps or RECIPE["max_steps"], time_limit_minutes=time_limit_minutes,
+                  base=base or RECIPE["base"])
     run_dir = Path(run_dir)
     resume = "latest" if any((run_dir / "checkpoints").glob("*")) else None
     cfg = TrainConfig(out=str(run_dir), resume=resume, **recipe)
@@ -261,7 +290,10 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
         print(f"stopped at step {run['final_step']} of {cfg.max_steps}; rerun the same command to continue")
         return None
     run.update({"command": recipe_command(cfg), "wall_time_s": wall,
-                "recipe_command": "ip2p world train-ip2p" + (f" --steps {steps}" if steps else "")})
+                "recipe_command": "ip2p world train-ip2p" + (f" --steps {steps}" if steps else "")
+                + (f" --base {base}" if base else "")})
     atomic_write_json(run_dir / "training_config.json", run)
-    ship(run_dir, ship_dir)
+    if not ship:
+        return run
+    ship_run(run_dir, ship_dir)
     return write_card(ship_dir, n=eval_n, steps=eval_steps)
