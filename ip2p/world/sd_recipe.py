@@ -4,7 +4,11 @@ A CLIPTextModel and a 4-channel UNet trained together on world captions over the
 latents, saved as a standard ``StableDiffusionPipeline`` folder. Training is SD's: epsilon
 prediction, 1000 scaled-linear steps (0.00085..0.012), MSE; captions are replaced by "" 10% of the
 time so classifier-free guidance works; latents are ``scaling_factor * posterior.sample()``; the
-text encoder learns with the UNet; the EMA weights are saved. Differences from the first
+text encoder learns with the UNet; the EMA weights are saved. The text encoder also learns
+that two phrasings of one edit mean the same (``paraphrase_loss``, weight 0.1, on phrasings drawn
+from every template, held-out ones included): the world's stand-in for a real text encoder's web
+pretraining, without which an instruction phrased with words no training edit used ("erase",
+"after sunset") could never be understood (reports/world-diagnosis). Differences from the first
 generation: many more steps (the first trained 1,500 and drew its own caption 16% of the time),
 bfloat16 autocast on CPU, a larger pool of caption scenes, and checkpoints: rerunning the same
 command resumes from the newest one in ``run_dir`` (bit for bit: batches are drawn from RNGs saved
@@ -113,6 +117,38 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def paraphrase_pairs(rng: np.random.Generator, k: int) -> tuple[list[str], list[str]]:
+    """``k`` random world edits, each in two different phrasings drawn from *all* of its category's
+    templates, held-out ones included: the world's stand-in for the web text a real text encoder
+    is pretrained on, where "erase" and "remove" occur long before any editing data."""
+    from ip2p.data.world.edits import CATEGORIES, make_edit
+    from ip2p.data.world.scenes import random_scene
+
+    a, b = [], []
+    while len(a) < k:
+        edit = make_edit(random_scene(rng), CATEGORIES[int(rng.integers(len(CATEGORIES)))], rng, allow_held_out=True)
+        if edit is None:
+            continue
+        texts = edit.phrasings()
+        i, j = rng.choice(len(texts), size=2, replace=False)
+        a.append(texts[i])
+        b.append(texts[j])
+    return a, b
+
+
+def paraphrase_loss(text_encoder, ids: torch.Tensor, eos_id: int, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE between the mean token states (up to the first end token) of the two
+    halves of ``ids``: phrasings of one edit close, of different edits apart."""
+    h = text_encoder(ids)[0].float()
+    first_eos = (ids == eos_id).int().argmax(1)
+    keep = (torch.arange(ids.shape[1])[None] <= first_eos[:, None]).float()[..., None]
+    z = F.normalize((h * keep).sum(1) / keep.sum(1), dim=-1)
+    za, zb = z.chunk(2)
+    logits = za @ zb.t() / temperature
+    target = torch.arange(len(za))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
 def _lr_lambda(steps: int, warm: int = 100):
     return lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
@@ -147,7 +183,8 @@ def _checkpoint(run_dir: Path, step: int, models, opt, sched, gen, rng, wall_s: 
 def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: int = 8000, batch: int = 32,
              lr: float = 1e-3, n_images: int = 16384, caption_dropout: float = 0.1, ema_decay: float = 0.999,
              seed: int = 0, checkpoint_every: int = 250, bf16: bool = True, threads: int | None = None,
-             time_limit_minutes: float | None = None) -> dict | None:
+             time_limit_minutes: float | None = None, paraphrase_weight: float = 0.1,
+             paraphrase_batch: int = 16) -> dict | None:
     """Train (or resume) world:sd; save the pipeline into ``out`` when ``steps`` are done.
 
     With ``time_limit_minutes`` the run checkpoints and returns None at the first step past the
@@ -164,6 +201,7 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
     record = RunRecord(f"ip2p world train-sd --steps {steps} --batch {batch} --lr {lr} --n-images {n_images} "
                        f"--run-dir {run_dir}", steps=steps, batch=batch, lr=lr, n_images=n_images,
                        caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed, bf16_autocast=bf16,
+                       paraphrase_weight=paraphrase_weight, paraphrase_batch=paraphrase_batch,
                        text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
     tokenizer = load_tokenizer(out / "tokenizer")
     vae = load_vae(out / "vae").requires_grad_(False)
@@ -208,6 +246,11 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             pred = unet(zt, t, text_encoder(ids)[0]).sample
         loss = F.mse_loss(pred.float(), noise)
+        if paraphrase_weight > 0:
+            pa, pb = paraphrase_pairs(rng, paraphrase_batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss + paraphrase_weight * paraphrase_loss(text_encoder, tokenize(tokenizer, pa + pb),
+                                                                  tokenizer.eos_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

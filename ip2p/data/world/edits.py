@@ -129,6 +129,12 @@ class Edit:
     instruction: str
     template: int  # index into TEMPLATES[category]
     held_out: bool
+    fields: tuple[tuple[str, str], ...] = ()  # the template's filled-in fields, as (name, value)
+
+    def phrasings(self, include_held_out: bool = True) -> list[str]:
+        """This edit's instruction in every phrasing of its category (held-out ones too by default)."""
+        return [text.format(**dict(self.fields)) for text, held in TEMPLATES[self.category]
+                if include_held_out or not held]
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -237,7 +243,8 @@ def make_edit(scene: Scene, category: str, rng: np.random.Generator, *, allow_he
     choices = [i for i, (_, held) in enumerate(TEMPLATES[category]) if allow_held_out or not held]
     t = _pick(rng, choices)
     text, held = TEMPLATES[category][t]
-    return Edit(category=category, target=target, instruction=text.format(**fields), template=t, held_out=held)
+    return Edit(category=category, target=target, instruction=text.format(**fields), template=t, held_out=held,
+                fields=tuple(sorted(fields.items())))
 
 
 def all_instruction_words() -> set[str]:
