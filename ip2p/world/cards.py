@@ -76,24 +76,20 @@ def write_cards(evaluate: bool = True) -> list[Path]:
         fig = ev.evaluate_vae(vae_dir) if evaluate else rec.get("figures", {})
         rec["figures"] = fig
         atomic_write_json(vae_dir / "training.json", rec)
+        rt = rec.get("roundtrip_test_targets") or {}
         written.append(_card(
             "world:sd / vae -- the world's AutoencoderKL", "diffusers `AutoencoderKL`: 64x64x3 images in [-1, 1] <-> "
-            "16x16x4 latents. Loads with `AutoencoderKL.from_pretrained(path)`; PSNR is of the posterior mode's "
-            "reconstruction on 64 test-split scenes. Five phases: (1) whole VAE, L1 + MSE + 1e-6 KL, then "
-            "scaling_factor = 1/std of latents; (2) decoder alone; (3) after `train-sd`, both halves with an L2 "
-            "anchor on the (scaled) latent means, so the SD trained on phase-2 latents stays valid. "
-            f"Per phase: {rec.get('phase1_figures')}, {rec.get('phase2_figures')}; final latent drift "
-            f"(mean squared, scaled units, latents have std ~1): {rec.get('refine_final_drift_mse')}. "
-            "(4) `sharpen-vae`: the encoder's log-variance output shifted by "
+            "16x16x4 latents. Loads with `AutoencoderKL.from_pretrained(path)`. Recipe `ip2p world train-vae` "
+            "(`ip2p/world/vae_recipe.py`): trained from scratch on half caption scenes, half training-edit inputs and "
+            "targets (empty scenes, puddles, night, grown shapes), L1 + MSE on decoded posterior samples plus a "
+            "1e-6 KL term, cosine lr, bfloat16 autocast; then scaling_factor = 1/std of latent samples and the "
+            "encoder's log-variance bias shifted by "
             f"{rec.get('config', {}).get('posterior_logvar_shift')} (posterior std {rec.get('posterior_std_before')} -> "
-            f"{rec.get('posterior_std_after')}, unscaled): mean, mode and decoder unchanged; as SD's, the posterior is "
-            "nearly deterministic, so InstructPix2Pix's target scale * posterior.sample() carries no unpredictable noise. "
-            "(5) `finetune-vae-decoder`: the decoder alone on the inputs and targets of "
-            f"{rec.get('config', {}).get('edit_decoder_items')} training edits ({rec.get('config', {}).get('edit_decoder_steps')} "
-            "steps), whose scenes (empty after a removal, melted, grown) the caption scenes of phases 1-3 never showed; "
-            "round-trip L1 of test-split edit targets, before -> after: "
-            f"{(rec.get('edit_roundtrip_l1_before') or {}).get('l1_by_category')} -> "
-            f"{(rec.get('edit_roundtrip_l1_after') or {}).get('l1_by_category')}.",
+            f"{rec.get('posterior_std_after')}, unscaled), so that, as SD's, the posterior is nearly deterministic and "
+            "InstructPix2Pix's target scale * posterior.sample() carries no unpredictable noise. Round-trip L1 "
+            f"(posterior mode) of {rt.get('n')} test-split edit targets: {rt.get('l1_mean')} overall; per category "
+            f"{rt.get('l1_by_category')}. Figures below: PSNR of 64 test caption scenes and the round trip of 192 "
+            "test targets.",
             vae_dir, rec, fig))
     unet_dir = SD_DIR / "unet"
     clip_dir = WEIGHTS_DIR / "clip"

@@ -207,10 +207,12 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
     for name, out in (("editor", edited), ("identity", inp), ("oracle", tgt)):
         l1[name] = (out - tgt).abs().flatten(1).mean(1)
         s = edit_success(inp, out, tgt, masks)["edit_success"]
+        phrasing = ["held-out phrasing" if e.metadata["held_out_phrasing"] else "trained phrasing" for e in items]
         res["editors"][name] = {"l1_target": round(float(l1[name].mean()), 5),
                                 "l1_target_by_category": _per_category(l1[name], cats),
                                 "edit_success": round(float(s[~torch.isnan(s)].mean()), 4),
-                                "edit_success_by_category": _per_category(s, cats)}
+                                "edit_success_by_category": _per_category(s, cats),
+                                "edit_success_by_phrasing": _per_category(s, phrasing)}
     diff = (l1["editor"] - l1["identity"]).numpy()
     for c in sorted(set(cats)) + ["all"]:
         v = diff if c == "all" else diff[[i for i, k in enumerate(cats) if k == c]]
