@@ -195,10 +195,10 @@ class InstructPix2PixEditor(DiffusionEditor):
             raise TypeError(f"edit() got an unexpected keyword argument {unknown[0]!r}")
         if resize is ...:
             resize = self.resize
-        defaults = type(self).knobs
-        image_guidance_scale = defaults["image_guidance_scale"] if image_guidance_scale is None else image_guidance_scale
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        given = {"image_guidance_scale": image_guidance_scale, "guidance_scale": guidance_scale,
+                 "num_inference_steps": num_inference_steps}
+        image_guidance_scale, guidance_scale, num_inference_steps = (
+            self.knobs[k] if v is None else v for k, v in given.items())
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif not isinstance(images, (list, tuple)):
