@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ip2p.editor import load_editor
-from ip2p.fastpath import FastEditPath, GuidedUNet, PlannedEulerAncestral
+from ip2p.fastpath import FastEditPath, GuidedUNet
+from ip2p.sampling import NoiseSource, discrete_denoiser, sample_euler_ancestral
 
 BATCH = 4
 
@@ -30,26 +31,34 @@ def scenes():
 
 
 def test_editor_step(benchmark, world_editor, scenes):
-    """One sampling step of a chunk of 4 edits: 3x4-sample UNet call, guidance, Euler update."""
+    """One sampling step of a chunk of 4 edits through the one loop (``sample_euler_ancestral``):
+    the prepared denoiser's 3x4-sample UNet call and guidance, then the Euler update."""
     ed = world_editor
     images, instructions = scenes
     fast = FastEditPath(ed)
     lat = ed.encode_images(list(images))
     text, null = ed.encode_text(instructions), ed.encode_text([""])
-    s_i = [1.0, 1.2, 1.5, 2.0]
+    s_i, seeds = [1.0, 1.2, 1.5, 2.0], [0, 1, 2, 3]
+    plan = fast.plan(10, seeds, lat.shape[1:])
+    first = torch.tensor(plan.sigmas[:2])  # the first step only
     guided = GuidedUNet(fast.unet, lat, text, null, 7.5, s_i, dtype=ed.dtype)
-    sampler = PlannedEulerAncestral(fast.plan(10, [0, 1, 2, 3], lat.shape[1:]))
-    x = sampler.start()
+    denoise = discrete_denoiser(guided, fast.sigma_table, ed.prediction_type, ed.device, sigmas=first)
 
     @torch.no_grad()
     def step():
-        return sampler.update(0, x, guided(sampler.model_input(0, x), sampler.timestep(0)))
+        noise = plan.noise()
+        return sample_euler_ancestral(denoise, noise.randn(lat.shape[1:]) * first[0], first, noise)
 
     got = benchmark(step)
+
+    def eager(x_in, t):  # the eager editor's own guided call and noise, through the same loop
+        return ed.guided_eps(x_in, t, lat, text, null, torch.tensor([7.5] * 4), torch.tensor(s_i))
+
     with torch.no_grad():
-        eps = ed.guided_eps(sampler.model_input(0, x), sampler.timestep(0), lat, text, null,
-                            torch.tensor([7.5] * 4), torch.tensor(s_i))
-    assert torch.equal(got, sampler.update(0, x, eps))  # the fast step is the editor's step
+        noise = NoiseSource.from_seeds(seeds)
+        ref = sample_euler_ancestral(discrete_denoiser(eager, fast.sigma_table, ed.prediction_type),
+                                     noise.randn(lat.shape[1:]) * first[0], first, noise)
+    assert torch.equal(got, ref)  # the fast step is the editor's step
 
 
 def test_editor_edit(benchmark, world_editor, scenes):
