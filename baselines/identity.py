@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ip2p.core import process_input
+from ip2p.core import process_input, resize_knob
 from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs
 from ip2p.registry import register_method
 
@@ -18,8 +18,7 @@ class IdentityEditor:
 
     name = "identity"
     declared_knobs: Mapping[str, Knob] = {
-        "resize": Knob("choice", default=None, choices=("paper", None),
-                       doc="null: the input as given; paper: InstructPix2Pix's resize to `resolution`"),
+        "resize": resize_knob(None, ("paper", None)),
     }
     knobs: Mapping[str, Any] = knob_defaults(declared_knobs)
 

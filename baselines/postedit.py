@@ -58,16 +58,7 @@ import torch.nn.functional as F
 from ip2p.core import Chunk
 from ip2p.editor import InstructPix2PixEditor, load_editor
 from ip2p.errors import SpecError
-from ip2p.guidance import dual_guidance
 from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
-from ip2p.sampling import (
-    denoised_from_output,
-    get_ancestral_step,
-    get_sigmas,
-    model_input_scale,
-    sigma_to_t,
-    to_d,
-)
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_bytes, png_bytes
 
@@ -213,40 +204,36 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
     # ------------------------------------------------------------ the sampling loop
 
     def sample(self, chunk: Chunk) -> torch.Tensor:
-        """The paper's Euler-ancestral loop (as ``ip2p.sampling.sample_euler_ancestral``, same noise
-        draws), plus the edit score, the latent blend and the chunk's final pixel masks."""
+        """The editor's paper sampler (the one loop, same noise draws) with two hooks: the edit score
+        accumulated from the guidance branches, and the latent blend after each step; then the
+        chunk's final pixel masks."""
         k0 = chunk.knobs[0]
         if k0["scheduler"] not in (None, "paper") or self.scheduler is not None:
             raise SpecError(f"{self.name}: post-edit runs the paper's Euler ancestral sampler only; remove 'scheduler'")
-        image_latent = chunk.image_cond[0]
-        s_t = chunk.knob("guidance_scale", device=self.device)
-        s_i = chunk.knob("image_guidance_scale", device=self.device)
+        latent = chunk.image_cond[0]
         threshold, dilation = float(k0["mask_threshold"]), int(k0["mask_dilation"])
-        n_steps, noise = chunk.steps, chunk.noise
-        sigmas = get_sigmas(self._sigma_table, n_steps)
-        n0 = noise.randn(image_latent.shape[1:])
-        x = n0 * sigmas[0]
-        z_in = image_latent.float() * self.components.vae.config.scaling_factor
         f = self.vae_scale_factor
-        size = (x.shape[-2] * f, x.shape[-1] * f)
-        score = torch.zeros(x.shape[0], *x.shape[-2:], device=self.device)
-        blend_from = int(round(float(k0["blend_start"]) * n_steps))
-        for i in range(n_steps):
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            t = sigma_to_t(torch.tensor([s]), self._sigma_table).to(self.device)
-            out = self.branch_outputs(x * model_input_scale(s), t, image_latent, chunk.text, chunk.null)
-            cond, img_cond, uncond = out.chunk(3)
-            denoised = denoised_from_output(x, s, dual_guidance(cond, img_cond, uncond, s_t, s_i), self.prediction_type)
-            score += (cond - img_cond).abs().mean(1)
-            sigma_down, sigma_up = get_ancestral_step(s, s_next)
-            x = x + to_d(x, s, denoised) * (sigma_down - s)
-            if s_next > 0:
-                x = x + noise.like(x) * sigma_up
-            if i >= blend_from:
+        size = (latent.shape[-2] * f, latent.shape[-1] * f)
+        score = torch.zeros(latent.shape[0], *latent.shape[-2:], device=self.device)
+
+        def add_score(cond, img_cond, uncond) -> None:
+            score.add_((cond - img_cond).abs().mean(1))
+
+        def make_blend(sigmas, n0):
+            z_in = latent.float() * self.components.vae.config.scaling_factor
+            blend_from = int(round(float(k0["blend_start"]) * chunk.steps))
+
+            def blend(i: int, x: torch.Tensor) -> torch.Tensor | None:
+                if i < blend_from:
+                    return None
                 keep = pixel_mask(score / (i + 1), size, threshold, dilation)
                 m = F.max_pool2d(keep[:, None].float(), f, stride=f)
-                x = m * x + (1 - m) * (z_in + s_next * n0)
-        masks = pixel_mask(score / n_steps, size, threshold, dilation).cpu()
+                return m * x + (1 - m) * (z_in + float(sigmas[i + 1]) * n0)
+
+            return blend
+
+        x = self.sample_paper(chunk, on_branches=add_score, make_callback=make_blend)
+        masks = pixel_mask(score / chunk.steps, size, threshold, dilation).cpu()
         for j, idx in enumerate(chunk.indices):
             self._masks[idx] = masks[j]
         return x

@@ -36,7 +36,7 @@ import torch
 
 from ip2p.core import RESIZE_KNOB, Chunk, DiffusionEditor, broadcast
 from ip2p.errors import DataRowError
-from ip2p.guidance import as_scale
+from ip2p.guidance import cfg
 from ip2p.models import build_t2i_builtin, load_components  # noqa: F401  (build_t2i_builtin: public name here)
 from ip2p.protocol import EditRequest, Knob, who
 from ip2p.registry import register_method
@@ -115,8 +115,7 @@ class SDEditEditor(DiffusionEditor):
             return eps_text
         eps_uncond = eps_text.clone()
         eps_uncond[need_uncond] = out[: len(need_uncond)]
-        s = as_scale(guidance_scale, b, like=eps_text, name="guidance_scale")
-        return eps_uncond + s * (eps_text - eps_uncond)
+        return cfg(eps_uncond, eps_text, guidance_scale)
 
     def sample(self, chunk: Chunk) -> torch.Tensor:
         """Samples may start at different steps of the same schedule; each start step has its own
@@ -162,10 +161,13 @@ class SDEditEditor(DiffusionEditor):
 
     # ------------------------------------------------------------ public API
 
-    def edit(self, images, output_captions: str | Sequence[str], *, strength=0.75, guidance_scale=7.5,
-             num_inference_steps=50, seeds=0, resize: str | None = "paper") -> torch.Tensor:
+    def edit(self, images, output_captions: str | Sequence[str], *, strength=None, guidance_scale=None,
+             num_inference_steps=None, seeds=0, resize: str | None = "paper") -> torch.Tensor:
         """SDEdit ``images`` toward ``output_captions``; float ``[N, 3, H, W]`` in [0, 1]. Every
-        argument takes one value or one per image (a single image or caption is broadcast)."""
+        argument takes one value or one per image (a single image or caption is broadcast); a knob
+        left None takes its declared default (``declared_knobs``)."""
+        given = {"strength": strength, "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps}
+        strength, guidance_scale, num_inference_steps = (self.knobs[k] if v is None else v for k, v in given.items())
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif not isinstance(images, (list, tuple)):
@@ -201,11 +203,6 @@ def load_sdedit(source: str | os.PathLike = "world:sd", *, device=None, dtype=to
                         scheduler=scheduler, compile=compile)
 
 
-def load_t2i_components(source: str | os.PathLike = "world:sd", **kwargs):
-    """A text-to-image model through the loading layer (``ip2p.models.load_components(kind="t2i")``)."""
-    return load_components(source, kind="t2i", **kwargs)
-
-
 register_method(
     "sdedit",
     lambda model=None, device=None, **options: load_sdedit(model or "world:sd", device=device, **options),
@@ -221,4 +218,4 @@ register_method(
     replace=True,
 )
 
-__all__ = ["SDEditEditor", "load_sdedit", "load_t2i_components", "build_t2i_builtin", "denoising_start"]
+__all__ = ["SDEditEditor", "load_sdedit", "build_t2i_builtin", "denoising_start"]

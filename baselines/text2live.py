@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ip2p.core import process_input
+from ip2p.core import process_input, resize_knob
 from ip2p.errors import DataRowError, ModelLoadError, NonFiniteOutputError, SpecError
 from ip2p.metrics.clip_models import LoadedClip, load_clip
 from ip2p.metrics.preprocess import normalize
@@ -273,7 +273,7 @@ class Text2LiveEditor:
         "lambda_sparsity": Knob("float", default=0.06, minimum=0.0,
                                 doc="weight of mean(alpha) + mean(2 sigmoid(5 alpha) - 1)"),
         "n_aug": Knob("int", default=8, minimum=1, doc="CLIP views per step (the whole image plus random crops/flips)"),
-        "resize": Knob("choice", default=None, choices=("paper", None), doc="input resizing: null (as is) or paper"),
+        "resize": resize_knob(None, ("paper", None)),
     }
     knobs: Mapping[str, Any] = knob_defaults(declared_knobs)
 
@@ -320,7 +320,7 @@ class Text2LiveEditor:
     # ------------------------------------------------------------ protocol
 
     def _resolve(self, r: EditRequest, i: int = 0) -> dict[str, Any]:
-        declared = {**self.declared_knobs, "resize": Knob("choice", default=self.resize, choices=("paper", None))}
+        declared = {**self.declared_knobs, "resize": resize_knob(self.resize, ("paper", None))}
         return resolve_knobs(declared, r.knobs, method=self.name, item_id=r.item_id, index=i)
 
     def metric_input(self, request: EditRequest) -> torch.Tensor:

@@ -1,16 +1,21 @@
 """Latency profiler of an InstructPix2Pix edit, component by component (``ip2p profile``).
 
 One edit of ``batch`` requests (distinct instructions, images, seeds and sI values: a real
-sweep chunk) is run through the editor's public pieces and the fast path (``ip2p.fastpath``):
+sweep chunk) is ``editor.edit`` itself, the editor prepared with the spec's fast-path settings
+(``ip2p.fastpath``), timed through the editor's timing hook (``editor.region``): what is timed is
+exactly what a user runs, for every prediction type. The named regions:
 
     text_encode     instructions and "" through the text encoder (prompt cache cleared first)
-    vae_encode      image-conditioning latents (``editor.encode_images``)
-    schedule        sigmas, timesteps and all noise made ahead (``plan_euler_ancestral``), the
-                    3B conditioning batch and the guidance scales (``GuidedUNet``)
+    vae_encode      image-conditioning latents (each distinct image once)
+    schedule        sigmas, the guided model (3B conditioning batch, scales), the prepared
+                    denoiser's timesteps and the pre-drawn noise
     unet            per step: the 3B model input and one UNet call
     guidance        per step: dual classifier-free guidance arithmetic
-    sampler_update  per step: the Euler ancestral update with its pre-drawn noise
-    vae_decode      latents to images (``editor.decode``)
+    sampler_update  per step: the Euler ancestral update with its noise
+    vae_decode      latents to images, copied to the CPU
+
+Outside every region (not attributed, counted in the whole edit): input checks, knob resolution,
+chunking, per step the input scaling and the conversion to a denoised estimate, the NaN check.
 
 After ``warmup`` uninstrumented edits (compilation, graph capture, allocator warm-up), each of
 ``repeats`` rounds runs one uninstrumented edit timed whole and one edit timed per component
@@ -26,8 +31,8 @@ reset at each component's start; host-side, no sync); on the CPU the process's p
 
 Achieved TFLOP/s: FLOPs counted by ``ip2p.flops`` (matmul-class work, on a meta clone) over the
 median time; the roofline share divides by the device's dense peak for the dtype (``PEAK_TFLOPS``,
-or ``peak_tflops`` given by the user). Optionally ``editor.edit`` itself (the eager editor) is timed
-on the same requests, and its images compared with the fast path's.
+or ``peak_tflops`` given by the user). Optionally the eager editor (no fast-path preparation) is
+timed on the same requests, and its images compared with the profiled editor's.
 """
 from __future__ import annotations
 
@@ -274,7 +279,7 @@ def versions() -> dict[str, Any]:
     except ImportError:
         out["triton"] = None
     try:
-        from bench.provenance import git_state
+        from ip2p.util.provenance import git_state
 
         out["git"] = git_state()
     except Exception as e:  # a copy without git metadata still profiles
@@ -352,21 +357,95 @@ def _write_trace(prof, path: Path) -> str:
     return str(path)
 
 
-def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | None = None,
+@dataclass
+class ProfiledEdit:
+    """The editor and the requests a profile times: ``run(timer, steps)`` is one ``editor.edit`` of
+    the requests with ``timer.region`` installed as the editor's timing hook, so what is timed is
+    exactly what a user runs (the same sampler, denoiser, guidance and noise for every prediction
+    type and method on the core). The prompt cache is cleared first: text encoding is timed."""
+
+    editor: Any
+    images: torch.Tensor
+    instructions: list[str]
+    image_guidance: list[float]
+    guidance: list[float]
+    seeds: list[int]
+    steps: int
+
+    def run(self, timer, steps: int | None = None) -> torch.Tensor:
+        ed = self.editor
+        ed.prompts.clear()
+        saved, ed.region = ed.region, timer.region
+        try:
+            return ed.edit(self.images, self.instructions, image_guidance_scale=self.image_guidance,
+                           guidance_scale=self.guidance, num_inference_steps=steps or self.steps, seeds=self.seeds,
+                           resize=None)
+        finally:
+            ed.region = saved
+
+
+def profile_edit(spec: ProfileSpec, *, editor=None, command: str | None = None,
                  progress: bool = False) -> dict[str, Any]:
     """Profile one edit of ``spec.batch`` requests; returns the result record (JSON-ready).
-    ``editor``/``fast``: an ``InstructPix2PixEditor`` and a ``FastEditPath`` on it to reuse (a
-    script profiling several batch sizes compiles the UNet once)."""
-    from ip2p.editor import load_editor
-    from ip2p.fastpath import FastEditPath, FastPathSettings, GuidedUNet, PlannedEulerAncestral
-
+    ``editor``: an ``InstructPix2PixEditor`` prepared with the spec's fast-path settings, to reuse
+    (a script profiling several batch sizes compiles the UNet once)."""
     spec.validate()
     device = torch.device(spec.resolved_device())
-    dtype = DTYPES[spec.dtype]
     t_load = time.perf_counter()
-    if editor is None:
-        editor = load_editor(spec.model, device=device, dtype=dtype, resize=None, max_batch=spec.batch, seed=spec.seed)
+    editor = _profiled_editor(spec, editor, device)
     load_s = time.perf_counter() - t_load
+    res = _resolution(spec, editor)
+    images, instructions, s_i, s_t, seeds = make_requests(spec.batch, res, spec.seed)
+    edit = ProfiledEdit(editor, images, instructions, s_i, s_t, seeds, spec.steps)
+    whole, parts, warmup_s, edited = _timing_rounds(spec, edit, device, progress)
+    latent_hw = (res // editor.vae_scale_factor, res // editor.vae_scale_factor)
+    record: dict[str, Any] = {
+        "benchmark": "ip2p_profile",
+        "command": command,
+        "spec": {**asdict(spec), "res": res},
+        "fast_path": editor._prepared.describe(),
+        "model": _model_info(editor, latent_hw),
+        "device": device_info(device),
+        "versions": versions(),
+        "timer": parts.kind,
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        **_timing_summary(spec, parts, whole),
+        **_roofline(spec, editor, device, latent_hw, res, parts),
+        "memory": _memory(device, parts),
+    }
+    if spec.reference:
+        record["reference_editor_edit"] = _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device,
+                                                       edited)
+    if spec.trace:
+        try:
+            record["trace"] = _trace(edit.run, spec, device)
+        except Exception as e:  # noqa: BLE001 - the timings stand without the trace; say why it is missing
+            record["trace"] = {"path": None, "error": f"{type(e).__name__}: {e}"}
+    return record
+
+
+def _profiled_editor(spec: ProfileSpec, editor, device: torch.device):
+    """The editor to profile: ``editor`` (checked against the spec's fast-path settings) or one
+    loaded from ``spec.model`` with them."""
+    from ip2p.editor import load_editor
+    from ip2p.fastpath import FastPathSettings
+
+    settings = FastPathSettings(compile=spec.compile, cuda_graphs=spec.cuda_graphs, channels_last=spec.channels_last,
+                                sdpa=spec.sdpa)
+    if editor is None:
+        return load_editor(spec.model, device=device, dtype=DTYPES[spec.dtype], resize=None, max_batch=spec.batch,
+                           seed=spec.seed, fast=settings)
+    if editor.fast != settings:
+        raise SpecError(f"profile_edit: the editor given was prepared with fast path {editor.fast}, the spec asks for "
+                        f"{settings}")
+    if editor.max_batch < spec.batch:
+        raise SpecError(f"profile_edit: the editor given samples {editor.max_batch} edits per chunk, the spec's batch "
+                        f"is {spec.batch}; give an editor with max_batch >= {spec.batch}")
+    return editor
+
+
+def _resolution(spec: ProfileSpec, editor) -> int:
     c = editor.components
     vae_f = c.vae_scale_factor
     unet_f = 2 ** (len(c.unet.config.block_out_channels) - 1)
@@ -374,46 +453,26 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
     if res % (vae_f * unet_f):
         raise SpecError(f"--res {res}: must be a multiple of {vae_f * unet_f} for {spec.model} "
                         f"(VAE factor {vae_f} x UNet downsampling {unet_f})")
-    settings = FastPathSettings(compile=spec.compile, cuda_graphs=spec.cuda_graphs, channels_last=spec.channels_last,
-                                sdpa=spec.sdpa)
-    if fast is None:
-        fast = FastEditPath(editor, settings)
-    elif fast.settings != settings:
-        raise SpecError(f"profile_edit: the FastEditPath given was prepared with {fast.settings}, the spec asks for {settings}")
-    images, instructions, s_i, s_t, seeds = make_requests(spec.batch, res, spec.seed)
-    image_list = list(images)
-    latent_hw = (res // vae_f, res // vae_f)
+    return res
 
-    def one_edit(timer, steps: int = spec.steps) -> torch.Tensor:
-        with timer.region("text_encode"):
-            editor.prompts.clear()
-            text = editor.encode_text(instructions)
-            null = editor.encode_text([""])
-        with timer.region("vae_encode"):
-            lat = editor.encode_images(image_list)
-        with timer.region("schedule"):
-            plan = fast.plan(steps, seeds, lat.shape[1:])
-            guided = GuidedUNet(fast.unet, lat, text, null, s_t, s_i, dtype=editor.dtype)
-            sampler = PlannedEulerAncestral(plan)
-            x = sampler.start()
-        for i in range(steps):
-            with timer.region("unet"):
-                out = guided.unet_output(sampler.model_input(i, x), sampler.timestep(i))
-            with timer.region("guidance"):
-                eps = guided.guide(out)
-            with timer.region("sampler_update"):
-                x = sampler.update(i, x, eps)
-        with timer.region("vae_decode"):
-            return editor.decode(x)
 
-    whole = _timer(device)
-    parts = _timer(device)
-    null = _NullTimer()
+def _model_info(editor, latent_hw: tuple[int, int]) -> dict[str, Any]:
+    c = editor.components
+    return {"source": c.source, "info": c.info, "latent_shape": [int(c.vae.config.latent_channels), *latent_hw],
+            "unet_parameters": int(sum(p.numel() for p in c.unet.parameters()))}
+
+
+def _timing_rounds(spec: ProfileSpec, edit: ProfiledEdit, device: torch.device, progress: bool):
+    """``warmup`` untimed edits, then ``repeats`` rounds of one edit timed whole and one timed per
+    component, in alternating order. Returns (whole timer, component timer, warm-up seconds, the
+    last instrumented edit's images)."""
+    whole, parts, null = _timer(device), _timer(device), _NullTimer()
     bar = _progress(spec.warmup + 2 * spec.repeats, progress, f"profile {spec.model} b{spec.batch}")
     t_warm = time.perf_counter()
+    edited = None
     with torch.no_grad():
         for _ in range(spec.warmup):
-            one_edit(null)
+            edit.run(null)
             if bar:
                 bar.update()
         if device.type == "cuda":
@@ -424,23 +483,27 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
         for r in range(spec.repeats):
             for instrumented in ((False, True) if r % 2 == 0 else (True, False)):  # alternate: no order bias
                 if instrumented:
-                    edited = one_edit(parts)
+                    edited = edit.run(parts)
                     parts.collect()
                 else:
                     with whole.region("whole"):
-                        one_edit(null)
+                        edit.run(null)
                     whole.collect()
             if bar:
                 bar.update(2)
     if bar:
         bar.close()
+    return whole, parts, warmup_s, edited
 
+
+def _timing_summary(spec: ProfileSpec, parts, whole) -> dict[str, Any]:
+    """Per component statistics, the step, the whole edit and how the parts add up to it."""
     components: dict[str, dict[str, Any]] = {}
     for name in COMPONENTS:
         s = summarize(parts.samples[name])
         per_edit = s["median_ms"] * (spec.steps if name in PER_STEP else 1)
         components[name] = {**s, "per": "step" if name in PER_STEP else "edit", "median_ms_per_edit": per_edit,
-                            "peak_memory_bytes": parts.peak_bytes.get(name) if device.type == "cuda" else None}
+                            "peak_memory_bytes": parts.peak_bytes.get(name) if isinstance(parts, _CudaTimer) else None}
     sum_medians = sum(v["median_ms_per_edit"] for v in components.values())
     for v in components.values():
         v["share_of_sum"] = v["median_ms_per_edit"] / sum_medians
@@ -449,10 +512,24 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
     # as the whole edit's (a per-step median times steps would drop the steps' spread)
     per_edit_sums = [sum(sum(parts.samples[n][r * k:(r + 1) * k]) for n, k in
                          ((n, spec.steps if n in PER_STEP else 1) for n in COMPONENTS)) for r in range(spec.repeats)]
-    sum_parts = float(np.median(per_edit_sums))
     step = np.add.reduce([np.asarray(parts.samples[n]) for n in PER_STEP])
-    step_s = summarize(step)
+    return {
+        "components": components,
+        "step": {**summarize(step), "what": "unet + guidance + sampler_update, per step"},
+        "whole": {**whole_s, "what": "one uninstrumented editor.edit: text_encode .. vae_decode, images on the CPU"},
+        "sum_of_parts_ms": float(np.median(per_edit_sums)),
+        "sum_of_parts_what": "median over instrumented edits of the sum of their component times",
+        "sum_over_whole": float(np.median(np.asarray(per_edit_sums) / np.asarray(whole.samples["whole"]))),
+        "sum_over_whole_what": "median over rounds of (sum of parts of the round's instrumented edit) / (the round's "
+                               "whole edit): paired, so a change of machine load between rounds cancels",
+        "sum_of_component_medians_ms": sum_medians,
+        "ms_per_step_whole": whole_s["median_ms"] / spec.steps,
+        "edit_steps_per_s": spec.batch * spec.steps / (whole_s["median_ms"] * 1e-3),
+    }
 
+
+def _roofline(spec: ProfileSpec, editor, device: torch.device, latent_hw, res: int, parts) -> dict[str, Any]:
+    """FLOPs per component, achieved TFLOP/s over the median time and the share of the peak."""
     flops = component_flops(editor, spec.batch, latent_hw, res)
     peak_key = peak_entry(device_info(device)["name"]) if device.type == "cuda" else None
     prec = peak_precision(spec.dtype) if device.type == "cuda" else spec.dtype
@@ -464,71 +541,39 @@ def profile_edit(spec: ProfileSpec, *, editor=None, fast=None, command: str | No
         peak, peak_source = None, "unknown device: pass --peak-tflops for a roofline share"
     for name, f in flops.items():
         n = f.get("flops")
-        ms = components[name]["median_ms"]
+        ms = summarize(parts.samples[name])["median_ms"]
         f["achieved_tflops"] = (n / (ms * 1e-3) / 1e12) if n and ms > 0 else None
         f["roofline_share"] = (f["achieved_tflops"] / peak) if (peak and f["achieved_tflops"] is not None) else None
     unet_f_call = flops["unet"].get("flops")
+    return {"flops": flops,
+            "unet_gflop_per_sample": unet_f_call / (3 * spec.batch) / 1e9 if unet_f_call else None,
+            "achieved_tflops_unet": flops["unet"]["achieved_tflops"], "peak_tflops": peak, "peak_source": peak_source,
+            "roofline_share_unet": flops["unet"]["roofline_share"]}
 
+
+def _memory(device: torch.device, parts) -> dict[str, Any]:
     if device.type == "cuda":
-        memory = {"method": "torch.cuda.max_memory_allocated (per component, reset at its start)",
-                  "peak_bytes": int(max(parts.peak_bytes.values())) if parts.peak_bytes else None}
-    else:
-        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        memory = {"method": "resource.getrusage(RUSAGE_SELF).ru_maxrss: the process's peak resident set since it "
-                            "started (model loading included); not per component, it cannot be reset",
-                  "peak_bytes": int(ru * (1 if sys.platform == "darwin" else 1024))}
-
-    record: dict[str, Any] = {
-        "benchmark": "ip2p_profile",
-        "command": command,
-        "spec": {**asdict(spec), "res": res},
-        "fast_path": fast.unet.describe(),
-        "model": {"source": c.source, "info": c.info, "latent_shape": [int(c.vae.config.latent_channels), *latent_hw],
-                  "unet_parameters": int(sum(p.numel() for p in fast.unet.eager.parameters()))},
-        "device": device_info(device),
-        "versions": versions(),
-        "timer": parts.kind,
-        "load_s": load_s,
-        "warmup_s": warmup_s,
-        "components": components,
-        "step": {**step_s, "what": "unet + guidance + sampler_update, per step"},
-        "whole": {**whole_s, "what": "one uninstrumented edit: text_encode .. vae_decode, images left on the device"},
-        "sum_of_parts_ms": sum_parts,
-        "sum_of_parts_what": "median over instrumented edits of the sum of their component times",
-        "sum_over_whole": float(np.median(np.asarray(per_edit_sums) / np.asarray(whole.samples["whole"]))),
-        "sum_over_whole_what": "median over rounds of (sum of parts of the round's instrumented edit) / (the round's "
-                               "whole edit): paired, so a change of machine load between rounds cancels",
-        "sum_of_component_medians_ms": sum_medians,
-        "ms_per_step_whole": whole_s["median_ms"] / spec.steps,
-        "edit_steps_per_s": spec.batch * spec.steps / (whole_s["median_ms"] * 1e-3),
-        "flops": flops,
-        "unet_gflop_per_sample": unet_f_call / (3 * spec.batch) / 1e9 if unet_f_call else None,
-        "achieved_tflops_unet": flops["unet"]["achieved_tflops"],
-        "peak_tflops": peak,
-        "peak_source": peak_source,
-        "roofline_share_unet": flops["unet"]["roofline_share"],
-        "memory": memory,
-    }
-
-    if spec.reference:
-        record["reference_editor_edit"] = _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device,
-                                                       edited)
-    if spec.trace:
-        try:
-            record["trace"] = _trace(one_edit, spec, device)
-        except Exception as e:  # noqa: BLE001 - the timings stand without the trace; say why it is missing
-            record["trace"] = {"path": None, "error": f"{type(e).__name__}: {e}"}
-    return record
+        return {"method": "torch.cuda.max_memory_allocated (per component, reset at its start)",
+                "peak_bytes": int(max(parts.peak_bytes.values())) if parts.peak_bytes else None}
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": "resource.getrusage(RUSAGE_SELF).ru_maxrss: the process's peak resident set since it "
+                      "started (model loading included); not per component, it cannot be reset",
+            "peak_bytes": int(ru * (1 if sys.platform == "darwin" else 1024))}
 
 
 def _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device, fast_images) -> dict[str, Any]:
-    """``editor.edit`` (the eager editor, its own sampler) on the same requests: wall time per call
-    (host clock, synchronised), and how far the fast path's images are from its images."""
+    """The eager editor (the same model without the fast path's preparation: no pre-drawn noise,
+    no compilation or graphs) on the same requests: wall time per call (host clock, synchronised),
+    and how far the profiled editor's images are from its images."""
+    from ip2p.editor import InstructPix2PixEditor
+
+    eager = InstructPix2PixEditor(editor.components, device=editor.device, dtype=editor.dtype,
+                                  max_batch=editor.max_batch, resize=None)
 
     def call():
-        editor.prompts.clear()
-        return editor.edit(images, instructions, image_guidance_scale=s_i, guidance_scale=s_t,
-                           num_inference_steps=spec.steps, seeds=seeds, resize=None)
+        eager.prompts.clear()
+        return eager.edit(images, instructions, image_guidance_scale=s_i, guidance_scale=s_t,
+                          num_inference_steps=spec.steps, seeds=seeds, resize=None)
 
     call()  # warm-up
     times = []
@@ -543,7 +588,7 @@ def _time_editor(editor, images, instructions, s_i, s_t, seeds, spec, device, fa
     s = summarize(times)
     diff = (fast_images.float().cpu() - ref.float()).abs()
     return {**s, "timer": "time.perf_counter with torch.cuda.synchronize" if device.type == "cuda" else "time.perf_counter",
-            "what": "editor.edit (eager UNet, its own sampler), images returned on the CPU",
+            "what": "the eager editor's edit (eager UNet, noise drawn per step), images returned on the CPU",
             "ms_per_step": s["median_ms"] / spec.steps,
             "edit_steps_per_s": spec.batch * spec.steps / (s["median_ms"] * 1e-3),
             "fast_vs_editor_max_abs_diff": float(diff.max()), "fast_vs_editor_mean_abs_diff": float(diff.mean())}
@@ -601,5 +646,5 @@ def format_summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ProfileSpec", "profile_edit", "PEAK_TFLOPS", "peak_entry", "peak_precision", "component_flops",
+__all__ = ["ProfileSpec", "ProfiledEdit", "profile_edit", "PEAK_TFLOPS", "peak_entry", "peak_precision", "component_flops",
            "make_requests", "write_record", "format_summary", "COMPONENTS", "PER_STEP", "DTYPES"]

@@ -145,7 +145,7 @@ class faulty_instructpix2pix:
 
     def __enter__(self):
         from bench import sweep
-        from bench.methods import get_method, register_method
+        from ip2p.registry import get_method, register_method
         from ip2p.models import load_components
 
         self.info = get_method("instructpix2pix")
@@ -161,7 +161,7 @@ class faulty_instructpix2pix:
 
     def __exit__(self, *exc):
         from bench import sweep
-        from bench.methods import register_method
+        from ip2p.registry import register_method
 
         i = self.info
         register_method(i.name, i.factory, i.knobs, default_model=i.default_model, description=i.description,

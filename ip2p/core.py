@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.models import Components, components_from_pipe, editor_identity, place_for_inference
 from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
-from ip2p.sampling import NoiseSource, scheduler_from
+from ip2p.sampling import NoiseSource, no_region, scheduler_from
 from ip2p.text import PromptEncoder
 from ip2p.util.hashing import hash_tensor
 from ip2p.util.io import load_pil, pil_to_tensor, tensor_to_pil
@@ -38,9 +38,21 @@ from ip2p.util.io import load_pil, pil_to_tensor, tensor_to_pil
 RESIZE_MODES = ("paper", "diffusers", None)
 
 
-RESIZE_KNOB = Knob("choice", default="paper", choices=RESIZE_MODES,
-                   doc="input resizing: paper (to ~resolution, multiple of 64), diffusers (multiple of 8), null (as is)")
-STEPS_KNOB = Knob("int", default=50, minimum=1, doc="sampler steps")
+_RESIZE_DOCS = {"paper": "paper (to ~resolution, multiple of 64)", "diffusers": "diffusers (multiple of 8)",
+                None: "null (as is)"}
+
+
+def resize_knob(default: str | None = "paper", choices: Sequence[str | None] = RESIZE_MODES) -> Knob:
+    """The ``resize`` knob, the one declaration every method uses: ``choices`` are the modes the
+    method supports (a subset of ``RESIZE_MODES``), ``default`` its own (or the editor's)."""
+    unknown = [c for c in choices if c not in RESIZE_MODES]
+    if unknown:
+        raise ValueError(f"resize: unknown mode {unknown[0]!r}; the modes are {RESIZE_MODES}")
+    return Knob("choice", default=default, choices=tuple(choices),
+                doc="input resizing: " + ", ".join(_RESIZE_DOCS[c] for c in choices))
+
+
+RESIZE_KNOB = resize_knob()
 
 
 # ---------------------------------------------------------------- resizing
@@ -198,6 +210,9 @@ class DiffusionEditor:
         self.scheduler = None if scheduler is None else scheduler_from(scheduler, c.scheduler.config)
         self.prompts = PromptEncoder(c.tokenizer, c.text_encoder, self.device, dtype)
         self._identity: dict[str, Any] | None = None
+        # timing hook: ``region(name)`` encloses text encoding, VAE encode/decode and the sampler's
+        # named parts (``bench.profiler`` sets its timer here; a no-op otherwise)
+        self.region = no_region
 
     @classmethod
     def from_pipe(cls, pipe, **kwargs):
@@ -302,7 +317,7 @@ class DiffusionEditor:
 
     def resolve(self, request: EditRequest, index: int = 0) -> dict[str, Any]:
         """The request's knobs over the method's defaults (the editor's own ``resize`` included)."""
-        declared = {**self.declared_knobs, "resize": Knob("choice", default=self.resize, choices=RESIZE_MODES)}
+        declared = {**self.declared_knobs, "resize": resize_knob(self.resize)}
         return resolve_knobs(declared, request.knobs, method=self.name, item_id=request.item_id, index=index)
 
     def metric_input(self, request: EditRequest) -> torch.Tensor:
@@ -363,24 +378,8 @@ class DiffusionEditor:
                 active.append(i)
         if not active:
             return outs  # type: ignore[return-value]
-
-        # each distinct image encoded once, each distinct prompt embedded once
-        keys = [hash_tensor(images[i]) for i in active]
-        cond: dict[str, tuple[torch.Tensor, ...]] = {}
-        for i, k in zip(active, keys):
-            if k not in cond:
-                cond[k] = tuple(self.encode_image(images[i]))
-        cond_of = dict(zip(active, (cond[k] for k in keys)))
-        text = dict(zip(active, self.encode_text([self.prompt(requests[i], knobs[i], i) for i in active])))
-        null = self.encode_text([""])
-
-        groups: dict[tuple, list[int]] = OrderedDict()
-        for i in sorted(active, key=lambda i: self.order(knobs[i])):
-            key = (tuple(images[i].shape), int(knobs[i]["num_inference_steps"]), self.group(knobs[i]))
-            groups.setdefault(key, []).append(i)
-        chunks = [(steps, idx[s : s + self.max_batch]) for (_, steps, _), idx in groups.items()
-                  for s in range(0, len(idx), self.max_batch)]
-        for steps, idx in _progress(chunks, progress, self.name or "editing"):
+        cond_of, text, null = self._encode_once(requests, knobs, images, active)
+        for steps, idx in _progress(self._chunks(knobs, images, active), progress, self.name or "editing"):
             seeds = [int(requests[i].seed) for i in idx]
             chunk = Chunk(
                 indices=idx,
@@ -393,7 +392,8 @@ class DiffusionEditor:
                 noise=NoiseSource.from_seeds(seeds, dtype=self.noise_dtype, device=self.device),
             )
             latents = self.sample(chunk)
-            decoded = self.decode(latents).cpu()
+            with self.region("vae_decode"):
+                decoded = self.decode(latents).cpu()
             check_finite(decoded, latents, [
                 f"{who(requests[i].item_id, i)}: the model produced NaN/Inf ({self.describe(requests[i], knobs[i])})"
                 for i in idx])
@@ -401,6 +401,31 @@ class DiffusionEditor:
                 outs[i] = self.finish(i, requests[i], knobs[i], decoded[j], images[i])
         return outs  # type: ignore[return-value]
 
+    def _encode_once(self, requests, knobs, images, active: list[int]):
+        """Image conditioning per active request (each distinct image encoded once), prompt
+        embeddings per active request (each distinct prompt once) and the empty prompt's."""
+        with self.region("vae_encode"):
+            keys = [hash_tensor(images[i]) for i in active]
+            cond: dict[str, tuple[torch.Tensor, ...]] = {}
+            for i, k in zip(active, keys):
+                if k not in cond:
+                    cond[k] = tuple(self.encode_image(images[i]))
+            cond_of = dict(zip(active, (cond[k] for k in keys)))
+        with self.region("text_encode"):
+            text = dict(zip(active, self.encode_text([self.prompt(requests[i], knobs[i], i) for i in active])))
+            null = self.encode_text([""])
+        return cond_of, text, null
 
-__all__ = ["DiffusionEditor", "Chunk", "as_pil_or_tensor", "process_input", "RESIZE_MODES", "RESIZE_KNOB", "STEPS_KNOB", "paper_size", "resize_paper",
+    def _chunks(self, knobs, images, active: list[int]) -> list[tuple[int, list[int]]]:
+        """``(steps, indices)`` per chunk: requests grouped by shape, steps and ``group``, in the
+        method's ``order``, cut at ``max_batch``."""
+        groups: dict[tuple, list[int]] = OrderedDict()
+        for i in sorted(active, key=lambda i: self.order(knobs[i])):
+            key = (tuple(images[i].shape), int(knobs[i]["num_inference_steps"]), self.group(knobs[i]))
+            groups.setdefault(key, []).append(i)
+        return [(steps, idx[s : s + self.max_batch]) for (_, steps, _), idx in groups.items()
+                for s in range(0, len(idx), self.max_batch)]
+
+
+__all__ = ["DiffusionEditor", "Chunk", "as_pil_or_tensor", "process_input", "RESIZE_MODES", "RESIZE_KNOB", "resize_knob", "paper_size", "resize_paper",
            "check_finite", "broadcast"]

@@ -25,11 +25,18 @@ from ip2p.core import (
     paper_size,
     resize_paper,
 )
-from ip2p.guidance import cfg_batch, split_cfg_output
+from ip2p.guidance import GuidedUNet
 from ip2p.models import load_components
 from ip2p.protocol import EditRequest, Knob
-from ip2p.sampling import discrete_denoiser, discrete_sigmas, get_sigmas, sample_euler_ancestral, sample_with_scheduler
-from ip2p.sampling import scheduler_from
+from ip2p.sampling import (
+    PredrawnNoise,
+    discrete_denoiser,
+    discrete_sigmas,
+    get_sigmas,
+    sample_euler_ancestral,
+    sample_with_scheduler,
+    scheduler_from,
+)
 
 
 def _scheduler_name_ok(value: Any) -> str | None:
@@ -107,45 +114,54 @@ class InstructPix2PixEditor(DiffusionEditor):
     def sampler_description(self) -> str:
         return "euler_ancestral_discrete (paper)" + ("" if self.fast is None else f", fast path {self.fast.as_dict()}")
 
-    def guided_eps(self, x_in, t, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale):
-        """One UNet call on the 3B batch ``[text+img, img only, uncond]`` and dual guidance of the
-        model's output (eps, v or sample: guidance is affine with weights summing to 1). ``x_in`` is
-        the sampler-scaled latent; the image latent is concatenated unscaled."""
-        return split_cfg_output(self.branch_outputs(x_in, t, image_latent, text_emb, null_emb),
-                                guidance_scale, image_guidance_scale)
+    def guided_model(self, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale,
+                     on_branches=None) -> GuidedUNet:
+        """``model(x_in, t)``: one UNet call on the 3B batch ``[text+img, img only, uncond]`` and dual
+        guidance of the model's output (eps, v or sample: guidance is affine with weights summing to 1).
+        ``x_in`` is the sampler-scaled latent; the image latent is concatenated unscaled. The UNet is
+        the fast path's prepared one when the editor has one."""
+        unet = self._prepared if self.fast is not None else self._eager_unet
+        return GuidedUNet(unet, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale,
+                          dtype=self.dtype, region=self.region, on_branches=on_branches)
 
-    def branch_outputs(self, x_in, t, image_latent, text_emb, null_emb) -> torch.Tensor:
-        """The raw ``[3B, ...]`` UNet output in ``cfg_batch`` order (float32)."""
-        b = x_in.shape[0]
-        z3, text3, image3 = cfg_batch(x_in.to(self.dtype), text_emb, null_emb, image_latent.to(self.dtype))
-        t3 = torch.as_tensor(t, device=self.device).reshape(-1).expand(3 * b)
-        out = self.unet(torch.cat([z3, image3], dim=1), t3, encoder_hidden_states=text3, return_dict=False)[0]
-        return out.float()
+    def _eager_unet(self, sample: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def guided_eps(self, x_in, t, image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale):
+        """One guided model call (``guided_model``) at sampler-scaled ``x_in`` and timestep ``t``."""
+        t = torch.as_tensor(t, device=self.device)
+        return self.guided_model(image_latent, text_emb, null_emb, guidance_scale, image_guidance_scale)(x_in, t)
+
+    def chunk_model(self, chunk: Chunk, on_branches=None) -> GuidedUNet:
+        """The guided model of a chunk: its image latents, prompts and per-request scales."""
+        return self.guided_model(chunk.image_cond[0], chunk.text, chunk.null,
+                                 chunk.knob("guidance_scale", device=self.device),
+                                 chunk.knob("image_guidance_scale", device=self.device), on_branches)
 
     def sample(self, chunk: Chunk) -> torch.Tensor:
-        image_latent = chunk.image_cond[0]
-        s_t = chunk.knob("guidance_scale", device=self.device)
-        s_i = chunk.knob("image_guidance_scale", device=self.device)
-
-        def model(x_in: torch.Tensor, t) -> torch.Tensor:
-            return self.guided_eps(x_in, t, image_latent, chunk.text, chunk.null, s_t, s_i)
-
         name = chunk.knobs[0]["scheduler"]
         scheduler = scheduler_from(name, self.components.scheduler.config) if name not in (None, "paper") else self.scheduler
-        shape = image_latent.shape[1:]
-        if scheduler is None and self.fast is not None:
-            from ip2p.fastpath import GuidedUNet, PlannedEulerAncestral, plan_euler_ancestral
-
-            guided = GuidedUNet(self._prepared, image_latent, chunk.text, chunk.null, s_t, s_i, dtype=self.dtype)
-            plan = plan_euler_ancestral(self._sigma_table, chunk.steps, chunk.seeds, shape, device=self.device)
-            return PlannedEulerAncestral(plan, self.prediction_type).run(guided)
         if scheduler is None:
+            return self.sample_paper(chunk)
+        return sample_with_scheduler(self.chunk_model(chunk), chunk.image_cond[0].shape[1:], scheduler, chunk.steps,
+                                     chunk.noise, device=self.device, dtype=torch.float32)
+
+    def sample_paper(self, chunk: Chunk, *, on_branches=None, make_callback=None) -> torch.Tensor:
+        """The paper's sampler (``ip2p.sampling.sample_euler_ancestral``) over the model's discrete
+        sigmas, with the prepared denoiser; on the fast path its noise is pre-drawn (the same
+        numbers). ``on_branches``: see ``GuidedUNet``; ``make_callback(sigmas, initial_noise)``
+        returns the loop's per-step ``callback`` (post-edit's latent blend)."""
+        shape = chunk.image_cond[0].shape[1:]
+        with self.region("schedule"):
+            model = self.chunk_model(chunk, on_branches)
             sigmas = get_sigmas(self._sigma_table, chunk.steps)
-            x = chunk.noise.randn(shape) * sigmas[0]
-            denoise = discrete_denoiser(model, self._sigma_table, self.prediction_type, self.device)
-            return sample_euler_ancestral(denoise, x, sigmas, chunk.noise)
-        return sample_with_scheduler(model, shape, scheduler, chunk.steps, chunk.noise, device=self.device,
-                                     dtype=torch.float32)
+            noise = chunk.noise if self.fast is None else PredrawnNoise.for_euler_ancestral(
+                chunk.seeds, shape, sigmas, dtype=self.noise_dtype, device=self.device)
+            denoise = discrete_denoiser(model, self._sigma_table, self.prediction_type, self.device, sigmas=sigmas)
+            n0 = noise.randn(shape)
+            x = n0 * sigmas[0]
+            callback = make_callback(sigmas, n0) if make_callback is not None else None
+        return sample_euler_ancestral(denoise, x, sigmas, noise, callback=callback, region=self.region)
 
     # ------------------------------------------------------------ public API
 
@@ -154,9 +170,9 @@ class InstructPix2PixEditor(DiffusionEditor):
         images,
         instructions: str | Sequence[str],
         *,
-        image_guidance_scale=1.5,
-        guidance_scale=7.5,
-        num_inference_steps=100,
+        image_guidance_scale=None,
+        guidance_scale=None,
+        num_inference_steps=None,
         seeds=0,
         scheduler=None,
         resize: str | None | type(Ellipsis) = ...,
@@ -166,8 +182,8 @@ class InstructPix2PixEditor(DiffusionEditor):
         """Edit ``images`` by ``instructions``; returns float ``[N, 3, H, W]`` in [0, 1].
 
         ``images``: a ``[N, 3, H, W]`` tensor in [0, 1], or a list of tensors, PIL images or
-        paths. Every knob takes a scalar or one value per request; a single image or a single
-        instruction is broadcast. ``scheduler``: None for the paper's sampler, or a diffusers
+        paths. Every knob takes a scalar or one value per request (None: the declared default,
+        ``declared_knobs``); a single image or a single instruction is broadcast. ``scheduler``: None for the paper's sampler, or a diffusers
         scheduler (instance, or class name such as ``"DDIMScheduler"``) built from the model's
         config. ``resize``: ``"paper"``, ``"diffusers"`` (floor to the VAE factor) or None;
         by default the editor's own ``resize`` (itself ``"paper"`` unless set at construction).
@@ -179,6 +195,10 @@ class InstructPix2PixEditor(DiffusionEditor):
             raise TypeError(f"edit() got an unexpected keyword argument {unknown[0]!r}")
         if resize is ...:
             resize = self.resize
+        given = {"image_guidance_scale": image_guidance_scale, "guidance_scale": guidance_scale,
+                 "num_inference_steps": num_inference_steps}
+        image_guidance_scale, guidance_scale, num_inference_steps = (
+            self.knobs[k] if v is None else v for k, v in given.items())
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
         elif not isinstance(images, (list, tuple)):

@@ -6,6 +6,13 @@ from typing import Optional
 
 import typer
 
+from ip2p.core import RESIZE_MODES as _MODES
+from ip2p.editor import InstructPix2PixEditor
+
+# option defaults read from the method's knob declarations (the one place they are written)
+_DEFAULTS = InstructPix2PixEditor.knobs
+RESIZE_MODES = tuple("none" if m is None else m for m in _MODES)  # the CLI spells null "none"
+
 
 def register(app: typer.Typer) -> None:
     app.command("edit")(edit_command)
@@ -15,12 +22,12 @@ def edit_command(
     image: Path = typer.Argument(..., help="Input image file."),
     instruction: str = typer.Option(..., "--instruction", "-i", help="The edit instruction ('' returns the resized input)."),
     model: str = typer.Option("world:ip2p", "--model", "-m", help="world:ip2p, tiny, sd15, a diffusers folder or hub id, or a single-file checkpoint."),
-    image_guidance: float = typer.Option(1.5, "--image-guidance", help="sI, image guidance scale."),
-    text_guidance: float = typer.Option(7.5, "--text-guidance", help="sT, text guidance scale."),
-    steps: int = typer.Option(100, "--steps", help="Sampling steps."),
+    image_guidance: float = typer.Option(_DEFAULTS["image_guidance_scale"], "--image-guidance", help="sI, image guidance scale."),
+    text_guidance: float = typer.Option(_DEFAULTS["guidance_scale"], "--text-guidance", help="sT, text guidance scale."),
+    steps: int = typer.Option(_DEFAULTS["num_inference_steps"], "--steps", help="Sampling steps."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (torch.Generator().manual_seed(seed), as diffusers)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output PNG (default: <input>_edited.png)."),
-    resize: str = typer.Option("paper", "--resize", help="paper | diffusers | none"),
+    resize: str = typer.Option(_DEFAULTS["resize"], "--resize", help=" | ".join(RESIZE_MODES)),
     scheduler: str = typer.Option("paper", "--scheduler", help="paper (Euler ancestral, discrete sigmas) or a diffusers scheduler class name."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16"),
@@ -55,7 +62,6 @@ def edit_command(
 
 DTYPES = {"float32": lambda torch: torch.float32, "float16": lambda torch: torch.float16,
           "bfloat16": lambda torch: torch.bfloat16}
-RESIZE_MODES = ("paper", "diffusers", "none")
 SEED_MAX = 2**63 - 1
 
 

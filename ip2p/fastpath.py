@@ -8,17 +8,13 @@ the whole chain for one chunk of same-size edits, built from the editor's public
   inputs, ``torch.compile`` (``none`` / ``default`` / ``max-autotune``) and CUDA graphs for static
   shapes: with compile, inductor's own graphs (mode ``reduce-overhead``, or ``max-autotune`` with
   graphs); without compile, ``CudaGraphUNet`` captures the eager UNet once per input shape.
-- ``plan_euler_ancestral``: everything the paper's Euler ancestral sampler needs per step, made
-  ahead of time: sigmas, ``sigma_down``/``sigma_up`` and the input scale ``c_in`` as Python floats,
-  the per-step timesteps as one tensor on the device (each row exactly what the editor computes
-  with ``sigma_to_t``), and the initial and per-step noise drawn on each request's CPU generator
-  in exactly the order ``ip2p.sampling.NoiseSource`` draws (so the numbers are the same), then
-  moved to the device in one non-blocking copy from pinned memory.
-- ``GuidedUNet``: the 3B guidance batch (``ip2p.guidance.cfg_batch`` order, built once per chunk)
-  and the dual-guidance arithmetic with the scales validated once, ahead (``ip2p.guidance.as_scale``
-  checks finiteness with a host read, which would sync the GPU at every step).
-- ``PlannedEulerAncestral``: the sampler loop, step by step (``model_input``, ``timestep``,
-  ``update``), so the profiler can time each part, or whole (``run``).
+- the sampler's inputs made ahead: the noise pre-drawn on each request's CPU generator in exactly
+  the order ``ip2p.sampling.NoiseSource`` draws and moved in one non-blocking copy
+  (``ip2p.sampling.PredrawnNoise``), and the per-step timesteps computed once on the device (the
+  prepared ``ip2p.sampling.discrete_denoiser``); ``plan_euler_ancestral`` bundles them for a chunk.
+- the loop itself is ``ip2p.sampling.sample_euler_ancestral``, the one every path runs
+  (``PlannedEulerAncestral`` runs a plan through it); compilation and CUDA graphs wrap the UNet
+  call inside the denoiser (``ip2p.guidance.GuidedUNet`` over a ``PreparedUNet``), never the loop.
 
 On the hot path (one step) there is no ``.item()``, no ``bool(tensor)``, no host-to-device copy
 from pageable memory and no tensor created from Python values: the GPU test runs the loop under
@@ -30,14 +26,22 @@ so images then agree to about 1e-5 (float32); tests allow 1e-4.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from ip2p.guidance import as_scale, cfg_batch
-from ip2p.sampling import denoised_from_output, discrete_sigmas, get_ancestral_step, get_sigmas, sigma_to_t, to_d
+from ip2p.guidance import GuidedUNet
+from ip2p.sampling import (
+    PredrawnNoise,
+    discrete_denoiser,
+    discrete_sigmas,
+    get_ancestral_step,
+    get_sigmas,
+    predraw_noise,
+    sample_euler_ancestral,
+    schedule_timesteps,
+)
 
 __all__ = [
     "COMPILE_MODES",
@@ -221,143 +225,75 @@ def prepare_unet(unet: torch.nn.Module, settings: FastPathSettings | None = None
 
 # ---------------------------------------------------------------- the schedule, made ahead
 
-def predraw_noise(seeds: Sequence[int], sample_shape: Sequence[int], n_draws: int, *,
-                  dtype: torch.dtype = torch.float32, pin: bool = False) -> torch.Tensor:
-    """``[n_draws, B, *sample_shape]``: draw ``k`` of sample ``i`` is the ``k``-th
-    ``torch.randn((1, *sample_shape))`` of ``torch.Generator().manual_seed(seeds[i])``, exactly
-    what ``NoiseSource.from_seeds(seeds)`` returns on its ``k``-th call (draw 0: the initial
-    latent, then one per noisy step). CPU; pinned when ``pin`` (for a non-blocking copy)."""
-    shape = tuple(int(s) for s in sample_shape)
-    out = torch.empty((n_draws, len(seeds), *shape), dtype=dtype, pin_memory=pin)
-    for i, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(int(seed))
-        for k in range(n_draws):
-            out[k, i].copy_(torch.randn((1, *shape), generator=g, dtype=dtype)[0])
-    return out
-
-
 @dataclass
 class EulerAncestralPlan:
-    """Everything the paper's Euler ancestral sampler needs, per step, made before the loop.
-
-    ``sigmas``: the n+1 sampling sigmas (last 0) as floats; ``sigma_down``/``sigma_up``/``c_in``:
-    per step, floats; ``timesteps``: ``[n, 1]`` on the device, row i = ``sigma_to_t(sigmas[i])``;
-    ``init_noise``: ``[B, *shape]`` on the device; ``step_noise``: ``[n_noisy, B, *shape]`` on the
-    device; ``noise_index[i]``: the row of ``step_noise`` step i adds, or -1 (the last step)."""
+    """What the paper's sampler needs for one chunk, made before the loop: the ``n + 1`` sampling
+    sigmas (last 0) as floats, the model's sigma table (for the prepared denoiser's timesteps) and
+    every noise draw ``[1 + n_noisy, B, *shape]`` on the device (``ip2p.sampling.PredrawnNoise``)."""
 
     sigmas: list[float]
-    sigma_down: list[float]
-    sigma_up: list[float]
-    c_in: list[float]
-    timesteps: torch.Tensor
-    init_noise: torch.Tensor
-    step_noise: torch.Tensor
-    noise_index: list[int]
+    sigma_table: torch.Tensor
+    draws: torch.Tensor
+    device: torch.device
 
     @property
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """``[n, 1]`` on the device, row i = ``sigma_to_t(sigmas[i])``."""
+        return schedule_timesteps(self.sigma_table, self.sigmas[:-1], self.device)
+
+    @property
+    def sigma_up(self) -> list[float]:
+        return [get_ancestral_step(s, n)[1] for s, n in zip(self.sigmas, self.sigmas[1:])]
+
+    @property
+    def noise_index(self) -> list[int]:
+        """The row of ``step_noise`` step i adds, or -1 (a step to sigma 0 adds none)."""
+        return [int(sum(n > 0 for n in self.sigmas[1:i + 1])) if s_next > 0 else -1
+                for i, s_next in enumerate(self.sigmas[1:])]
+
+    @property
+    def init_noise(self) -> torch.Tensor:
+        return self.draws[0]
+
+    @property
+    def step_noise(self) -> torch.Tensor:
+        return self.draws[1:]
+
+    def noise(self) -> PredrawnNoise:
+        """A fresh noise source over the draws (a plan can be sampled more than once)."""
+        return PredrawnNoise(self.draws)
+
 
 def plan_euler_ancestral(sigma_table: torch.Tensor, n_steps: int, seeds: Sequence[int], latent_shape: Sequence[int],
-                         *, device: torch.device | str = "cpu", eta: float = 1.0,
-                         noise_dtype: torch.dtype = torch.float32) -> EulerAncestralPlan:
+                         *, device: torch.device | str = "cpu", noise_dtype: torch.dtype = torch.float32) -> EulerAncestralPlan:
     """The plan for ``n_steps`` over the model's discrete sigmas (``sigma_table``, as
     ``ip2p.sampling.discrete_sigmas`` gives), for one request per seed."""
-    device = torch.device(device)
-    sigmas_t = get_sigmas(sigma_table, n_steps)
-    sigmas = [float(s) for s in sigmas_t]
-    down, up, c_in, noise_index = [], [], [], []
-    n_noisy = 0
-    for i in range(n_steps):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d, u = get_ancestral_step(s, s_next, eta)
-        down.append(d)
-        up.append(u)
-        c_in.append(1.0 / math.sqrt(s**2 + 1.0))
-        noise_index.append(n_noisy if s_next > 0 else -1)
-        n_noisy += s_next > 0
-    # each row exactly as the editor computes it for one step: sigma_to_t(tensor([sigma]))
-    t_rows = torch.stack([sigma_to_t(torch.tensor([s]), sigma_table) for s in sigmas[:-1]])
-    pin = device.type == "cuda"
-    draws = predraw_noise(seeds, latent_shape, 1 + n_noisy, dtype=noise_dtype, pin=pin)
-    if pin:
-        t_rows = t_rows.pin_memory()
-    draws = draws.to(device, non_blocking=True)
-    return EulerAncestralPlan(sigmas, down, up, c_in, t_rows.to(device, non_blocking=True), draws[0], draws[1:],
-                              noise_index)
+    sigmas = get_sigmas(sigma_table, n_steps)
+    noise = PredrawnNoise.for_euler_ancestral(seeds, latent_shape, sigmas, dtype=noise_dtype, device=device)
+    return EulerAncestralPlan([float(s) for s in sigmas], sigma_table, noise.draws, torch.device(device))
 
 
 class PlannedEulerAncestral:
-    """The Euler ancestral loop over a plan; the same arithmetic, in the same order, as
-    ``ip2p.sampling.sample_euler_ancestral`` with the editor's discrete denoiser
-    (``denoised_from_output(x, sigma, model(x * c_in, t), prediction_type)``). ``eps_fn(x_in, t)``
-    returns the guided model output (eps, v or sample, as ``prediction_type`` says)."""
+    """A plan run by the one loop, ``ip2p.sampling.sample_euler_ancestral``, with the prepared
+    discrete denoiser over ``model(x_in, t)`` (the guided output: eps, v or sample, as
+    ``prediction_type`` says; give the model's own: ``editor.prediction_type``)."""
 
     def __init__(self, plan: EulerAncestralPlan, prediction_type: str = "epsilon"):
         self.plan = plan
         self.prediction_type = prediction_type
 
-    def start(self) -> torch.Tensor:
-        return self.plan.init_noise * self.plan.sigmas[0]
-
-    def model_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return x * self.plan.c_in[i]
-
-    def timestep(self, i: int) -> torch.Tensor:
-        return self.plan.timesteps[i]
-
-    def update(self, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def run(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor:
         p = self.plan
-        s = p.sigmas[i]
-        denoised = denoised_from_output(x, s, eps, self.prediction_type)
-        x = x + to_d(x, s, denoised) * (p.sigma_down[i] - s)
-        k = p.noise_index[i]
-        if k >= 0:
-            x = x + p.step_noise[k] * p.sigma_up[i]
-        return x
-
-    def run(self, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        x = self.start()
-        for i in range(self.plan.steps):
-            x = self.update(i, x, eps_fn(self.model_input(i, x), self.timestep(i)))
-            if callback is not None:
-                callback(i, x)
-        return x
-
-
-# ---------------------------------------------------------------- the guided UNet call
-
-class GuidedUNet:
-    """One UNet call on the 3B batch ``[text+img, img only, uncond]`` and dual guidance
-    ``uncond + sT*(cond - img_cond) + sI*(img_cond - uncond)``, with the conditioning batch and
-    the scales built once per chunk. Numerically the same as ``InstructPix2PixEditor.guided_eps``."""
-
-    def __init__(self, unet: Callable, image_latent: torch.Tensor, text_emb: torch.Tensor, null_emb: torch.Tensor,
-                 guidance_scale, image_guidance_scale, *, dtype: torch.dtype):
-        self.unet = unet
-        self.dtype = dtype
-        self.batch = b = image_latent.shape[0]
-        image_latent = image_latent.to(dtype)
-        _, self.text3, self.image3 = cfg_batch(image_latent, text_emb.to(dtype), null_emb.to(dtype), image_latent)
-        like = torch.empty((b, 1, 1, 1), dtype=torch.float32, device=image_latent.device)
-        # validated here, once (a finiteness check reads the host); the loop uses them as they are
-        self.s_t = as_scale(guidance_scale, b, like=like, name="guidance_scale")
-        self.s_i = as_scale(image_guidance_scale, b, like=like, name="image_guidance_scale")
-
-    def unet_output(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The raw 3B UNet output for sampler-scaled latents ``x_in`` ``[B, ...]`` at timestep ``t`` ``[1]``."""
-        z = x_in.to(self.dtype)
-        sample = torch.cat([torch.cat([z, z, z]), self.image3], dim=1)
-        return self.unet(sample, t.reshape(-1).expand(3 * self.batch), self.text3)
-
-    def guide(self, out: torch.Tensor) -> torch.Tensor:
-        out_cond, out_img_cond, out_uncond = out.float().chunk(3)
-        return out_uncond + self.s_t * (out_cond - out_img_cond) + self.s_i * (out_img_cond - out_uncond)
-
-    def __call__(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.guide(self.unet_output(x_in, t))
+        sigmas = torch.tensor(p.sigmas)
+        denoise = discrete_denoiser(model, p.sigma_table, self.prediction_type, p.device, sigmas=sigmas)
+        noise = p.noise()
+        return sample_euler_ancestral(denoise, noise.randn(p.draws.shape[2:]) * sigmas[0], sigmas, noise,
+                                      callback=callback)
 
 
 # ---------------------------------------------------------------- one chunk, end to end

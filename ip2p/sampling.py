@@ -5,20 +5,32 @@
   ``get_sigmas``), starting from ``x = noise * sigmas[0]``.
 - ``sample_with_scheduler``: any diffusers scheduler through one adapter.
 
+These are the only sampling loops of the package: every method (the editor's eager and fast paths,
+post-edit, the pair generator, the profiler) drives them with its own denoiser and noise source.
+What differs between methods lives in those two and in two hooks: ``callback(i, x)`` after each
+step (it may return a replacement ``x``: post-edit's latent blend) and ``region(name)``, a context
+manager factory around the sampler update (the profiler's timers; a no-op by default).
+
 Noise comes from a ``NoiseSource``: one ``torch.Generator`` per sample, drawn in the order
 diffusers draws (initial latent first, then one draw per step), so a sample's noise depends only
-on its own seed, never on its batch mates (DESIGN invariant 1).
+on its own seed, never on its batch mates (DESIGN invariant 1). ``PredrawnNoise`` is the same
+numbers drawn ahead of the loop and moved to the device in one copy (the fast path).
 """
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Sequence
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
 __all__ = [
     "NoiseSource",
+    "PredrawnNoise",
+    "predraw_noise",
+    "no_region",
+    "schedule_timesteps",
     "discrete_sigmas",
     "get_sigmas",
     "sigma_to_t",
@@ -62,6 +74,69 @@ class NoiseSource:
         if x.shape[0] != len(self.generators):
             raise ValueError(f"noise for a batch of {x.shape[0]} from {len(self.generators)} generators")
         return self.randn(x.shape[1:]).to(dtype=x.dtype)
+
+
+def predraw_noise(seeds: Sequence[int], sample_shape: Sequence[int], n_draws: int, *,
+                  dtype: torch.dtype = torch.float32, pin: bool = False) -> torch.Tensor:
+    """``[n_draws, B, *sample_shape]``: draw ``k`` of sample ``i`` is the ``k``-th
+    ``torch.randn((1, *sample_shape))`` of ``torch.Generator().manual_seed(seeds[i])``, exactly
+    what ``NoiseSource.from_seeds(seeds)`` returns on its ``k``-th call (draw 0: the initial
+    latent, then one per noisy step). CPU; pinned when ``pin`` (for a non-blocking copy)."""
+    shape = tuple(int(s) for s in sample_shape)
+    out = torch.empty((n_draws, len(seeds), *shape), dtype=dtype, pin_memory=pin)
+    for i, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(int(seed))
+        for k in range(n_draws):
+            out[k, i].copy_(torch.randn((1, *shape), generator=g, dtype=dtype)[0])
+    return out
+
+
+class PredrawnNoise:
+    """A noise source whose draws were made before the loop: call ``k`` (``randn`` or ``like``)
+    returns ``draws[k]``, already on the device. ``from_seeds`` draws exactly what
+    ``NoiseSource.from_seeds`` would draw, on the CPU, and moves them in one non-blocking copy from
+    pinned memory, so the loop neither draws nor copies from the host (no GPU synchronisation)."""
+
+    def __init__(self, draws: torch.Tensor):
+        self.draws = draws
+        self.used = 0
+
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], sample_shape: Sequence[int], n_draws: int, *,
+                   dtype=torch.float32, device="cpu") -> "PredrawnNoise":
+        device = torch.device(device)
+        pin = device.type == "cuda"
+        return cls(predraw_noise(seeds, sample_shape, n_draws, dtype=dtype, pin=pin).to(device, non_blocking=True))
+
+    @classmethod
+    def for_euler_ancestral(cls, seeds: Sequence[int], sample_shape: Sequence[int], sigmas: torch.Tensor, *,
+                            dtype=torch.float32, device="cpu") -> "PredrawnNoise":
+        """The draws ``sample_euler_ancestral`` over ``sigmas`` makes: the initial latent, then one
+        per step that ends above sigma 0."""
+        noisy = int((sigmas[1:] > 0).sum())
+        return cls.from_seeds(seeds, sample_shape, 1 + noisy, dtype=dtype, device=device)
+
+    def __len__(self) -> int:
+        return int(self.draws.shape[1])
+
+    def randn(self, sample_shape: Sequence[int]) -> torch.Tensor:
+        if self.used >= len(self.draws):
+            raise RuntimeError(f"PredrawnNoise: all {len(self.draws)} pre-drawn draws are used")
+        if tuple(self.draws.shape[2:]) != tuple(sample_shape):
+            raise ValueError(f"PredrawnNoise: draws of shape {tuple(self.draws.shape[2:])}, asked for {tuple(sample_shape)}")
+        out = self.draws[self.used]
+        self.used += 1
+        return out
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self):
+            raise ValueError(f"noise for a batch of {x.shape[0]} from {len(self)} pre-drawn samples")
+        return self.randn(x.shape[1:]).to(dtype=x.dtype)
+
+
+def no_region(name: str) -> ContextManager:
+    """The default ``region`` hook: times nothing."""
+    return nullcontext()
 
 
 # ---------------------------------------------------------------- discrete-time sigmas
@@ -152,14 +227,35 @@ def denoised_from_output(x: torch.Tensor, sigma: float, out: torch.Tensor, predi
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def discrete_denoiser(model: ModelFn, sigma_table: torch.Tensor, prediction_type: str, device="cpu") -> Denoiser:
+def schedule_timesteps(sigma_table: torch.Tensor, sigmas: Sequence[float], device="cpu") -> torch.Tensor:
+    """``[n, 1]``: row ``i`` is ``sigma_to_t(tensor([sigmas[i]]))``, exactly what the denoiser
+    computes at that sigma, moved to ``device`` in one (non-blocking, pinned on CUDA) copy."""
+    rows = torch.stack([sigma_to_t(torch.tensor([float(s)]), sigma_table) for s in sigmas])
+    device = torch.device(device)
+    if device.type == "cuda":
+        rows = rows.pin_memory()
+    return rows.to(device, non_blocking=True)
+
+
+def discrete_denoiser(model: ModelFn, sigma_table: torch.Tensor, prediction_type: str, device="cpu", *,
+                      sigmas: Sequence[float] | torch.Tensor | None = None) -> Denoiser:
     """``denoise(x, sigma)`` from a model trained on discrete timesteps: ``model(x * c_in, t(sigma))``
-    (its raw output: eps, v or the clean sample) converted by ``denoised_from_output``."""
+    (its raw output: eps, v or the clean sample) converted by ``denoised_from_output``.
+
+    ``sigmas``: the sampling sigmas, when known ahead: their timesteps are then computed once, on
+    the device before the loop (a prepared denoiser: no host-to-device copy per step); any other
+    sigma is converted when asked for. The numbers are the same either way."""
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+    known: dict[float, torch.Tensor] = {}
+    if sigmas is not None:
+        values = [float(s) for s in sigmas if float(s) > 0]
+        known = dict(zip(values, schedule_timesteps(sigma_table, values, device)))
 
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        t = sigma_to_t(torch.tensor([sigma]), sigma_table).to(device)
+        t = known.get(sigma)
+        if t is None:
+            t = sigma_to_t(torch.tensor([sigma]), sigma_table).to(device)
         return denoised_from_output(x, sigma, model(x * model_input_scale(sigma), t), prediction_type)
 
     return denoise
@@ -172,19 +268,24 @@ def sample_euler_ancestral(
     noise: NoiseSource,
     *,
     eta: float = 1.0,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+    region: Callable[[str], ContextManager] = no_region,
 ) -> torch.Tensor:
     """Ancestral Euler over ``sigmas``. ``x`` is already scaled by ``sigmas[0]``;
-    ``denoise(x, sigma)`` returns the denoised estimate."""
+    ``denoise(x, sigma)`` returns the denoised estimate; ``noise`` is a ``NoiseSource`` or
+    ``PredrawnNoise``. ``callback(i, x)`` runs after step ``i``; a tensor it returns replaces ``x``.
+    ``region("sampler_update")`` encloses each update (a timing hook)."""
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoise(x, s)
-        sigma_down, sigma_up = get_ancestral_step(s, s_next, eta)
-        x = x + to_d(x, s, denoised) * (sigma_down - s)
-        if s_next > 0:
-            x = x + noise.like(x) * sigma_up
+        with region("sampler_update"):
+            sigma_down, sigma_up = get_ancestral_step(s, s_next, eta)
+            x = x + to_d(x, s, denoised) * (sigma_down - s)
+            if s_next > 0:
+                x = x + noise.like(x) * sigma_up
         if callback is not None:
-            callback(i, x)
+            replaced = callback(i, x)
+            x = x if replaced is None else replaced
     return x
 
 

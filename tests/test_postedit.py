@@ -145,7 +145,7 @@ def test_save_mask_is_named_after_the_output(tmp_path):
 
 
 def test_registry_and_a_sweep_run(tmp_path):
-    from bench.methods import get_method
+    from ip2p.registry import get_method
     from bench.spec import parse_spec
     from bench.store import load_results
     from bench.sweep import run_sweep

@@ -128,3 +128,50 @@ def test_peak_table_lookup():
     assert PEAK_TFLOPS["H200"]["bf16"] == PEAK_TFLOPS["H100 SXM"]["bf16"] > PEAK_TFLOPS["A100"]["bf16"]
     assert peak_precision("bf16") == "bf16"
     assert peak_precision("fp32") in ("tf32", "fp32")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_profiled_path_is_the_editors_own_output_bit_for_bit(prediction_type):
+    """The profiler times ``editor.edit`` itself through the editor's timing hook: its images are the
+    editor's own, bit for bit, for an epsilon and a v-prediction model (the profiler once built its
+    own sampler and ran v-prediction models as epsilon), and every region is timed as declared."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from bench.profiler import ProfiledEdit, _CpuTimer, make_requests
+    from ip2p.editor import InstructPix2PixEditor
+    from ip2p.fastpath import FastPathSettings
+    from tests.editor_fixtures import tiny_pipe
+
+    pipe = tiny_pipe(seed=2)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    ed = InstructPix2PixEditor.from_pipe(pipe, fast=FastPathSettings(), resize=None, max_batch=2)
+    assert ed.prediction_type == prediction_type
+    images, instructions, s_i, s_t, seeds = make_requests(2, 16, seed=7)
+    timer = _CpuTimer()
+    with torch.no_grad():
+        got = ProfiledEdit(ed, images, instructions, s_i, s_t, seeds, steps=4).run(timer)
+    own = ed.edit(images, instructions, image_guidance_scale=s_i, guidance_scale=s_t, num_inference_steps=4,
+                  seeds=seeds, resize=None)
+    eager = InstructPix2PixEditor(ed.components, device="cpu", resize=None).edit(
+        images, instructions, image_guidance_scale=s_i, guidance_scale=s_t, num_inference_steps=4, seeds=seeds)
+    assert torch.equal(got, own) and torch.equal(got, eager)
+    assert {n: len(timer.samples[n]) for n in COMPONENTS} == {n: 4 if n in PER_STEP else 1 for n in COMPONENTS}
+    # the record's own check, through profile_edit with this editor
+    spec = ProfileSpec(model="tiny", steps=3, batch=2, repeats=1, warmup=0, device="cpu", reference_repeats=1)
+    r = profile_edit(spec, editor=ed)
+    assert r["reference_editor_edit"]["fast_vs_editor_max_abs_diff"] == 0.0
+    # and the sampler really depends on the prediction type: the other parameterisation differs
+    other = tiny_pipe(seed=2)
+    other.scheduler = EulerAncestralDiscreteScheduler.from_config(
+        other.scheduler.config, prediction_type="epsilon" if prediction_type == "v_prediction" else "v_prediction")
+    flipped = InstructPix2PixEditor.from_pipe(other, resize=None).edit(
+        images, instructions, image_guidance_scale=s_i, guidance_scale=s_t, num_inference_steps=4, seeds=seeds)
+    assert (flipped - got).abs().max().item() > 1e-2
+
+
+def test_profile_refuses_an_editor_prepared_otherwise():
+    from ip2p.editor import load_editor
+
+    ed = load_editor("tiny", device="cpu", resize=None)  # no fast path
+    with pytest.raises(SpecError, match="fast path"):
+        profile_edit(ProfileSpec(model="tiny", steps=1, repeats=1, warmup=0, device="cpu"), editor=ed)

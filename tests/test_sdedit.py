@@ -166,7 +166,7 @@ def test_bad_requests_named(t2i):
 
 
 def test_registered_with_the_bench():
-    from bench.methods import get_method
+    from ip2p.registry import get_method
 
     info = get_method("sdedit")
     assert set(info.knobs) >= {"strength", "guidance_scale", "num_inference_steps"}

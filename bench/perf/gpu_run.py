@@ -11,8 +11,8 @@ stage is recorded and the run goes on):
    against the datasheet peak and against what this card really does.
 2. diffusers' ``StableDiffusionInstructPix2PixPipeline``, one edit at a time (eager, same dtype),
    measured before anything prepares the UNet.
-3. ``profile_b1.json``: ``bench.profiler`` on one edit (the latency figure), fast path
-   (compile default + CUDA graphs + channels-last), with the eager ``editor.edit`` timed alongside;
+3. ``profile_b1.json``: ``bench.profiler`` on one edit (the latency figure) of the editor with its
+   fast path (compile default + CUDA graphs + channels-last), the eager editor timed alongside;
    ``trace_b1.json.gz``: a torch.profiler trace of a short edit.
 4. ``profile_b16.json``: the same with 16 edits per chunk (a sweep chunk: sI varies per edit).
 5. ``throughput.json``: edit-steps/s of the fast editor (16 edits per call) against the pipeline;
@@ -33,6 +33,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -114,7 +115,28 @@ def measure_ceilings(device: torch.device) -> dict[str, Any]:
             "copy_gb_per_s": nbytes / cp_s / 1e9, "copy": "1 GiB float32 device-to-device, bytes read + written"}
 
 
-def main(argv=None) -> int:
+@dataclass
+class Context:
+    """What the stages share: the run, the model settings and the editors built on the way."""
+
+    run: Run
+    command: str
+    smoke: bool
+    device: torch.device
+    model: str
+    res: int
+    dtype_name: str
+    steps: int
+    batch: int
+    settings: Any
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.dtype_name]
+
+
+def parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU, few steps: checks the code path")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="output folder (default: $OUT)")
@@ -126,125 +148,122 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.out:
         raise SystemExit("gpu_run: give --out or set $OUT")
-    argv_list = list(argv) if argv is not None else sys.argv[1:]
-    command = "python -m bench.perf.gpu_run " + " ".join(argv_list)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu_run: no CUDA device here; run with --smoke for the CPU dry run")
+    return args
 
-    from bench.perf.editor_throughput import make_pipeline, measure_editor, measure_pipeline, sweep_requests
-    from bench.profiler import ProfileSpec, device_info, format_summary, profile_edit, versions
-    from ip2p.editor import InstructPix2PixEditor
-    from ip2p.fastpath import FastEditPath, FastPathSettings
-    from ip2p.models import build_builtin
+
+def make_context(args, command: str) -> Context:
+    from ip2p.fastpath import FastPathSettings
 
     smoke = args.smoke
-    if not smoke and not torch.cuda.is_available():
-        raise SystemExit("gpu_run: no CUDA device here; run with --smoke for the CPU dry run")
-    device = torch.device("cpu" if smoke else "cuda")
     model, res, dtype_name = ("tiny", 16, "fp32") if smoke else ("sd15", 512, "bf16")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    steps = args.steps or (3 if smoke else 50)
-    batch = 4 if smoke and args.batch == 16 else args.batch
-    compile_mode = args.compile or ("none" if smoke else "default")
-    settings = FastPathSettings(compile=compile_mode, cuda_graphs=not smoke, channels_last=True)
+    settings = FastPathSettings(compile=args.compile or ("none" if smoke else "default"), cuda_graphs=not smoke,
+                                channels_last=True)
     run = Run(Path(args.out), args.budget_s or (300.0 if smoke else 480.0), command)
-    s = run.summary
-    s.update({"smoke": smoke, "model": model, "res": res, "dtype": dtype_name, "steps": steps, "batch": batch,
-              "fast_path": settings.as_dict(), "device": device_info(device), "versions": versions()})
-    s["ceilings"] = run.stage("ceilings", lambda: measure_ceilings(device))
+    return Context(run, command, smoke, torch.device("cpu" if smoke else "cuda"), model, res, dtype_name,
+                   args.steps or (3 if smoke else 50), 4 if smoke and args.batch == 16 else args.batch, settings)
 
-    state: dict[str, Any] = {}
 
-    def build():
-        c = build_builtin(model, seed=0, torch_dtype=dtype)
-        state["pipe"] = make_pipeline(c, device)
-        state["editor"] = InstructPix2PixEditor(c, device=device, dtype=dtype, max_batch=batch, resize=None)
-        return {"unet_parameters": sum(p.numel() for p in c.unet.parameters())}
+def build(ctx: Context) -> dict[str, Any]:
+    """The model (random weights), diffusers' pipeline on it and the eager editor."""
+    from bench.perf.editor_throughput import make_pipeline, sweep_requests
+    from ip2p.editor import InstructPix2PixEditor
+    from ip2p.models import build_builtin
 
-    s["model_info"] = run.stage("build", build)
-    if "editor" not in state:
-        return 1
-    editor = state["editor"]
-    images, instructions, s_i = sweep_requests(batch, res)
+    c = build_builtin(ctx.model, seed=0, torch_dtype=ctx.dtype)
+    ctx.state["components"] = c
+    ctx.state["pipe"] = make_pipeline(c, ctx.device)
+    ctx.state["editor"] = InstructPix2PixEditor(c, device=ctx.device, dtype=ctx.dtype, max_batch=ctx.batch, resize=None)
+    ctx.state["requests"] = sweep_requests(ctx.batch, ctx.res)
+    return {"unet_parameters": sum(p.numel() for p in c.unet.parameters())}
 
-    s["pipeline"] = run.stage("pipeline", lambda: measure_pipeline(state["pipe"], images, instructions, steps,
-                                                                    2 if smoke else 3, device), needs_s=30)
 
-    def prepare():
-        """Compile / capture now, on one short edit, so that a failure falls back here: first the
-        asked settings, then the eager UNet with our CUDA-graph wrapper, then the plain eager UNet."""
-        tries = [settings, FastPathSettings(compile="none", cuda_graphs=not smoke, channels_last=True),
-                 FastPathSettings(compile="none", cuda_graphs=False, channels_last=True)]
-        failures = []
-        for tried in dict.fromkeys(tries):  # in order, without repeats
-            try:
-                fast = FastEditPath(editor, tried)
-                fast.edit(images[:1], instructions[:1], image_guidance_scale=s_i[:1], num_inference_steps=2, seeds=[0])
-                state["fast"] = fast
-                return {"settings": tried.as_dict(), "fallback_from": failures}
-            except Exception as e:  # noqa: BLE001 - recorded; the next, simpler settings are tried
-                traceback.print_exc()
-                failures.append({"settings": tried.as_dict(), "error": f"{type(e).__name__}: {e}"})
-                torch._dynamo.reset()
-        raise RuntimeError(f"no fast-path settings ran: {failures}")
+def prepare(ctx: Context) -> dict[str, Any]:
+    """The fast editor, compiled / captured now on one short edit, so that a failure falls back
+    here: first the asked settings, then the eager UNet with our CUDA-graph wrapper, then the plain
+    eager UNet."""
+    from ip2p.editor import InstructPix2PixEditor
+    from ip2p.fastpath import FastPathSettings
 
-    s["prepare"] = run.stage("prepare (compile, batch 1)", prepare, needs_s=60)
-    fast = state.get("fast")
-    if fast is None:
-        return 1
+    images, instructions, s_i = ctx.state["requests"]
+    tries = [ctx.settings, FastPathSettings(compile="none", cuda_graphs=not ctx.smoke, channels_last=True),
+             FastPathSettings(compile="none", cuda_graphs=False, channels_last=True)]
+    failures = []
+    for tried in dict.fromkeys(tries):  # in order, without repeats
+        try:
+            fast = InstructPix2PixEditor(ctx.state["components"], device=ctx.device, dtype=ctx.dtype,
+                                         max_batch=2 * ctx.batch, resize=None, fast=tried)
+            fast.edit(images[:1], instructions[:1], image_guidance_scale=s_i[:1], num_inference_steps=2, seeds=[0],
+                      resize=None)
+            ctx.state["fast"] = fast
+            return {"settings": tried.as_dict(), "fallback_from": failures}
+        except Exception as e:  # noqa: BLE001 - recorded; the next, simpler settings are tried
+            traceback.print_exc()
+            failures.append({"settings": tried.as_dict(), "error": f"{type(e).__name__}: {e}"})
+            torch._dynamo.reset()
+    raise RuntimeError(f"no fast-path settings ran: {failures}")
 
-    def profile(b: int, name: str, trace: bool):
-        spec = ProfileSpec(model=model, res=res, steps=steps, batch=b, dtype=dtype_name, compile=fast.settings.compile,
-                           cuda_graphs=fast.settings.cuda_graphs, channels_last=fast.settings.channels_last,
-                           warmup=1, repeats=3 if b == 1 else 2, device=str(device), reference=True,
-                           reference_repeats=2 if b == 1 else 1,
-                           trace=str(run.out / f"trace_b{b}.json.gz") if trace else None, trace_steps=3)
-        r = profile_edit(spec, editor=editor, fast=fast, command=command + f"  [stage {name}]")
-        run.write(f"{name}.json", r)
-        print(format_summary(r), flush=True)
-        return r
 
-    p1 = run.stage("profile_b1", lambda: profile(1, "profile_b1", trace=True), needs_s=40)
-    pb = run.stage(f"profile_b{batch}", lambda: profile(batch, f"profile_b{batch}", trace=False), needs_s=120)
+def profile(ctx: Context, b: int, name: str, trace: bool) -> dict[str, Any]:
+    """``bench.profiler`` on ``b`` edits of the fast editor (its own ``edit``, timed by regions)."""
+    from bench.profiler import ProfileSpec, format_summary, profile_edit
 
-    def throughput():
-        ed = measure_editor(editor, images, instructions, s_i, steps, 2, device, fast=fast)
-        one = measure_editor(editor, images[:1], instructions[:1], s_i[:1], steps, 3, device, fast=fast)
-        pipe = s.get("pipeline")
-        r = {"benchmark": "editor_throughput", "command": command + "  [stage throughput]", "model": model,
-             "res": res, "dtype": dtype_name, "steps": steps, "batch": batch, "fast_path": fast.unet.describe(),
-             "pipeline": pipe, "editor": ed, "editor_single": one,
-             "ratio_editor_over_pipeline": (ed["edit_steps_per_s"] / pipe["edit_steps_per_s"]) if pipe else None,
-             "device": s["device"], "versions": s["versions"]}
-        run.write("throughput.json", r)
-        return r
+    fast = ctx.state["fast"]
+    spec = ProfileSpec(model=ctx.model, res=ctx.res, steps=ctx.steps, batch=b, dtype=ctx.dtype_name,
+                       compile=fast.fast.compile, cuda_graphs=fast.fast.cuda_graphs,
+                       channels_last=fast.fast.channels_last, warmup=1, repeats=3 if b == 1 else 2,
+                       device=str(ctx.device), reference=True, reference_repeats=2 if b == 1 else 1,
+                       trace=str(ctx.run.out / f"trace_b{b}.json.gz") if trace else None, trace_steps=3)
+    r = profile_edit(spec, editor=fast, command=ctx.command + f"  [stage {name}]")
+    ctx.run.write(f"{name}.json", r)
+    print(format_summary(r), flush=True)
+    return r
 
-    tp = run.stage("throughput", throughput, needs_s=60)
 
-    def gpu_tests():
-        """The fast path's GPU tests (CUDA graphs and compile within tolerance, a loop with no sync)."""
-        import subprocess
+def throughput(ctx: Context) -> dict[str, Any]:
+    """Edit-steps/s of the fast editor, ``batch`` edits per call and one at a time, against the pipeline."""
+    from bench.perf.editor_throughput import measure_editor
 
-        cmd = [sys.executable, "-m", "pytest", "tests/test_fastpath.py", "-m", "gpu", "-q", "-n", "0",
-               "-p", "no:cacheprovider"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, run.left() - 10))
-        print(proc.stdout[-4000:], proc.stderr[-2000:], flush=True)
-        return {"command": " ".join(cmd[1:]), "returncode": proc.returncode,
-                "passed": proc.returncode == 0, "tail": proc.stdout[-1500:]}
+    fast, s = ctx.state["fast"], ctx.run.summary
+    images, instructions, s_i = ctx.state["requests"]
+    ed = measure_editor(fast, images, instructions, s_i, ctx.steps, 2, ctx.device)
+    one = measure_editor(fast, images[:1], instructions[:1], s_i[:1], ctx.steps, 3, ctx.device)
+    pipe = s.get("pipeline")
+    r = {"benchmark": "editor_throughput", "command": ctx.command + "  [stage throughput]", "model": ctx.model,
+         "res": ctx.res, "dtype": ctx.dtype_name, "steps": ctx.steps, "batch": ctx.batch,
+         "fast_path": fast._prepared.describe(), "pipeline": pipe, "editor": ed, "editor_single": one,
+         "ratio_editor_over_pipeline": (ed["edit_steps_per_s"] / pipe["edit_steps_per_s"]) if pipe else None,
+         "device": s["device"], "versions": s["versions"]}
+    ctx.run.write("throughput.json", r)
+    return r
 
-    if not smoke:
-        s["gpu_tests"] = run.stage("gpu_tests", gpu_tests, needs_s=90)
 
-    def throughput_larger():
-        """A larger sweep chunk (2 x batch edits per call), when time is left: one more compile."""
-        big = 2 * batch
-        imgs, instr, si = sweep_requests(big, res)
-        r = measure_editor(editor, imgs, instr, si, steps, 2, device, fast=fast)
-        tp["editor_larger_batch"] = r
-        run.write("throughput.json", tp)
-        return r
+def gpu_tests(ctx: Context) -> dict[str, Any]:
+    """The fast path's GPU tests (CUDA graphs and compile within tolerance, a loop with no sync)."""
+    import subprocess
 
-    if tp is not None:
-        run.stage(f"throughput_b{2 * batch}", throughput_larger, needs_s=150 if not smoke else 10)
+    cmd = [sys.executable, "-m", "pytest", "tests/test_fastpath.py", "-m", "gpu", "-q", "-n", "0",
+           "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, ctx.run.left() - 10))
+    print(proc.stdout[-4000:], proc.stderr[-2000:], flush=True)
+    return {"command": " ".join(cmd[1:]), "returncode": proc.returncode,
+            "passed": proc.returncode == 0, "tail": proc.stdout[-1500:]}
 
+
+def throughput_larger(ctx: Context, tp: dict[str, Any]) -> dict[str, Any]:
+    """A larger sweep chunk (2 x batch edits per call), when time is left: one more compile."""
+    from bench.perf.editor_throughput import measure_editor, sweep_requests
+
+    imgs, instr, si = sweep_requests(2 * ctx.batch, ctx.res)
+    r = measure_editor(ctx.state["fast"], imgs, instr, si, ctx.steps, 2, ctx.device)
+    tp["editor_larger_batch"] = r
+    ctx.run.write("throughput.json", tp)
+    return r
+
+
+def goal_checks(ctx: Context, p1, pb, tp) -> dict[str, Any]:
+    """The issue's checks: single-edit latency, batched throughput over the pipeline, roofline."""
     checks: dict[str, Any] = {}
     if p1:
         ms = p1["ms_per_step_whole"]
@@ -254,29 +273,28 @@ def main(argv=None) -> int:
             "sampling_ms_per_step": p1["step"]["median_ms"],
             "eager_editor_ms_per_step": (p1.get("reference_editor_edit") or {}).get("ms_per_step")}
     if tp and tp.get("ratio_editor_over_pipeline") is not None:
-        ratio = tp["ratio_editor_over_pipeline"]
-        pipe_rate = tp["pipeline"]["edit_steps_per_s"]
-        larger = tp.get("editor_larger_batch")
+        ratio, pipe_rate, larger = tp["ratio_editor_over_pipeline"], tp["pipeline"]["edit_steps_per_s"], tp.get("editor_larger_batch")
         checks["batched_over_pipeline"] = {
             "value": ratio, "goal": f">= {BATCHED_RATIO_GOAL}", "pass": ratio >= BATCHED_RATIO_GOAL,
-            "what": f"fast editor, {batch} edits per call, edit-steps/s over the pipeline's one at a time",
+            "what": f"fast editor, {ctx.batch} edits per call, edit-steps/s over the pipeline's one at a time",
             "editor_edit_steps_per_s": tp["editor"]["edit_steps_per_s"], "pipeline_edit_steps_per_s": pipe_rate,
             "pipeline_ms_per_step": tp["pipeline"]["ms_per_step"],
-            f"ratio_at_batch_{2 * batch}": (larger["edit_steps_per_s"] / pipe_rate) if larger else None}
-    for name, rec in (("b1", p1), (f"b{batch}", pb)):
+            f"ratio_at_batch_{2 * ctx.batch}": (larger["edit_steps_per_s"] / pipe_rate) if larger else None}
+    ceil = (ctx.run.summary.get("ceilings") or {}).get("bf16_matmul_tflops")
+    for name, rec in (("b1", p1), (f"b{ctx.batch}", pb)):
         if rec:
-            ceil = (s.get("ceilings") or {}).get("bf16_matmul_tflops")
             checks[f"roofline_{name}"] = {
                 "unet_achieved_tflops": rec["achieved_tflops_unet"], "peak_tflops": rec["peak_tflops"],
                 "peak_source": rec["peak_source"], "share_of_peak": rec["roofline_share_unet"],
                 "share_of_measured_matmul": (rec["achieved_tflops_unet"] / ceil) if ceil and rec["achieved_tflops_unet"] else None,
                 "unet_ms_per_call": rec["components"]["unet"]["median_ms"],
                 "unet_gflop_per_sample": rec["unet_gflop_per_sample"]}
-    if smoke:
+    if ctx.smoke:
         checks["note"] = "smoke run (tiny model on the CPU): the figures check the code path, not the goals"
-    s["checks"] = checks
-    s["seconds"] = time.perf_counter() - run.t0
-    run.write("summary.json", s)
+    return checks
+
+
+def print_checks(checks: dict[str, Any], run: Run, seconds: float) -> None:
     print("\n[gpu_run] checks")
     for k, v in checks.items():
         if not isinstance(v, dict):
@@ -284,7 +302,43 @@ def main(argv=None) -> int:
             continue
         print(f"  {k}: " + ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()
                                       if a not in ("what", "peak_source")))
-    print(f"[gpu_run] done in {s['seconds']:.0f} s; wrote {sorted(p.name for p in run.out.iterdir())}")
+    print(f"[gpu_run] done in {seconds:.0f} s; wrote {sorted(p.name for p in run.out.iterdir())}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python -m bench.perf.gpu_run " + " ".join(list(argv) if argv is not None else sys.argv[1:])
+    from bench.perf.editor_throughput import measure_pipeline
+    from bench.profiler import device_info, versions
+
+    ctx = make_context(args, command)
+    run, s = ctx.run, ctx.run.summary
+    s.update({"smoke": ctx.smoke, "model": ctx.model, "res": ctx.res, "dtype": ctx.dtype_name, "steps": ctx.steps,
+              "batch": ctx.batch, "fast_path": ctx.settings.as_dict(), "device": device_info(ctx.device),
+              "versions": versions()})
+    s["ceilings"] = run.stage("ceilings", lambda: measure_ceilings(ctx.device))
+    s["model_info"] = run.stage("build", lambda: build(ctx))
+    if "editor" not in ctx.state:
+        return 1
+    images, instructions, _ = ctx.state["requests"]
+    s["pipeline"] = run.stage("pipeline", lambda: measure_pipeline(ctx.state["pipe"], images, instructions, ctx.steps,
+                                                                    2 if ctx.smoke else 3, ctx.device), needs_s=30)
+    s["prepare"] = run.stage("prepare (compile, batch 1)", lambda: prepare(ctx), needs_s=60)
+    if "fast" not in ctx.state:
+        return 1
+    p1 = run.stage("profile_b1", lambda: profile(ctx, 1, "profile_b1", trace=True), needs_s=40)
+    pb = run.stage(f"profile_b{ctx.batch}", lambda: profile(ctx, ctx.batch, f"profile_b{ctx.batch}", trace=False),
+                   needs_s=120)
+    tp = run.stage("throughput", lambda: throughput(ctx), needs_s=60)
+    if not ctx.smoke:
+        s["gpu_tests"] = run.stage("gpu_tests", lambda: gpu_tests(ctx), needs_s=90)
+    if tp is not None:
+        run.stage(f"throughput_b{2 * ctx.batch}", lambda: throughput_larger(ctx, tp),
+                  needs_s=150 if not ctx.smoke else 10)
+    s["checks"] = goal_checks(ctx, p1, pb, tp)
+    s["seconds"] = time.perf_counter() - run.t0
+    run.write("summary.json", s)
+    print_checks(s["checks"], run, s["seconds"])
     return 0
 
 

@@ -50,10 +50,11 @@ def test_editor_step(benchmark, world_editor, scenes):
         return sample_euler_ancestral(denoise, noise.randn(lat.shape[1:]) * first[0], first, noise)
 
     got = benchmark(step)
-    with torch.no_grad():  # the eager editor's own model and noise, through the same loop
-        def eager(x_in, t):
-            return ed.guided_eps(x_in, t, lat, text, null, torch.tensor([7.5] * 4), torch.tensor(s_i))
 
+    def eager(x_in, t):  # the eager editor's own guided call and noise, through the same loop
+        return ed.guided_eps(x_in, t, lat, text, null, torch.tensor([7.5] * 4), torch.tensor(s_i))
+
+    with torch.no_grad():
         noise = NoiseSource.from_seeds(seeds)
         ref = sample_euler_ancestral(discrete_denoiser(eager, fast.sigma_table, ed.prediction_type),
                                      noise.randn(lat.shape[1:]) * first[0], first, noise)

@@ -55,14 +55,8 @@ import torch
 
 from ip2p.data.attention import PairCopyState, install_pair_attention, restore_attention
 from ip2p.errors import DataRowError, SpecError
-from ip2p.sampling import (
-    NoiseSource,
-    denoised_from_output,
-    discrete_sigmas,
-    get_sigmas,
-    sample_euler_ancestral,
-    sigma_to_t,
-)
+from ip2p.guidance import cfg
+from ip2p.sampling import NoiseSource, discrete_denoiser, discrete_sigmas, get_sigmas, sample_euler_ancestral
 from ip2p.util.faults import KillSwitch
 from ip2p.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -245,8 +239,7 @@ class PairSampler:
         text = self.prompts([t for pair in zip(firsts, seconds) for t in pair])  # [2B, L, D]
         null = self.prompts([""]).expand(2 * b, -1, -1)
         context = torch.cat([null, text])
-        cfg = torch.tensor([d.cfg_scale for d in draws], dtype=torch.float32, device=self.device)
-        cfg = cfg.repeat_interleave(2).view(-1, 1, 1, 1)
+        cfg_scale = torch.tensor([d.cfg_scale for d in draws], dtype=torch.float32).repeat_interleave(2)
         p = [d.p2p_threshold for d in draws]
         sigmas = get_sigmas(self.sigma_table, steps)
         x = torch.cat([d.initial_noise for d in draws]).repeat_interleave(2, dim=0).to(self.device) * sigmas[0]
@@ -254,18 +247,17 @@ class PairSampler:
         state = PairCopyState(recorder=recorder)
         step = [0]
 
-        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
-            i = step[0]
+        def model(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            """The guided output (eps, v or sample, the model's kind) of the 2B pair latents."""
+            state.copy = torch.tensor([copy_active(pj, step[0], len(sigmas)) for pj in p])
             step[0] += 1
-            state.copy = torch.tensor([copy_active(pj, i, len(sigmas)) for pj in p])
-            c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
-            t = sigma_to_t(torch.tensor([sigma]), self.sigma_table).to(self.device).expand(4 * b)
-            x_in = (x * c_in).to(self.dtype)
-            eps = self.unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=context, return_dict=False)[0].float()
-            eps_uncond, eps_cond = eps.chunk(2)
-            guided = eps_uncond + cfg * (eps_cond - eps_uncond)  # the model's output kind (eps, v or sample)
-            return denoised_from_output(x, sigma, guided, self.components.prediction_type)
+            z = x_in.to(self.dtype)
+            out = self.unet(torch.cat([z, z]), t.expand(4 * b), encoder_hidden_states=context, return_dict=False)[0]
+            out_uncond, out_cond = out.float().chunk(2)
+            return cfg(out_uncond, out_cond, cfg_scale)
 
+        denoise = discrete_denoiser(model, self.sigma_table, self.components.prediction_type, self.device,
+                                    sigmas=sigmas)
         saved = install_pair_attention(self.unet, state)
         try:
             latents = sample_euler_ancestral(denoise, x, sigmas, noise)
