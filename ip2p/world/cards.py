@@ -67,6 +67,11 @@ def _card(title: str, what: str, folder: Path, rec: dict, figures: dict, extra: 
 
 
 def write_cards(evaluate: bool = True) -> list[Path]:
+    """Every card of the shipped world models (those whose files exist)."""
+    return _vae_card(evaluate) + _sd_card(evaluate) + _clip_cards(evaluate)
+
+
+def _vae_card(evaluate: bool) -> list[Path]:
     from ip2p.world import evaluate as ev
 
     written = []
@@ -91,6 +96,13 @@ def write_cards(evaluate: bool = True) -> list[Path]:
             f"{rt.get('l1_by_category')}. Figures below: PSNR of 64 test caption scenes and the round trip of 192 "
             "test targets.",
             vae_dir, rec, fig))
+    return written
+
+
+def _sd_card(evaluate: bool) -> list[Path]:
+    from ip2p.world import evaluate as ev
+
+    written = []
     unet_dir = SD_DIR / "unet"
     clip_dir = WEIGHTS_DIR / "clip"
     if (unet_dir / "config.json").exists():
@@ -112,6 +124,13 @@ def write_cards(evaluate: bool = True) -> list[Path]:
                 "samples (DDIM, 20 steps, guidance 7.5) for test captions, scored by the metric CLIP "
                 "(`world:clip`) against their own captions and against shuffled captions.")
         written.append(_card("world:sd -- text-to-image pipeline of the small world", what, SD_DIR, rec, fig))
+    return written
+
+
+def _clip_cards(evaluate: bool) -> list[Path]:
+    from ip2p.world import evaluate as ev
+
+    written = []
     for name, which in (("clip", "metric"), ("clip-guide", "guide")):
         folder = WEIGHTS_DIR / name
         if not (folder / "open_clip_config.json").exists():

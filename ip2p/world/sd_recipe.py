@@ -21,7 +21,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,6 +183,113 @@ def _checkpoint(run_dir: Path, step: int, models, opt, sched, gen, rng, wall_s: 
         old.unlink()
 
 
+@dataclass
+class SDRun:
+    """Everything one world:sd training run holds: models, EMA copies, optimiser, RNGs, the latent pool."""
+
+    tokenizer: Any
+    vae: Any
+    text_encoder: Any
+    unet: Any
+    ema: list
+    opt: Any
+    sched: Any
+    noise_sched: Any
+    gen: torch.Generator
+    rng: np.random.Generator
+    scale: float
+    latents: tuple  # (posterior means, stds, scenes) of the caption pool
+
+    @property
+    def params(self) -> list:
+        return list(self.unet.parameters()) + list(self.text_encoder.parameters())
+
+
+def _build_run(out: Path, run_dir: Path, *, steps: int, lr: float, n_images: int, seed: int, gen) -> SDRun:
+    from diffusers import DDPMScheduler
+
+    from ip2p.models import load_tokenizer, load_vae
+
+    tokenizer = load_tokenizer(out / "tokenizer")
+    vae = load_vae(out / "vae").requires_grad_(False)
+    text_encoder = build_text_encoder(tokenizer)
+    unet = build_unet(text_encoder.config.hidden_size)
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, text_encoder)]
+    opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=lr, weight_decay=1e-2)
+    noise_sched = DDPMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
+    return SDRun(tokenizer, vae, text_encoder, unet, ema, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps)),
+                 noise_sched, gen, np.random.default_rng(seed), float(vae.config.scaling_factor),
+                 _latents(vae, run_dir, n_images, seed))
+
+
+def _resume(run: SDRun, run_dir: Path) -> tuple[int, float]:
+    """Load the newest checkpoint of ``run_dir`` into ``run``; (step, wall seconds so far)."""
+    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not cks:
+        return 0, 0.0
+    st = torch.load(cks[-1], map_location="cpu", weights_only=False)
+    for m, sd in zip([run.unet, run.text_encoder, *run.ema], st["models"]):
+        m.load_state_dict(sd)
+    run.opt.load_state_dict(st["opt"])
+    run.sched.load_state_dict(st["sched"])
+    run.gen.set_state(st["gen"])
+    run.rng.bit_generator.state = st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    print(f"resuming {run_dir} from step {st['step']}")
+    return st["step"], st["wall_s"]
+
+
+def _train_step(run: SDRun, step: int, *, batch: int, caption_dropout: float, ema_decay: float, bf16: bool,
+                paraphrase_weight: float, paraphrase_batch: int) -> float:
+    """One optimiser step: eps MSE on a batch of the caption pool (+ the paraphrase term), then EMA."""
+    mean, std, scenes = run.latents
+    rng, gen = run.rng, run.gen
+    idx = rng.integers(0, len(scenes), size=batch)
+    caps = [caption(scenes[i], int(rng.integers(N_CAPTION_PHRASINGS))) if rng.random() >= caption_dropout else ""
+            for i in idx]
+    ids = tokenize(run.tokenizer, caps)
+    i_t = torch.from_numpy(idx)
+    z0 = run.scale * (mean[i_t] + std[i_t] * torch.randn(mean[i_t].shape, generator=gen))
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, run.noise_sched.config.num_train_timesteps, (batch,), generator=gen)
+    zt = run.noise_sched.add_noise(z0, noise, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        pred = run.unet(zt, t, run.text_encoder(ids)[0]).sample
+    loss = F.mse_loss(pred.float(), noise)
+    if paraphrase_weight > 0:
+        pa, pb = paraphrase_pairs(rng, paraphrase_batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss + paraphrase_weight * paraphrase_loss(run.text_encoder, tokenize(run.tokenizer, pa + pb),
+                                                              run.tokenizer.eos_token_id)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    run.sched.step()
+    with torch.no_grad():
+        d = min(ema_decay, (1 + step) / (10 + step))
+        for e, m in zip(run.ema, (run.unet, run.text_encoder)):
+            for pe, pm in zip(e.parameters(), m.parameters()):
+                pe.lerp_(pm, 1 - d)
+    return loss.item()
+
+
+def _export(run: SDRun, out: Path) -> None:
+    """Save the EMA weights as a StableDiffusionPipeline folder in ``out`` (one folder swap)."""
+    from diffusers import StableDiffusionPipeline
+
+    from ip2p.util.io import replacing_dir
+
+    unet, text_encoder = run.ema
+    pipe = StableDiffusionPipeline(
+        vae=run.vae, text_encoder=text_encoder, tokenizer=run.tokenizer, unet=unet, scheduler=build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    with replacing_dir(out, start_from_existing=True) as tmp:  # one swap: the old pipeline or the new
+        pipe.save_pretrained(str(tmp))
+
+
 def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: int = 8000, batch: int = 32,
              lr: float = 1e-3, n_images: int = 16384, caption_dropout: float = 0.1, ema_decay: float = 0.999,
              seed: int = 0, checkpoint_every: int = 250, bf16: bool = True, threads: int | None = None,
@@ -189,12 +299,6 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
 
     With ``time_limit_minutes`` the run checkpoints and returns None at the first step past the
     limit; rerunning the same command continues it."""
-    import time
-
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-    from ip2p.models import load_tokenizer, load_vae
-
     gen = setup(seed, threads)
     out, run_dir = Path(out), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,83 +307,26 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
                        caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed, bf16_autocast=bf16,
                        paraphrase_weight=paraphrase_weight, paraphrase_batch=paraphrase_batch,
                        text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
-    tokenizer = load_tokenizer(out / "tokenizer")
-    vae = load_vae(out / "vae").requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
-    mean, std, scenes = _latents(vae, run_dir, n_images, seed)
-    text_encoder = build_text_encoder(tokenizer)
-    unet = build_unet(text_encoder.config.hidden_size)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, text_encoder)]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
-    noise_sched = DDPMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in (
-        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
-    rng = np.random.default_rng(seed)
-    start, prior_wall = 0, 0.0
-    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if cks:
-        st = torch.load(cks[-1], map_location="cpu", weights_only=False)
-        for m, sd in zip([unet, text_encoder, *ema], st["models"]):
-            m.load_state_dict(sd)
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        gen.set_state(st["gen"])
-        rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
-        start, prior_wall = st["step"], st["wall_s"]
-        print(f"resuming {run_dir} from step {start}")
+    run = _build_run(out, run_dir, steps=steps, lr=lr, n_images=n_images, seed=seed, gen=gen)
+    start, prior_wall = _resume(run, run_dir)
     t_run = time.time()
     record.t0 -= prior_wall
     losses: list[float] = []
     bar = tqdm(range(start, steps), desc="train-sd", initial=start, total=steps)
     for step in bar:
-        idx = rng.integers(0, n_images, size=batch)
-        caps = [caption(scenes[i], int(rng.integers(N_CAPTION_PHRASINGS))) if rng.random() >= caption_dropout else ""
-                for i in idx]
-        ids = tokenize(tokenizer, caps)
-        i_t = torch.from_numpy(idx)
-        z0 = scale * (mean[i_t] + std[i_t] * torch.randn(mean[i_t].shape, generator=gen))
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
-        zt = noise_sched.add_noise(z0, noise, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = unet(zt, t, text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred.float(), noise)
-        if paraphrase_weight > 0:
-            pa, pb = paraphrase_pairs(rng, paraphrase_batch)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss + paraphrase_weight * paraphrase_loss(text_encoder, tokenize(tokenizer, pa + pb),
-                                                                  tokenizer.eos_token_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
-            for e, m in zip(ema, (unet, text_encoder)):
-                for pe, pm in zip(e.parameters(), m.parameters()):
-                    pe.lerp_(pm, 1 - d)
-        losses.append(loss.item())
+        losses.append(_train_step(run, step, batch=batch, caption_dropout=caption_dropout, ema_decay=ema_decay,
+                                  bf16=bf16, paraphrase_weight=paraphrase_weight, paraphrase_batch=paraphrase_batch))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         over = time_limit_minutes is not None and time.time() - t_run > 60 * time_limit_minutes
         if done % checkpoint_every == 0 or done == steps or over:
-            _checkpoint(run_dir, done, [unet, text_encoder, *ema], opt, sched, gen, rng,
+            _checkpoint(run_dir, done, [run.unet, run.text_encoder, *run.ema], run.opt, run.sched, gen, run.rng,
                         prior_wall + time.time() - t_run)
         if over and done < steps:
             print(f"time limit: stopped at step {done} of {steps}; rerun the same command to continue")
             return None
-    unet, text_encoder = ema
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    from ip2p.util.io import replacing_dir
-
-    with replacing_dir(out, start_from_existing=True) as tmp:  # one swap: the old pipeline or the new
-        pipe.save_pretrained(str(tmp))
+    _export(run, out)
+    unet, text_encoder = run.ema
     return record.save(out / "unet", final_loss=float(np.mean(losses[-100:])) if losses else None,
                        parameters={"unet": n_params(unet), "text_encoder": n_params(text_encoder)})

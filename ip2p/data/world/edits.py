@@ -151,87 +151,115 @@ def _swap(scene: Scene, old: Shape, new: Shape | None) -> Scene:
     return scene.replace(shapes=shapes)
 
 
+def _attribute_colour(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if not shapes or not unused_colours(scene):
+        return None
+    s = _pick(rng, shapes)
+    c2 = _pick(rng, unused_colours(scene))
+    return _swap(scene, s, dataclasses.replace(s, colour=c2)), {"obj": _obj(s), "c2": c2}
+
+
+def _attribute_size(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if not shapes:
+        return None
+    s = _pick(rng, shapes)
+    size2 = "large" if s.size == "small" else "small"
+    up = size2 == "large"
+    fields = {"obj": _obj(s), "size2": size2, "bigger": "bigger" if up else "smaller",
+              "grow": "enlarge" if up else "shrink"}
+    return _swap(scene, s, dataclasses.replace(s, size=size2)), fields
+
+
+def _replace(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if not shapes:
+        return None
+    s = _pick(rng, shapes)
+    k2 = _pick(rng, [k for k in KINDS if k != s.kind])
+    return _swap(scene, s, dataclasses.replace(s, kind=k2)), {"obj": _obj(s), "k2": k2, "c": s.colour}
+
+
+def _add(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    cells, colours = free_cells(scene), unused_colours(scene)
+    if len(scene.shapes) >= 3 or not cells or not colours:
+        return None
+    s = random_shape(rng, cells, colours)
+    thing = f"a {s.size} {s.colour} {s.kind}"
+    pos = position_phrase(s.row, s.col, int(rng.integers(2)))
+    return scene.replace(shapes=scene.shapes + (s,)), {"thing": thing, "pos": pos}
+
+
+def _remove(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if not shapes:
+        return None
+    s = _pick(rng, shapes)
+    return _swap(scene, s, None), {"obj": _obj(s)}
+
+
+def _move(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    cells = free_cells(scene)
+    if not shapes or not cells:
+        return None
+    s = _pick(rng, shapes)
+    r, c = _pick(rng, cells)
+    return _swap(scene, s, dataclasses.replace(s, row=r, col=c)), {"obj": _obj(s), "dest": _DEST[(r, c)]}
+
+
+def _background(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    bg2 = _pick(rng, [b for b in BACKGROUNDS if b != scene.background])
+    return scene.replace(background=bg2), {"bg2": bg2}
+
+
+def _global_style(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if not shapes:
+        return None
+    st = _pick(rng, [s for s in STYLES if s != scene.style])
+    fields = {"style_adj": _STYLE_ADJ[st], "style_how": _STYLE_HOW[st], "style_name": _STYLE_NAME[st]}
+    return scene.replace(style=st), fields
+
+
+def _gravity(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    moved = []
+    for col in range(GRID):
+        column = sorted((s for s in scene.shapes if s.col == col), key=lambda s: -s.row)
+        for k, s in enumerate(column):
+            moved.append(dataclasses.replace(s, row=GRID - 1 - k))
+    target = scene.replace(shapes=tuple(moved))
+    if set(target.shapes) == set(scene.shapes):
+        return None  # everything already rests on the ground
+    return target, {}
+
+
+def _night(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    if scene.night:
+        return None
+    return scene.replace(night=True), {}
+
+
+def _melt(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    # a shape melts into a puddle on the floor of its column; the floor must be free
+    ok = [s for s in shapes if all(o == s or (o.row, o.col) != (GRID - 1, s.col) for o in scene.shapes)]
+    if not ok:
+        return None
+    s = _pick(rng, ok)
+    return _swap(scene, s, dataclasses.replace(s, kind=PUDDLE, row=GRID - 1)), {"obj": _obj(s)}
+
+
+def _growth(scene: Scene, shapes: list[Shape], rng: np.random.Generator) -> tuple[Scene, dict] | None:
+    small = [s for s in shapes if s.size == "small"]
+    if not small:
+        return None
+    grown = tuple(dataclasses.replace(s, size="large") if s in small else s for s in scene.shapes)
+    return scene.replace(shapes=grown), {}
+
+
+_APPLY = {"attribute-colour": _attribute_colour, "attribute-size": _attribute_size, "replace": _replace, "add": _add, "remove": _remove, "move": _move, "background": _background, "global-style": _global_style, "gravity": _gravity, "night": _night, "melt": _melt, "growth": _growth}
+
+
 def _apply(category: str, scene: Scene, rng: np.random.Generator) -> tuple[Scene, dict] | None:
     """The target scene and the template fields, or None when the edit does not apply."""
-    shapes = [s for s in scene.shapes if s.kind != PUDDLE]
-    if category == "attribute-colour":
-        if not shapes or not unused_colours(scene):
-            return None
-        s = _pick(rng, shapes)
-        c2 = _pick(rng, unused_colours(scene))
-        return _swap(scene, s, dataclasses.replace(s, colour=c2)), {"obj": _obj(s), "c2": c2}
-    if category == "attribute-size":
-        if not shapes:
-            return None
-        s = _pick(rng, shapes)
-        size2 = "large" if s.size == "small" else "small"
-        up = size2 == "large"
-        fields = {"obj": _obj(s), "size2": size2, "bigger": "bigger" if up else "smaller",
-                  "grow": "enlarge" if up else "shrink"}
-        return _swap(scene, s, dataclasses.replace(s, size=size2)), fields
-    if category == "replace":
-        if not shapes:
-            return None
-        s = _pick(rng, shapes)
-        k2 = _pick(rng, [k for k in KINDS if k != s.kind])
-        return _swap(scene, s, dataclasses.replace(s, kind=k2)), {"obj": _obj(s), "k2": k2, "c": s.colour}
-    if category == "add":
-        cells, colours = free_cells(scene), unused_colours(scene)
-        if len(scene.shapes) >= 3 or not cells or not colours:
-            return None
-        s = random_shape(rng, cells, colours)
-        thing = f"a {s.size} {s.colour} {s.kind}"
-        pos = position_phrase(s.row, s.col, int(rng.integers(2)))
-        return scene.replace(shapes=scene.shapes + (s,)), {"thing": thing, "pos": pos}
-    if category == "remove":
-        if not shapes:
-            return None
-        s = _pick(rng, shapes)
-        return _swap(scene, s, None), {"obj": _obj(s)}
-    if category == "move":
-        cells = free_cells(scene)
-        if not shapes or not cells:
-            return None
-        s = _pick(rng, shapes)
-        r, c = _pick(rng, cells)
-        return _swap(scene, s, dataclasses.replace(s, row=r, col=c)), {"obj": _obj(s), "dest": _DEST[(r, c)]}
-    if category == "background":
-        bg2 = _pick(rng, [b for b in BACKGROUNDS if b != scene.background])
-        return scene.replace(background=bg2), {"bg2": bg2}
-    if category == "global-style":
-        if not shapes:
-            return None
-        st = _pick(rng, [s for s in STYLES if s != scene.style])
-        fields = {"style_adj": _STYLE_ADJ[st], "style_how": _STYLE_HOW[st], "style_name": _STYLE_NAME[st]}
-        return scene.replace(style=st), fields
-    if category == "gravity":
-        moved = []
-        for col in range(GRID):
-            column = sorted((s for s in scene.shapes if s.col == col), key=lambda s: -s.row)
-            for k, s in enumerate(column):
-                moved.append(dataclasses.replace(s, row=GRID - 1 - k))
-        target = scene.replace(shapes=tuple(moved))
-        if set(target.shapes) == set(scene.shapes):
-            return None  # everything already rests on the ground
-        return target, {}
-    if category == "night":
-        if scene.night:
-            return None
-        return scene.replace(night=True), {}
-    if category == "melt":
-        # a shape melts into a puddle on the floor of its column; the floor must be free
-        ok = [s for s in shapes if all(o == s or (o.row, o.col) != (GRID - 1, s.col) for o in scene.shapes)]
-        if not ok:
-            return None
-        s = _pick(rng, ok)
-        return _swap(scene, s, dataclasses.replace(s, kind=PUDDLE, row=GRID - 1)), {"obj": _obj(s)}
-    if category == "growth":
-        small = [s for s in shapes if s.size == "small"]
-        if not small:
-            return None
-        grown = tuple(dataclasses.replace(s, size="large") if s in small else s for s in scene.shapes)
-        return scene.replace(shapes=grown), {}
-    raise ValueError(f"unknown edit category {category!r}; expected one of {CATEGORIES}")
+    if category not in _APPLY:
+        raise ValueError(f"unknown edit category {category!r}; expected one of {CATEGORIES}")
+    return _APPLY[category](scene, [s for s in scene.shapes if s.kind != PUDDLE], rng)
 
 
 def make_edit(scene: Scene, category: str, rng: np.random.Generator, *, allow_held_out: bool) -> Edit | None:
