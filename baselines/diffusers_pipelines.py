@@ -90,7 +90,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            params_b=16.9, recommended="guidance 2.5, 28 steps", tested="tiny random (tests/test_diffusers_pipelines.py)"),
     Family("qwen-image-edit", ("QwenImageEditPipeline",), "Qwen/Qwen-Image-Edit",
            {"num_inference_steps": _steps(50), "true_cfg_scale": _cfg(4.0, "true CFG scale"), "negative_prompt": _NEG},
-           params_b=28.7, recommended="true CFG 4.0, 50 steps, negative prompt ' '",
+           params_b=28.7, batchable=False, recommended="true CFG 4.0, 50 steps, negative prompt ' '",
+           note="prompts of different lengths in one call change each other's result (measured): one per call",
            tested="tiny random (tests/test_diffusers_pipelines.py)"),
     Family("qwen-image-edit-plus", ("QwenImageEditPlusPipeline",), "Qwen/Qwen-Image-Edit-2509",
            {"num_inference_steps": _steps(40), "true_cfg_scale": _cfg(4.0, "true CFG scale"), "negative_prompt": _NEG},
@@ -292,6 +293,8 @@ def _flow_edit(ed: PipelineEditor, reqs, knobs, images) -> list[torch.Tensor]:
     kw = ed.call_kwargs(knobs, *images[0].shape[1:])
     prompts = [r.instruction for r in reqs]
     pil = [_pil(x) for x in images]
+    if isinstance(kw.get("negative_prompt"), str) and len(reqs) > 1:
+        kw["negative_prompt"] = [kw["negative_prompt"]] * len(reqs)
     out = ed.pipe(prompt=prompts if len(reqs) > 1 else prompts[0], image=pil if len(reqs) > 1 else pil[0],
                   generator=generators(reqs), **kw)
     return list(_as_images(out))

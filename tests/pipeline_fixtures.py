@@ -141,3 +141,65 @@ def save_tiny(family: str, folder: Path) -> Path:
         pipe = BUILDERS[family]()
     pipe.save_pretrained(str(folder))
     return folder
+
+
+# ---------------------------------------------------------------- Qwen-Image-Edit (Qwen2.5-VL text encoder)
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen_processor():
+    """A byte-level Qwen2 tokenizer (the 256 byte symbols, no merges, Qwen's special tokens) and a
+    Qwen2-VL processor that keeps images small (at most 56x56 pixels reach the vision tower)."""
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    from ip2p.util.bpe import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    proc = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+                            tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    return tok, proc
+
+
+def build_qwen_image_edit(cls_name: str = "QwenImageEditPipeline"):
+    import diffusers
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok, proc = qwen_processor()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    torch.manual_seed(0)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=len(tok), rope_theta=1e6,
+                         rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16),
+        hidden_size=16, vocab_size=len(tok), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    te = Qwen2_5_VLForConditionalGeneration(cfg)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return getattr(diffusers, cls_name)(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te,
+                                        tokenizer=tok, processor=proc, transformer=transformer)
+
+
+BUILDERS["qwen-image-edit"] = build_qwen_image_edit
+BUILDERS["qwen-image-edit-plus"] = lambda: build_qwen_image_edit("QwenImageEditPlusPipeline")
+
+
+def small_qwen_conditioning(monkeypatch, side: int = 64) -> None:
+    """Qwen-Image-Edit resizes its condition image to a 1024x1024 area (a constant of diffusers' pipeline);
+    for CPU tests the pipelines' own code runs with that area shrunk to ``side`` x ``side``."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+    for mod in (edit, plus):
+        orig = mod.calculate_dimensions
+        monkeypatch.setattr(mod, "calculate_dimensions",
+                            (lambda f: lambda area, ratio: f(area * side * side / (1024 * 1024), ratio))(orig))
