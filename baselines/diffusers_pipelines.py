@@ -355,8 +355,8 @@ def load_family_pipeline(source: str, family: Family, *, dtype: str = "fp32", pi
     if pipeline is not None and pipeline not in family.classes:
         raise SpecError(f"pipeline {pipeline!r}: {family.name} runs {', '.join(family.classes)}")
     found = pipeline_class_name(source, local_files_only=local_files_only)
-    as_cls = pipeline or (found if found in family.classes else family.classes[0])
-    pipe = load_pipeline(source, expected=family.classes + family.accepts, pipeline=as_cls,
+    pipe = load_pipeline(source, expected=family.classes + family.accepts, pipeline=pipeline,
+                         load_as=found if found in family.classes else family.classes[0],
                          torch_dtype=DTYPES[dtype], local_files_only=local_files_only)
     if family.flow == "diffedit" and getattr(pipe, "inverse_scheduler", None) is None:
         from diffusers import DDIMInverseScheduler, DDIMScheduler

@@ -463,18 +463,21 @@ def pipeline_class_name(source: str, *, local_files_only: bool | None = None) ->
 
 
 def load_pipeline(source: str | os.PathLike, *, expected: tuple[str, ...] = (), pipeline: str | None = None,
-                  torch_dtype=None, local_files_only: bool | None = None, **components: Any):
-    """A whole diffusers pipeline from a folder or hub id, loaded as the class ``pipeline`` (default:
-    the ``_class_name`` of its ``model_index.json``); refused, before any weights load, when neither
-    that class nor the one the folder names is in ``expected`` (a family that loads, say, a
-    ``StableDiffusionPipeline`` folder as ``LEditsPPPipelineStableDiffusion`` lists both).
+                  load_as: str | None = None, torch_dtype=None, local_files_only: bool | None = None,
+                  **components: Any):
+    """A whole diffusers pipeline from a folder or hub id. Its class: ``pipeline`` (the user's explicit
+    choice, which must be in ``expected``), else ``load_as`` (the caller's class for folders it
+    accepts), else the ``_class_name`` of its ``model_index.json``. Without ``pipeline``, a folder
+    whose class is not in ``expected`` is refused before any weights load, naming the classes
+    expected (a family that loads, say, a ``StableDiffusionPipeline`` folder as
+    ``LEditsPPPipelineStableDiffusion`` lists both).
     ``components`` are passed to ``from_pretrained`` (e.g. a scheduler to add)."""
     import diffusers
 
     s = str(source)
     found = pipeline_class_name(s, local_files_only=local_files_only)
-    name = pipeline or found
-    if expected and found not in expected and name not in expected:
+    name = pipeline or load_as or found
+    if expected and (pipeline not in expected if pipeline else found not in expected):
         raise ModelLoadError(f"{s}: model_index.json names {found!r}"
                              + (f" (and pipeline {pipeline!r} was asked for)" if pipeline else "")
                              + f"; this method loads {', '.join(expected)}")
@@ -483,7 +486,7 @@ def load_pipeline(source: str | os.PathLike, *, expected: tuple[str, ...] = (), 
         raise ModelLoadError(f"{s}: the installed diffusers {diffusers.__version__} has no pipeline class {name!r}")
     kw: dict[str, Any] = {"local_files_only": local_files_only_default(local_files_only), **components}
     if torch_dtype is not None:
-        kw["torch_dtype"] = torch_dtype
+        kw["dtype"] = torch_dtype
     resolved = resolve_source(s)
     try:
         pipe = cls.from_pretrained(resolved, **kw)
