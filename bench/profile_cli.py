@@ -34,12 +34,17 @@ def profile_command(
     reference_repeats: int = typer.Option(3, "--reference-repeats", help="Timed editor.edit calls for the reference."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result record as JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="Profile a diffusers editing pipeline by its own code: "
+                                           "'auto' (the class in model_index.json) or a class name, e.g. FluxKontextPipeline "
+                                           "(automatic for a folder of another editing pipeline); see bench.pipeline_profile."),
 ) -> None:
     """Time each component of an edit (text encoding, VAE encode, UNet step with its 3-way guidance
     batch, guidance arithmetic, sampler update, VAE decode): median, p10, p90, peak memory,
     achieved TFLOP/s and roofline share; optional torch.profiler trace."""
     from bench.profiler import ProfileSpec, format_summary, profile_edit, write_record
 
+    if pipeline or _is_other_pipeline(model):
+        return _profile_pipeline(model, pipeline, res, steps, batch, dtype, device, warmup, repeats, seed, out)
     spec = ProfileSpec(model=model, res=res, steps=steps, batch=batch, dtype=dtype, compile=compile,
                        cuda_graphs=cuda_graphs, channels_last=channels_last, sdpa=sdpa, warmup=warmup, repeats=repeats,
                        seed=seed, device=device, peak_tflops=peak_tflops, reference=reference,
@@ -47,6 +52,30 @@ def profile_command(
     command = "ip2p " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["profile"] else None
     record = profile_edit(spec, command=command or _command_from(spec, out), progress=progress)
     typer.echo(format_summary(record))
+    if out:
+        write_record(record, out)
+        typer.echo(f"wrote {out}")
+
+
+def _is_other_pipeline(model: str) -> bool:
+    """A local folder whose model_index.json names an editing pipeline other than InstructPix2Pix."""
+    from pathlib import Path as _P
+
+    from ip2p.models import pipeline_class_name, resolve_source
+
+    if not (_P(resolve_source(model)) / "model_index.json").is_file():
+        return False
+    return pipeline_class_name(model) != "StableDiffusionInstructPix2PixPipeline"
+
+
+def _profile_pipeline(model, pipeline, res, steps, batch, dtype, device, warmup, repeats, seed, out) -> None:
+    from bench.pipeline_profile import format_pipeline_summary, profile_pipeline
+    from bench.profiler import write_record
+
+    command = "ip2p " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["profile"] else None
+    record = profile_pipeline(model, pipeline=pipeline, res=res, steps=steps, batch=batch, dtype=dtype, device=device,
+                              warmup=warmup, repeats=repeats, seed=seed, command=command)
+    typer.echo(format_pipeline_summary(record))
     if out:
         write_record(record, out)
         typer.echo(f"wrote {out}")

@@ -433,6 +433,72 @@ def training_scheduler(c: Components):
     return DDPMScheduler.from_config(c.info.get("scheduler_config") or c.scheduler.config)
 
 
+# ---------------------------------------------------------------- whole diffusers pipelines (other editors)
+
+def pipeline_class_name(source: str, *, local_files_only: bool | None = None) -> str:
+    """The ``_class_name`` of a diffusers folder's or hub id's ``model_index.json``."""
+    import json
+
+    resolved = resolve_source(source)
+    p = Path(resolved)
+    if p.is_dir():
+        index = p / "model_index.json"
+        if not index.is_file():
+            raise ModelLoadError(f"{source}: the folder has no model_index.json, so it is not a diffusers pipeline folder")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        lfo = local_files_only_default(local_files_only)
+        try:
+            index = Path(hf_hub_download(resolved, "model_index.json", local_files_only=lfo))
+        except (OSError, ValueError) as e:
+            raise _missing_weights_error(resolved, "model_index.json", lfo, e) from e
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{source}: cannot read model_index.json ({type(e).__name__}: {e})") from e
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"{source}: model_index.json has no _class_name")
+    return name
+
+
+def load_pipeline(source: str | os.PathLike, *, expected: tuple[str, ...] = (), pipeline: str | None = None,
+                  load_as: str | None = None, torch_dtype=None, local_files_only: bool | None = None,
+                  **components: Any):
+    """A whole diffusers pipeline from a folder or hub id. Its class: ``pipeline`` (the user's explicit
+    choice, which must be in ``expected``), else ``load_as`` (the caller's class for folders it
+    accepts), else the ``_class_name`` of its ``model_index.json``. Without ``pipeline``, a folder
+    whose class is not in ``expected`` is refused before any weights load, naming the classes
+    expected (a family that loads, say, a ``StableDiffusionPipeline`` folder as
+    ``LEditsPPPipelineStableDiffusion`` lists both).
+    ``components`` are passed to ``from_pretrained`` (e.g. a scheduler to add)."""
+    import diffusers
+
+    s = str(source)
+    found = pipeline_class_name(s, local_files_only=local_files_only)
+    name = pipeline or load_as or found
+    if expected and (pipeline not in expected if pipeline else found not in expected):
+        raise ModelLoadError(f"{s}: model_index.json names {found!r}"
+                             + (f" (and pipeline {pipeline!r} was asked for)" if pipeline else "")
+                             + f"; this method loads {', '.join(expected)}")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ModelLoadError(f"{s}: the installed diffusers {diffusers.__version__} has no pipeline class {name!r}")
+    kw: dict[str, Any] = {"local_files_only": local_files_only_default(local_files_only), **components}
+    if torch_dtype is not None:
+        kw["dtype"] = torch_dtype
+    resolved = resolve_source(s)
+    try:
+        pipe = cls.from_pretrained(resolved, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        if Path(resolved).is_dir():
+            raise ModelLoadError(f"{s}: cannot load as {name}: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise _missing_weights_error(resolved, name, kw["local_files_only"], e) from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 __all__ = [
     "Components",
     "KINDS",
@@ -457,6 +523,8 @@ __all__ = [
     "load_vae",
     "load_tokenizer",
     "training_scheduler",
+    "pipeline_class_name",
+    "load_pipeline",
     "openai_clip_tokenizer_dir",
     "ModelLoadError",
 ]
