@@ -22,13 +22,15 @@ def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: th
 def train_vae_cmd(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
                   run_dir: Path = typer.Option(Path("runs/world-vae"), help="checkpoints; a rerun resumes from here"),
                   bf16: bool = typer.Option(True, help="bfloat16 autocast for forward and backward"),
+                  init_checkpoint: Path = typer.Option(None, help="start from this checkpoint's weights (a second phase)"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
     """Train the world's AutoencoderKL (64x64 <-> 16x16x4) on caption scenes and edit inputs/targets,
     set its latent scale and make its posterior nearly deterministic; resumable."""
     from ip2p.world import SD_DIR
     from ip2p.world.vae_recipe import train_vae
 
-    rec = train_vae(out or SD_DIR / "vae", run_dir=run_dir, steps=steps, batch=batch, lr=lr, seed=seed, bf16=bf16)
+    rec = train_vae(out or SD_DIR / "vae", run_dir=run_dir, steps=steps, batch=batch, lr=lr, seed=seed, bf16=bf16,
+                    init_checkpoint=init_checkpoint)
     typer.echo(f"vae: round-trip L1 of test targets {rec['roundtrip_test_targets']['l1_mean']} "
                f"scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 

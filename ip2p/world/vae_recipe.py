@@ -138,18 +138,26 @@ def _save_checkpoint(run_dir: Path, step: int, vae, opt, sched, gen, wall_s: flo
 
 def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"), steps: int = 3000, batch: int = 32,
               lr: float = 8e-4, seed: int = 0, checkpoint_every: int = 250,
-              bf16: bool = True, threads: int | None = None, eval_n: int = 192) -> dict:
-    """Train (or resume) the VAE, then set its scale, sharpen its posterior and save it into ``out``."""
+              bf16: bool = True, threads: int | None = None, eval_n: int = 192,
+              init_checkpoint: Path | None = None) -> dict:
+    """Train (or resume) the VAE, then set its scale, sharpen its posterior and save it into ``out``.
+
+    ``init_checkpoint``: start from the weights of another run's checkpoint (a second phase with its
+    own optimiser and schedule, e.g. a lower lr); its own checkpoints still make it resumable."""
     gen = setup(seed, threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = (f"ip2p world train-vae --steps {steps} --batch {batch} --lr {lr} --seed {seed}"
-               f" --run-dir {run_dir}" + ("" if bf16 else " --no-bf16"))
+               f" --run-dir {run_dir}" + ("" if bf16 else " --no-bf16")
+               + (f" --init-checkpoint {init_checkpoint}" if init_checkpoint else ""))
     record = RunRecord(command, steps=steps, batch=batch, lr=lr, seed=seed, vae_config=VAE_CONFIG,
                        foreground_weight=FOREGROUND_WEIGHT, latent_noise=LATENT_NOISE,
                        bf16_autocast=bf16, data="half caption scenes, half training edit inputs/targets",
                        posterior_logvar_shift=POSTERIOR_LOGVAR_SHIFT)
     vae = build_vae()
+    if init_checkpoint is not None:
+        vae.load_state_dict(torch.load(init_checkpoint, map_location="cpu", weights_only=False)["model"])
+        record.config["init_checkpoint"] = str(init_checkpoint)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     start, prior_wall, t_run = 0, 0.0, time.time()
@@ -207,5 +215,7 @@ if __name__ == "__main__":  # pragma: no cover - `ip2p world train-vae` is the e
     import sys
 
     t = time.time()
-    print(train_vae(out=Path(sys.argv[1]), run_dir=Path(sys.argv[2]), steps=int(sys.argv[3])))
+    init = Path(sys.argv[5]) if len(sys.argv) > 5 else None
+    print(train_vae(out=Path(sys.argv[1]), run_dir=Path(sys.argv[2]), steps=int(sys.argv[3]),
+                    lr=float(sys.argv[4]) if len(sys.argv) > 4 else 8e-4, init_checkpoint=init))
     print("wall", time.time() - t)
