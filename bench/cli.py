@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output_folder(out)
         s = load_spec(spec, max_units=max_units)
-        out_dir = out or Path("results/runs") / s.name
+        out_dir = out or default_run_folder(s.name)
         res = run_sweep(s, out_dir, base_dir=Path(spec).parent if Path(spec).exists() else None, device=device,
                         shard_rows=shard_rows, progress=progress, on_bad_row=on_bad_row)
         who = f"rank {res.rank}/{res.world_size}: " if res.world_size > 1 else ""
@@ -137,6 +137,13 @@ def register(app: typer.Typer) -> None:
         res = run_demo(out, run_dir=run_dir, fresh=fresh, items=items, steps=steps, model=model, clip_model=clip_model,
                        baselines=baselines)
         typer.echo(f"demo done in {res['seconds']:.0f} s: {res['report']}")
+
+
+def default_run_folder(spec_name: str) -> Path:
+    """``results/runs/<spec name>``, the name made safe as one folder name (``ip2p.util.paths``)."""
+    from ip2p.util.paths import safe_name, safe_output_path
+
+    return safe_output_path(Path("results/runs"), safe_name(spec_name), what="spec name")
 
 
 def _load(run: Path):

@@ -550,8 +550,11 @@ def default_run_dir(spec: ExperimentSpec, models: dict) -> Path:
     under the same code resumes there; new weights or changed code start a new folder (stored rows
     of other code must not stand in for a run of this code)."""
     weights = "-".join(str(models[k].get("weights_hash"))[:12] for k in sorted(models))
+    from ip2p.util.paths import safe_name, safe_output_path
+
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)
-    return Path("results/runs/regress") / f"{slug}-{weights}-{code_state()}"
+    return safe_output_path(Path("results/runs/regress"), safe_name(f"{slug}-{weights}-{code_state()}", max_bytes=180),
+                            what="run folder name")
 
 
 def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Path | None = None,

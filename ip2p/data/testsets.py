@@ -48,6 +48,7 @@ from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError
 from ip2p.util.io import load_image, read_json
+from ip2p.util.paths import UnsafePathError, safe_output_path
 
 # ---- shared parquet helpers ------------------------------------------------------------------
 
@@ -272,7 +273,11 @@ def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_bord
                 break
         if len(texts) < 4 or None in texts.values():
             continue
-        image_path = root / "annotation_images" / texts["image_path"]
+        try:  # the benchmark's output name is built from it: nothing may climb out of the folder
+            image_path = safe_output_path(root / "annotation_images", texts["image_path"], what="image_path")
+        except UnsafePathError as e:
+            bad.report(src, "image_path", str(e))
+            continue
         if not image_path.is_file():
             bad.report(src, "image_path", f"file not found: {image_path}")
             continue
