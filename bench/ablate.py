@@ -132,10 +132,9 @@ def load_ablation_spec(path: str | Path) -> tuple[AblationSpec, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"ablation spec not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from e
+    from ip2p.util.textfiles import load_yaml
+
+    data = load_yaml(p, SpecError, what="ablation spec")
     try:
         spec = AblationSpec.model_validate(data)
     except ValidationError as e:

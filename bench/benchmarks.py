@@ -270,9 +270,9 @@ def export_official_names(run_dir: Path, kind: str, df: pd.DataFrame, items: Seq
 
 def finish_run(run_dir: Path, spec, items: Sequence[EditExample]) -> dict[str, Path]:
     """After a sweep (rank 0): the benchmark tables and, for a published test set, its official names."""
-    from bench.store import load_results
+    from bench.store import current_rows, load_results
 
-    df = load_results(run_dir)
+    df, _ = current_rows(run_dir, load_results(run_dir))
     if df.empty:
         return {}
     kind = spec.dataset.kind

@@ -147,15 +147,18 @@ def default_run_folder(spec_name: str) -> Path:
 
 
 def _load(run: Path):
-    from bench.store import load_results
+    from bench.store import current_rows, load_results
 
     if not run.exists():
         raise SpecError(f"run folder not found: {run}")
     if not run.is_dir():
         raise SpecError(f"run folder {run}: is a file; give the folder `ip2p sweep --out` wrote")
-    df = load_results(run)
+    df, left_out = current_rows(run, load_results(run))
+    if left_out:
+        typer.echo(f"note: {left_out} stored row(s) belong to units the newest spec no longer has (a smaller "
+                   "dataset.limit, grid or seed list); only the newest spec's units are used")
     if df.empty:
-        raise SpecError(f"{run} holds no result rows yet; run `ip2p sweep <spec> --out {run}` first")
+        raise SpecError(f"{run} holds no result rows of its newest spec yet; run `ip2p sweep <spec> --out {run}` first")
     return df
 
 

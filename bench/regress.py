@@ -546,15 +546,15 @@ def code_state() -> str:
 
 
 def default_run_dir(spec: ExperimentSpec, models: dict) -> Path:
-    """``results/runs/regress/<suite>-<weights hashes>-<code state>``: a rerun of the same weights
+    """``results/runs/regress/<suite>-<weights hashes>-<code state>-b<batch size>``: a rerun of the same weights
     under the same code resumes there; new weights or changed code start a new folder (stored rows
     of other code must not stand in for a run of this code)."""
     weights = "-".join(str(models[k].get("weights_hash"))[:12] for k in sorted(models))
     from ip2p.util.paths import safe_name, safe_output_path
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)
-    return safe_output_path(Path("results/runs/regress"), safe_name(f"{slug}-{weights}-{code_state()}", max_bytes=180),
-                            what="run folder name")
+    name = f"{slug}-{weights}-{code_state()}-b{spec.batch_size}"  # batch size: see bench.sweep._check_batch_size
+    return safe_output_path(Path("results/runs/regress"), safe_name(name, max_bytes=180), what="run folder name")
 
 
 def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Path | None = None,

@@ -45,7 +45,7 @@ import torch
 
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.hashing import hash_file
-from ip2p.util.io import atomic_write_bytes, png_bytes
+from ip2p.util.io import atomic_write_bytes, png_bytes, read_json_or
 
 SHARD_DIR = "shards"
 IMAGE_DIR = "images"
@@ -256,28 +256,37 @@ def run_state(run: str | os.PathLike, df: pd.DataFrame | None = None) -> RunStat
     store = RunStore(run)
     df = load_results(run) if df is None else df
     stored = set(df["unit_key"]) if len(df) else set()
-    try:
-        man = json.loads(store.manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        man = {}
-    try:
-        keys = json.loads((run / UNITS_FILE).read_text())["keys"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    man = read_json_or(store.manifest_path, {})
+    keys = read_json_or(run / UNITS_FILE, {}).get("keys")
+    if not isinstance(keys, list):
         keys = None
-    total = len(keys) if keys is not None else (man.get("status") or {}).get("units_total")
-    done = len(stored & set(keys)) if keys is not None else len(stored)
-    invocations = man.get("invocations") or []
-    newest = invocations[-1] if invocations else {}
+    status = man.get("status") if isinstance(man.get("status"), dict) else {}
+    total = len(keys) if keys is not None else status.get("units_total")
+    done = len(stored & set(map(str, keys))) if keys is not None else len(stored)
+    invocations = man.get("invocations") if isinstance(man.get("invocations"), list) else []
+    newest = invocations[-1] if invocations and isinstance(invocations[-1], dict) else {}
     if newest and not newest.get("finished"):
         state = "running" if store.is_active() else "interrupted"
     else:
-        state = (man.get("status") or {}).get("state", "unknown")
+        state = str(status.get("state", "unknown"))
         if total is not None and state in ("complete", "incomplete"):
             state = "complete" if done >= total else "incomplete"
     return RunState(state=state, done=done, total=total, rows=len(df))
 
 
 UNITS_FILE = "units.json"
+
+
+def current_rows(run: str | os.PathLike, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of the newest spec's units (``units.json``) and how many stored rows were left out.
+    A folder keeps the rows of units a later spec dropped (a smaller ``dataset.limit``, a shorter
+    grid or seed list); aggregates, tables and reports are of the spec as it is now, and say how
+    many rows they left out. Without a unit list (an old folder) every row counts."""
+    keys = read_json_or(Path(run) / UNITS_FILE, {}).get("keys")
+    if not isinstance(keys, list) or df.empty or "unit_key" not in df:
+        return df, 0
+    keep = df["unit_key"].isin(set(map(str, keys)))
+    return df[keep].reset_index(drop=True), int((~keep).sum())
 
 
 _ORDER = ["method_index", "item_index", "seed", "setting_index"]

@@ -45,7 +45,7 @@ import yaml
 from ip2p.errors import DataRowError, ImageReadError, NonFiniteOutputError, SpecError
 from ip2p.protocol import EditRequest, check_identity
 from ip2p.util.faults import KillSwitch
-from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, remove_orphaned_temp_files
+from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, read_json_or, remove_orphaned_temp_files
 
 from bench.benchmarks import finish_run, turn_chain
 from bench.data import load_items
@@ -105,10 +105,8 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
         others = store.others_active()
         old_fp = None
         if fp_path.exists():
-            try:
-                old_fp = json.loads(fp_path.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, AttributeError):
-                old_fp = "(unreadable spec.json)"
+            old_fp = read_json_or(fp_path, {}).get("fingerprint") or "(unreadable spec.json)"
+        _check_batch_size(store, read_json_or(fp_path, {}).get("spec"), spec)
         if old_fp is not None and old_fp != spec.fingerprint():
             if store.shard_files():
                 raise SpecError(
@@ -137,13 +135,20 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
     return active
 
 
+def _check_batch_size(store: RunStore, old_spec: Any, spec: ExperimentSpec) -> None:
+    """Refuse to extend stored results with another ``batch_size``: an edit's float rounding depends
+    on its batch mates (batched matrix products), so a rerun in other batches changes some stored
+    outputs by an 8-bit step now and then. batch_size is therefore checked, like the weights."""
+    old = old_spec.get("batch_size") if isinstance(old_spec, dict) else None
+    if isinstance(old, int) and old != spec.batch_size and store.shard_files():
+        raise SpecError(f"batch_size: {spec.batch_size}, but the results stored in {store.root} were made with "
+                        f"batch_size {old}; an edit's rounding depends on its batch mates, so resuming in other "
+                        f"batches would change stored outputs. Use batch_size {old}, or another --out folder")
+
+
 def _read_manifest(store: RunStore) -> dict:
-    if store.manifest_path.exists():
-        try:
-            return json.loads(store.manifest_path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
+    man = read_json_or(store.manifest_path, {})  # a damaged manifest is rewritten, never a traceback
+    return man if isinstance(man.get("invocations", []), list) else {}
 
 
 def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.models import Components, components_from_pipe, editor_identity, place_for_inference
-from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
+from ip2p.protocol import EditRequest, Knob, check_request, knob_defaults, resolve_knobs, who
 from ip2p.sampling import NoiseSource, scheduler_from
 from ip2p.text import PromptEncoder
 from ip2p.util.hashing import hash_tensor
@@ -329,6 +329,8 @@ class DiffusionEditor:
     def prepare(self, requests: Sequence[EditRequest]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
         """Resolved knobs and processed inputs of every request; every request is checked (knobs,
         image, prompt) before any work starts."""
+        for i, r in enumerate(requests):
+            check_request(r, i)
         knobs = [self.resolve(r, i) for i, r in enumerate(requests)]
         images = [self.preprocess(r.image, k["resize"], index=i) for i, (r, k) in enumerate(zip(requests, knobs))]
         for i, (r, k) in enumerate(zip(requests, knobs)):

@@ -355,9 +355,9 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
     base = root.parent if root.is_file() else root
     for jpath in files:
         try:
-            data = json.loads(jpath.read_text())
-        except json.JSONDecodeError as e:
-            bad.report(str(jpath), "(file)", f"not valid JSON: {e}")
+            data = json.loads(jpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            bad.report(str(jpath), "(file)", f"not valid UTF-8 JSON: {e}")
             continue
         entries = data.items() if isinstance(data, dict) else enumerate(data)
         rel_dir = jpath.parent.relative_to(base)

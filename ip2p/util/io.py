@@ -195,9 +195,21 @@ def read_json(path: str | os.PathLike, error: type[Exception], *, missing: str, 
     if not path.is_file():
         raise error(missing)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{where or path}: not UTF-8 text (byte at offset {e.start}); not a JSON file of ours") from None
     except json.JSONDecodeError as e:
         raise error(f"{where or path}: not valid JSON: {e}") from e
+
+
+def read_json_or(path: str | os.PathLike, default: Any, *, kind: type = dict) -> Any:
+    """The JSON document in ``path`` when it is readable, UTF-8, valid and a ``kind``; else ``default``
+    (for the run folder's own bookkeeping files, which a reader must survive being damaged)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 (UnicodeDecodeError), not JSON
+        return default
+    return doc if isinstance(doc, kind) else default
 
 
 def pil_to_tensor(img: Image.Image, *, background: tuple[float, float, float] = BACKGROUND) -> torch.Tensor:
