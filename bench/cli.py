@@ -40,9 +40,12 @@ def register(app: typer.Typer) -> None:
         who = f"rank {res.rank}/{res.world_size}: " if res.world_size > 1 else ""
         repaired = res.stats.get("units_repaired") or 0
         bad = res.stats.get("bad_rows") or []
+        moved = res.stats.get("shards_quarantined") or []
         typer.echo(f"{who}{res.units_run} edits run, {res.units_skipped} already stored, {res.shards_written} shard(s) "
                    f"written in {res.seconds:.1f} s -> {res.run_dir}"
                    + (f"; {repaired} corrupt stored image(s) regenerated" if repaired else "")
+                   + (f"; {len(moved)} damaged or stray shard file(s) moved to quarantine/ and their units run "
+                      f"again (first: {moved[0]})" if moved else "")
                    + (f"; {len(bad)} bad row(s) skipped (first: {bad[0]})" if bad else ""))
 
     @app.command()
@@ -183,13 +186,19 @@ def _check_choice(option: str, given: list[str], known: list[str], what: str) ->
 def _say_state(run: Path, df):
     """Print how far the run is when it is not complete, and name stored images that are missing
     or corrupt; returns the ``RunState``."""
-    from bench.store import bad_stored_images, describe_bad_images, run_state
+    from bench.store import RunStore, bad_stored_images, describe_bad_images, run_state
 
     state = run_state(run, df)
     if state.partial:
         typer.echo(f"partial results: {state.line()}")
     elif state.state in ("running", "interrupted", "failed"):
         typer.echo(f"all units done; the newest sweep is {state.state}")
+    bad_shards = RunStore(run).bad_shards()
+    if bad_shards:
+        first = next(iter(bad_shards))
+        typer.secho(f"warning: {len(bad_shards)} file(s) in {run / 'shards'} skipped: {first.name}: {bad_shards[first]}"
+                    f"; rerun `ip2p sweep <spec> --out {run}` to move them aside and regenerate their units",
+                    fg=typer.colors.YELLOW, err=True)
     bad = bad_stored_images(run, df)
     if not bad.empty:
         typer.secho(f"warning: {describe_bad_images(run, bad)}", fg=typer.colors.YELLOW, err=True)

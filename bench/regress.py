@@ -181,9 +181,19 @@ def read_golden(path: str | Path) -> dict:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise SpecError(f"{path}: not a golden file of `ip2p regress` (field 'format' is {got!r}, "
                         f"expected {GOLDEN_FORMAT!r})")
-    for key in ("measurement", "units", "columns", "models"):
+    for key, kind in (("measurement", dict), ("units", list), ("columns", list), ("models", dict)):
         if key not in doc:
             raise SpecError(f"{path}: golden file has no field {key!r}; remake it with `ip2p regress --update-golden`")
+        if not isinstance(doc[key], kind):
+            raise SpecError(f"{path}: golden field {key!r} is a {type(doc[key]).__name__}, not a {kind.__name__}; the "
+                            "file was edited or damaged (remake it with `ip2p regress --update-golden`)")
+    if not doc["units"]:
+        raise SpecError(f"{path}: golden file holds no units, so nothing would be compared; remake it with "
+                        "`ip2p regress --update-golden`")
+    if not all(isinstance(doc["measurement"].get(k), dict) for k in ("items", "methods", "metric_spec")) \
+            or not isinstance(doc["measurement"].get("seeds"), list):
+        raise SpecError(f"{path}: golden field 'measurement' lacks items, seeds, methods or metric_spec; the file was "
+                        "edited or damaged (remake it with `ip2p regress --update-golden`)")
     return doc
 
 

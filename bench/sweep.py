@@ -53,7 +53,7 @@ from ip2p.registry import get_method
 from ip2p.util.devices import check_device  # noqa: F401  (re-exported for the CLI)
 from ip2p.util.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
-from bench.store import UNITS_FILE, RunStore, bad_stored_images, load_results
+from bench.store import QUARANTINE_DIR, UNITS_FILE, RunStore, bad_stored_images, load_results
 from bench.units import expand_units, plan_batches
 
 log = logging.getLogger("ip2p.bench")
@@ -124,6 +124,11 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
             removed = remove_orphaned_temp_files(store.root)
             if removed:
                 log.info("removed %d orphaned temporary file(s) of killed writers", len(removed))
+            moved = store.quarantine_bad_shards()  # healed like a stored image: their units run again
+            if moved:
+                first = next(iter(moved))
+                log.warning("%s: moved %d damaged or stray file(s) out of shards/ to %s/ (their units run again): "
+                            "%s: %s", store.root, len(moved), QUARANTINE_DIR, first.name, moved[first])
         active = store.hold_active()
         try:
             if rank == 0 or old_fp != spec.fingerprint():
@@ -160,7 +165,7 @@ def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, s
 
 def _write_manifest_locked(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:
     man = _read_manifest(store)
-    invocations = list(man.get("invocations", []))
+    invocations = [i for i in man.get("invocations", []) if isinstance(i, dict)]
     ids = [i.get("id") for i in invocations]
     if invocation["id"] in ids:
         invocations[ids.index(invocation["id"])] = invocation
@@ -326,6 +331,7 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
     # batch units of one method and one input size together (the editor runs one call per batch)
     stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None, "units_repaired": 0,
              "bad_rows": [r.message() for r in bad_rows]}
+    stats["shards_quarantined"] = [f"{p.name}: {why}" for p, why in store.quarantined.items()]
     scorer = None
     pending: list[dict] = []
     new_shards: list[Path] = []
@@ -507,7 +513,7 @@ def _maybe_init_distributed(world_size: int):
 
 def _next_seq(store: RunStore, rank: int) -> int:
     prefix = f"r{rank:03d}-"
-    seqs = [int(p.name.split("-")[1]) for p in store.shard_files() if p.name.startswith(prefix)]
+    seqs = [int(p.name.split("-")[1]) for p in store.shard_files() if p.name.startswith(prefix)]  # names checked
     return max(seqs, default=-1) + 1
 
 

@@ -300,8 +300,13 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _decode(opener, where: str, background) -> np.ndarray:
+    from ip2p.util.limits import check_input_pixels
+
     try:
         with opener() as im:
+            too_big = check_input_pixels(im.width, im.height, where)  # from the header, before decoding
+            if too_big:
+                raise ImageReadError(too_big)
             im.load()
             im = _upright(im)
             return image_to_array(im, background=background, where=where)
