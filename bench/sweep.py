@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -242,10 +243,43 @@ def _fit_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return pil_to_tensor(ImageOps.fit(tensor_to_pil(x), (hw[1], hw[0]), method=Image.LANCZOS))
 
 
-def _fit_mask(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+def _fit_mask(m: torch.Tensor, hw: tuple[int, int], *, border: bool = False) -> torch.Tensor:
+    """A mask at the output's size (nearest). ``border``: the image's outermost rows and columns are
+    edited at every size, as PIE-Bench's evaluate.py marks them at 512 (a nearest resize alone would
+    drop row and column 511)."""
     if tuple(m.shape[-2:]) == tuple(hw):
         return m.bool()
-    return torch.nn.functional.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0] > 0.5
+    out = torch.nn.functional.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0] > 0.5
+    if border:
+        out[0, :] = out[-1, :] = True
+        out[:, 0] = out[:, -1] = True
+    return out
+
+
+BENCHMARK_KINDS = ("magicbrush", "pie_bench", "emu_edit", "editworld")
+
+
+def scoring_of(spec: ExperimentSpec) -> str | None:
+    """``authors`` (the default) or ``ours`` for a published benchmark (``dataset.options.scoring``),
+    None for other data sets."""
+    if spec.dataset.kind not in BENCHMARK_KINDS:
+        return None
+    return str(spec.dataset.options.get("scoring", "authors"))
+
+
+def _authors_target_pixels(edited: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """MagicBrush's ``evaluation/image_eval.py`` L1 and L2 when the edit and the ground truth differ
+    in size: the generated image resized to the ground truth's size with PIL's default filter
+    (bicubic; stretched, no crop), both as ToTensor, then L1Loss / MSELoss (means over all values)."""
+    from PIL import Image
+
+    from ip2p.util.io import tensor_to_pil
+
+    h, w = int(target.shape[-2]), int(target.shape[-1])
+    gen = tensor_to_pil(edited).resize((w, h), Image.Resampling.BICUBIC)
+    g = torch.from_numpy(np.asarray(gen, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    t = target.float()
+    return {"target_l1": float((g - t).abs().mean()), "target_l2": float(((g - t) ** 2).mean())}
 
 
 def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | None = None,
@@ -627,11 +661,16 @@ def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_p
         t = images.target(u.item_index)
         targets.append(None if t is None else _quantize(_fit_to(t, hw)))
         m = images.mask(u.item_index)
-        masks.append(None if m is None else _fit_mask(m, hw))
+        masks.append(None if m is None else _fit_mask(m, hw, border=bool(ex.metadata.get("mask_border"))))
     t1 = time.time()
     metrics = scorer.score(inputs, edited, [items[u.item_index].input_caption for u in batch],
                            [items[u.item_index].output_caption for u in batch], targets, masks)
     stats["metric_seconds"] += time.time() - t1
+    if spec.dataset.kind == "magicbrush" and scoring_of(spec) == "authors":
+        for u, q, met in zip(batch, edited, metrics):
+            t = images.target(u.item_index)
+            if t is not None and "target_l1" in met and tuple(t.shape[-2:]) != tuple(q.shape[-2:]):
+                met.update(_authors_target_pixels(q, t))
     identity_json = json.dumps(identity, sort_keys=True, default=str)
     metric_spec = json.dumps(scorer.spec(), sort_keys=True, default=str)
     model_hash = identity_hash(identity)

@@ -348,6 +348,53 @@ def decode_image_bytes(data: bytes, *, where: str, background: tuple[float, floa
     return tensor_to_pil(decode_image(data, where=where, background=background))
 
 
+# ---- reading as the benchmarks' authors read -----------------------------------------------
+#
+# The published benchmarks' own scorers (MagicBrush ``evaluation/image_eval.py``, PnPInversion
+# ``evaluation/evaluate.py``) read every image with plain PIL: ``Image.open(path).convert("RGB")``.
+# That drops transparency (the stored colour of transparent pixels shows) and ignores the EXIF
+# orientation. Inside a benchmark's scoring the readers use this (``scoring: authors``); the
+# project's reader above stays for the user's own images.
+
+def _decode_plain(opener, where: str) -> torch.Tensor:
+    from ip2p.util.limits import check_input_pixels
+
+    try:
+        with opener() as im:
+            too_big = check_input_pixels(im.width, im.height, where)
+            if too_big:
+                raise ImageReadError(too_big)
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode {where}: {e}") from e
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_image_plain(path: str | os.PathLike, *, what: str = "image") -> torch.Tensor:
+    """An image file as the benchmarks' scorers read it (``Image.open(p).convert("RGB")``), as float
+    ``[3, H, W]`` in [0, 1]; ``ImageReadError`` naming the file otherwise."""
+    p = Path(path)
+    _check_file(p, what)
+    return _decode_plain(lambda: Image.open(p), f"{what} file {p}")
+
+
+def decode_image_plain(data: bytes, *, where: str) -> torch.Tensor:
+    """Encoded image bytes as the benchmarks' scorers read them (see ``load_image_plain``)."""
+    return _decode_plain(lambda: Image.open(io.BytesIO(data)), f"image bytes from {where}")
+
+
+SCORING_CHOICES = ("authors", "ours")  # how a benchmark reader reads images: as its authors, or as this project
+
+
+def image_loader(scoring: str):
+    """``load_image`` or ``load_image_plain`` for a benchmark reader's ``scoring`` option."""
+    if scoring not in SCORING_CHOICES:
+        from ip2p.errors import DataRowError
+
+        raise DataRowError(f"option scoring: {scoring!r} is not one of {', '.join(SCORING_CHOICES)}")
+    return load_image_plain if scoring == "authors" else load_image
+
+
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save a ``[3, H, W]`` tensor in [0, 1] as PNG, atomically."""
     return atomic_write_bytes(path, png_bytes(x))
