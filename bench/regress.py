@@ -310,15 +310,9 @@ def _golden_frame(golden: dict, df: pd.DataFrame, metrics: Sequence[str]) -> pd.
     return pd.DataFrame(rows, columns=key + list(metrics))
 
 
-def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
-    """Pair the run's rows with the golden's units and judge every (method, setting, gated metric).
-
-    The gated columns are those this run computes under the suite's metric spec (or the gate's
-    list), never the golden's column list: a column removed from the golden fails (SpecError),
-    as do golden values that are NaN, ±Infinity, non-numbers, missing, or null where this run has a
-    value, and any comparison that would pair no item. Nothing compared never reads as a pass."""
-    from ip2p.metrics.suite import COLUMNS
-
+def _gated_columns(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[str]:
+    """The columns to judge: computed by this run (its metric spec) or named by the gate, each of them
+    in the golden's column list; SpecError otherwise."""
     metrics = gated_metrics(gate, metric_columns(df))
     missing_cols = [m for m in metrics if m not in df.columns]
     if missing_cols:
@@ -331,6 +325,19 @@ def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
     if not_in_golden:
         raise SpecError(f"the golden's column list lacks {not_in_golden}, which this suite's metric spec computes and "
                         "gates; the golden file was edited or damaged (remake it with --update-golden)")
+    return metrics
+
+
+def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
+    """Pair the run's rows with the golden's units and judge every (method, setting, gated metric).
+
+    The gated columns are those this run computes under the suite's metric spec (or the gate's
+    list), never the golden's column list: a column removed from the golden fails (SpecError),
+    as do golden values that are NaN, ±Infinity, non-numbers, missing, or null where this run has a
+    value, and any comparison that would pair no item. Nothing compared never reads as a pass."""
+    from ip2p.metrics.suite import COLUMNS
+
+    metrics = _gated_columns(golden, df, gate)
     gold = _golden_frame(golden, df, metrics)
     key = ["method", "knobs", "item_id", "seed"]
     merged = gold.merge(df[key + metrics], on=key, how="left", suffixes=("_golden", "_new"), indicator=True)

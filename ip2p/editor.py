@@ -184,13 +184,10 @@ class InstructPix2PixEditor(DiffusionEditor):
             images = list(images)
         elif not isinstance(images, (list, tuple)):
             images = [images]
-        if isinstance(instructions, str):
-            instructions = [instructions]
-        elif not isinstance(instructions, (list, tuple)):
-            raise KnobError(f"edit(): instructions must be a text or a list of texts, got {instructions!r}")
+        instructions = _instruction_list(instructions)
+        if not len(images):
+            raise KnobError("edit(): no images given (an empty batch); give at least one")
         n = max(len(images), len(instructions))
-        if not len(images) or not len(instructions):
-            raise KnobError("edit(): no images or no instructions given (an empty batch); give at least one of each")
         cols = {name: broadcast(v, n, name) for name, v in [
             ("images", images), ("instructions", list(instructions)),
             ("image_guidance_scale", image_guidance_scale), ("guidance_scale", guidance_scale),
@@ -212,6 +209,17 @@ class InstructPix2PixEditor(DiffusionEditor):
             return self.run_same_size(requests, progress=progress)
         finally:
             self.scheduler = saved
+
+
+def _instruction_list(instructions) -> list:
+    """``edit()``'s instructions as a non-empty list (its entries are checked per request)."""
+    if isinstance(instructions, str):
+        return [instructions]
+    if not isinstance(instructions, (list, tuple)):
+        raise KnobError(f"edit(): instructions must be a text or a list of texts, got {instructions!r}")
+    if not instructions:
+        raise KnobError("edit(): no instructions given (an empty batch); give at least one")
+    return list(instructions)
 
 
 def _integer(v):
