@@ -107,7 +107,6 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
         old_fp = None
         if fp_path.exists():
             old_fp = read_json_or(fp_path, {}).get("fingerprint") or "(unreadable spec.json)"
-        _check_batch_size(store, read_json_or(fp_path, {}).get("spec"), spec)
         if old_fp is not None and old_fp != spec.fingerprint():
             if store.shard_files():
                 raise SpecError(
@@ -121,6 +120,7 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
                     f"into this folder now; wait for it to end or use another --out folder"
                 )
             log.warning("%s: taking over a folder whose earlier sweep (spec %s) stored no rows", store.root, old_fp)
+        _check_batch_size(store, read_json_or(fp_path, {}).get("spec"), spec)
         if not others:
             removed = remove_orphaned_temp_files(store.root)
             if removed:

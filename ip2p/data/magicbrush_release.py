@@ -100,11 +100,11 @@ class ReleaseFiles:
                                    "option (the release's is on MagicBrush's README), or extract the zip and pass the folder") from e
         return Path(self._path(rel)).read_bytes()
 
-    def load_image(self, rel: str, what: str) -> torch.Tensor:
+    def load_image(self, rel: str, what: str, plain: bool | None = None) -> torch.Tensor:
         if not self.exists(rel):
             raise ImageReadError(f"{what} file not found: {self.describe(rel)}")
         where = f"{what} {self.describe(rel)}"
-        if self.plain:
+        if self.plain if plain is None else plain:
             return decode_image_plain(self.read_bytes(rel), where=where)
         return pil_to_tensor(decode_image_bytes(self.read_bytes(rel), where=where))
 
@@ -119,7 +119,7 @@ class ReleaseFiles:
 
 
 def _white_region(files: ReleaseFiles, rel: str, what: str) -> torch.Tensor:
-    return files.load_image(rel, what).mean(0) > 0.5
+    return files.load_image(rel, what, plain=False).mean(0) > 0.5  # masks: always our reader (no scorer reads them)
 
 
 def _captions(files: ReleaseFiles, name: str) -> tuple[dict, str | None]:

@@ -100,10 +100,11 @@ class _RowGroupImages:
             data, rel = value, None
         else:
             raise ImageReadError(f"{where}: expected a struct {{bytes, path}}, got {type(value).__name__}")
+        plain = self.plain and field != "mask"  # masks are no scorer's image: always our reader
         if data:
-            return (decode_image_plain if self.plain else decode_image)(bytes(data), where=where)
+            return (decode_image_plain if plain else decode_image)(bytes(data), where=where)
         if rel:
-            return (load_image_plain if self.plain else load_image)(self.path.parent / rel, what=where)
+            return (load_image_plain if plain else load_image)(self.path.parent / rel, what=where)
         raise ImageReadError(f"{where}: neither bytes nor path is set")
 
 
