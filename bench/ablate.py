@@ -51,6 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ip2p.errors import SpecError
+from ip2p.util.paths import safe_output_path
 
 MARKER = "ablation_variant.json"
 FILTERED_SEEDS = "seeds_filtered.json"  # the filter's kept pairs (the pool's seeds.json lists every pair)
@@ -131,10 +132,9 @@ def load_ablation_spec(path: str | Path) -> tuple[AblationSpec, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"ablation spec not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from e
+    from ip2p.util.textfiles import load_yaml
+
+    data = load_yaml(p, SpecError, what="ablation spec")
     try:
         spec = AblationSpec.model_validate(data)
     except ValidationError as e:
@@ -148,6 +148,13 @@ def load_ablation_spec(path: str | Path) -> tuple[AblationSpec, Path]:
     for i, v in enumerate(variants):
         if v.name in seen or v.name == "base":
             raise SpecError(f"{p}: variants[{i}].name: {v.name!r} is used twice (or is the reserved name 'base')")
+        from ip2p.util.paths import UnsafePathError, check_relative_name
+
+        try:  # it names the variant's data and model folders
+            if len(check_relative_name(v.name, what=f"variants[{i}].name")) != 1:
+                raise UnsafePathError(f"variants[{i}].name {v.name!r}: holds a '/'; it names one folder")
+        except UnsafePathError as e:
+            raise SpecError(f"{p}: {e}") from None
         seen.add(v.name)
     from ip2p.data.filtering import ClipFilter
     from ip2p.train.config import TrainConfig
@@ -260,7 +267,7 @@ def build_variant_data(spec: AblationSpec, v: VariantSpec, out: Path) -> tuple[s
     order = sorted(candidates, key=lambda p: (stable_unit(spec.subset_seed, f"{p[0]}/{p[1]}"), p))
     chosen = order[: v.size]
     key = _hash({"variant": v.data_identity(), "pairs": sorted(chosen)})
-    root = out / "data" / v.name
+    root = safe_output_path(out / "data", v.name, what="variant name")
     marker = root / MARKER
     if marker.is_file():
         if json.loads(marker.read_text()).get("key") != key:
@@ -286,7 +293,7 @@ def train_variant(spec: AblationSpec, v: VariantSpec, data: str, options: dict, 
     from ip2p.train.trainer import train
     from ip2p.util.io import atomic_write_json
 
-    model_dir = out / "models" / v.name
+    model_dir = safe_output_path(out / "models", v.name, what="variant name")
     settings = {"base": spec.base, "data": data, "data_options": options, "train": spec.train,
                 "data_key": json.loads((Path(data.split(':', 1)[1]) / MARKER).read_text())["key"]
                 if data.startswith("official:") else v.data_identity()}
@@ -482,7 +489,9 @@ def register(app) -> None:
     ) -> None:
         """Data ablations: build dataset variants, train one checkpoint each, sweep them, plot one curve per variant."""
         s, _ = load_ablation_spec(spec)
-        res = run_ablation(spec, out or Path("results/runs") / s.name, report=report)
+        from bench.cli import default_run_folder
+
+        res = run_ablation(spec, out or default_run_folder(s.name), report=report)
         for r in res["rows"]:
             typer.echo(json.dumps(r))
         typer.echo(f"figure: {res['figures']['png']}")

@@ -39,6 +39,7 @@ which PIL opens by content); Emu Edit ``<split>/<task>/<idx>.png``; EditWorld ``
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -50,7 +51,11 @@ from ip2p.errors import SpecError
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text, load_image
 
+from ip2p.util.paths import UnsafePathError, safe_name, safe_output_path
+
 from bench.units import WorkUnit, unit_key
+
+log = logging.getLogger("ip2p.bench")
 
 BENCHMARK_DIR = "benchmark"
 
@@ -228,7 +233,9 @@ def official_name(kind: str, ex: EditExample) -> str | None:
 
 
 def setting_folder(method: str, knobs_json: str, seed: int) -> str:
-    return f"{method}__{hash_bytes(knobs_json.encode())[:10]}__seed{int(seed)}"
+    """One folder name per (method label, knob setting, seed); a label unsafe as a file name is
+    mapped to a safe stand-in (``ip2p.util.paths.safe_name``; ``index.json`` keeps the label)."""
+    return f"{safe_name(method)}__{hash_bytes(knobs_json.encode())[:10]}__seed{int(seed)}"
 
 
 def export_official_names(run_dir: Path, kind: str, df: pd.DataFrame, items: Sequence[EditExample]) -> dict[str, Any]:
@@ -236,6 +243,7 @@ def export_official_names(run_dir: Path, kind: str, df: pd.DataFrame, items: Seq
     by_id = {ex.item_id: ex for ex in items}
     root = Path(run_dir) / BENCHMARK_DIR / "official"
     index: dict[str, Any] = {}
+    refused: list[str] = []
     for r in df.itertuples(index=False):
         ex = by_id.get(r.item_id)
         name = official_name(kind, ex) if ex is not None else None
@@ -243,21 +251,28 @@ def export_official_names(run_dir: Path, kind: str, df: pd.DataFrame, items: Seq
             continue
         folder = setting_folder(r.method, r.knobs, r.seed)
         index.setdefault(folder, {"method": r.method, "knobs": json.loads(r.knobs), "seed": int(r.seed), "files": 0})
-        dest = root / folder / name
+        try:  # the name comes from the data set's fields: it may not leave the setting's folder
+            dest = safe_output_path(root / folder, name, what=f"official name of item {r.item_id!r}")
+        except UnsafePathError as e:
+            index[folder].setdefault("refused", []).append({"item_id": r.item_id, "name": name, "why": str(e)})
+            refused.append(str(e))
+            continue
         data = (Path(run_dir) / r.output_image).read_bytes()
         if not dest.is_file() or dest.read_bytes() != data:
             atomic_write_bytes(dest, data)
         index[folder]["files"] += 1
     if index:
         atomic_write_json(root / "index.json", index)
+    if refused:
+        log.warning("%s: %d output(s) not written under an official name: %s", root, len(refused), refused[0])
     return index
 
 
 def finish_run(run_dir: Path, spec, items: Sequence[EditExample]) -> dict[str, Path]:
     """After a sweep (rank 0): the benchmark tables and, for a published test set, its official names."""
-    from bench.store import load_results
+    from bench.store import current_rows, load_results
 
-    df = load_results(run_dir)
+    df, _ = current_rows(run_dir, load_results(run_dir))
     if df.empty:
         return {}
     kind = spec.dataset.kind

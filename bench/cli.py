@@ -34,15 +34,18 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output_folder(out)
         s = load_spec(spec, max_units=max_units)
-        out_dir = out or Path("results/runs") / s.name
+        out_dir = out or default_run_folder(s.name)
         res = run_sweep(s, out_dir, base_dir=Path(spec).parent if Path(spec).exists() else None, device=device,
                         shard_rows=shard_rows, progress=progress, on_bad_row=on_bad_row)
         who = f"rank {res.rank}/{res.world_size}: " if res.world_size > 1 else ""
         repaired = res.stats.get("units_repaired") or 0
         bad = res.stats.get("bad_rows") or []
+        moved = res.stats.get("shards_quarantined") or []
         typer.echo(f"{who}{res.units_run} edits run, {res.units_skipped} already stored, {res.shards_written} shard(s) "
                    f"written in {res.seconds:.1f} s -> {res.run_dir}"
                    + (f"; {repaired} corrupt stored image(s) regenerated" if repaired else "")
+                   + (f"; {len(moved)} damaged or stray shard file(s) moved to quarantine/ and their units run "
+                      f"again (first: {moved[0]})" if moved else "")
                    + (f"; {len(bad)} bad row(s) skipped (first: {bad[0]})" if bad else ""))
 
     @app.command()
@@ -139,16 +142,26 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"demo done in {res['seconds']:.0f} s: {res['report']}")
 
 
+def default_run_folder(spec_name: str) -> Path:
+    """``results/runs/<spec name>``, the name made safe as one folder name (``ip2p.util.paths``)."""
+    from ip2p.util.paths import safe_name, safe_output_path
+
+    return safe_output_path(Path("results/runs"), safe_name(spec_name), what="spec name")
+
+
 def _load(run: Path):
-    from bench.store import load_results
+    from bench.store import current_rows, load_results
 
     if not run.exists():
         raise SpecError(f"run folder not found: {run}")
     if not run.is_dir():
         raise SpecError(f"run folder {run}: is a file; give the folder `ip2p sweep --out` wrote")
-    df = load_results(run)
+    df, left_out = current_rows(run, load_results(run))
+    if left_out:
+        typer.echo(f"note: {left_out} stored row(s) belong to units the newest spec no longer has (a smaller "
+                   "dataset.limit, grid or seed list); only the newest spec's units are used")
     if df.empty:
-        raise SpecError(f"{run} holds no result rows yet; run `ip2p sweep <spec> --out {run}` first")
+        raise SpecError(f"{run} holds no result rows of its newest spec yet; run `ip2p sweep <spec> --out {run}` first")
     return df
 
 
@@ -173,13 +186,19 @@ def _check_choice(option: str, given: list[str], known: list[str], what: str) ->
 def _say_state(run: Path, df):
     """Print how far the run is when it is not complete, and name stored images that are missing
     or corrupt; returns the ``RunState``."""
-    from bench.store import bad_stored_images, describe_bad_images, run_state
+    from bench.store import RunStore, bad_stored_images, describe_bad_images, run_state
 
     state = run_state(run, df)
     if state.partial:
         typer.echo(f"partial results: {state.line()}")
     elif state.state in ("running", "interrupted", "failed"):
         typer.echo(f"all units done; the newest sweep is {state.state}")
+    bad_shards = RunStore(run).bad_shards()
+    if bad_shards:
+        first = next(iter(bad_shards))
+        typer.secho(f"warning: {len(bad_shards)} file(s) in {run / 'shards'} skipped: {first.name}: {bad_shards[first]}"
+                    f"; rerun `ip2p sweep <spec> --out {run}` to move them aside and regenerate their units",
+                    fg=typer.colors.YELLOW, err=True)
     bad = bad_stored_images(run, df)
     if not bad.empty:
         typer.secho(f"warning: {describe_bad_images(run, bad)}", fg=typer.colors.YELLOW, err=True)

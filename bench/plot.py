@@ -115,8 +115,10 @@ def plot_tradeoff(agg: pd.DataFrame, out_base: str | Path, *, method_names: dict
 
 def method_names_of(run_dir: str | Path) -> dict[str, str]:
     """label -> registry name, from the run's recorded spec."""
-    p = Path(run_dir) / "spec.json"
-    if not p.exists():
+    from ip2p.util.io import read_json_or
+
+    spec = read_json_or(Path(run_dir) / "spec.json", {}).get("spec")
+    try:
+        return {(m.get("label") or m["name"]): m["name"] for m in spec["methods"]}
+    except (TypeError, KeyError, AttributeError):  # no or a damaged spec.json: no method names
         return {}
-    spec = json.loads(p.read_text())["spec"]
-    return {(m.get("label") or m["name"]): m["name"] for m in spec["methods"]}

@@ -49,6 +49,7 @@ from bench.units import canonical_knobs, expand_units
 GOLDEN_FORMAT = "ip2p-bench golden 1"
 REPORT_FORMAT = "ip2p-bench regress report 1"
 EXIT_PASS, EXIT_REGRESSION, EXIT_COULD_NOT_RUN = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the gate did not judge
 
 
 # ---- the measurement: what a golden file and a run must share ----------------------------------
@@ -180,9 +181,19 @@ def read_golden(path: str | Path) -> dict:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise SpecError(f"{path}: not a golden file of `ip2p regress` (field 'format' is {got!r}, "
                         f"expected {GOLDEN_FORMAT!r})")
-    for key in ("measurement", "units", "columns", "models"):
+    for key, kind in (("measurement", dict), ("units", list), ("columns", list), ("models", dict)):
         if key not in doc:
             raise SpecError(f"{path}: golden file has no field {key!r}; remake it with `ip2p regress --update-golden`")
+        if not isinstance(doc[key], kind):
+            raise SpecError(f"{path}: golden field {key!r} is a {type(doc[key]).__name__}, not a {kind.__name__}; the "
+                            "file was edited or damaged (remake it with `ip2p regress --update-golden`)")
+    if not doc["units"]:
+        raise SpecError(f"{path}: golden file holds no units, so nothing would be compared; remake it with "
+                        "`ip2p regress --update-golden`")
+    if not all(isinstance(doc["measurement"].get(k), dict) for k in ("items", "methods", "metric_spec")) \
+            or not isinstance(doc["measurement"].get("seeds"), list):
+        raise SpecError(f"{path}: golden field 'measurement' lacks items, seeds, methods or metric_spec; the file was "
+                        "edited or damaged (remake it with `ip2p regress --update-golden`)")
     return doc
 
 
@@ -259,18 +270,75 @@ def _rng(*parts) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(h[:8], "little"))
 
 
-def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
-    """Pair the run's rows with the golden's units and judge every (method, setting, gated metric)."""
-    from ip2p.metrics.suite import COLUMNS
+def _golden_value(unit: dict, metric: str, now: float, where: str) -> float:
+    """A golden unit's value of a gated metric: a finite number, or null where this run has no value
+    either (a metric that cannot be computed for the item). Anything else is a damaged golden:
+    SpecError naming the unit and the column (the gate cannot judge against it)."""
+    values = unit.get("values")
+    if not isinstance(values, dict) or metric not in values:
+        raise SpecError(f"{where}: the golden has no value of column {metric!r}; the golden file was edited or damaged "
+                        "(remake it with --update-golden)")
+    v = values[metric]
+    if v is None:
+        if math.isfinite(now):
+            raise SpecError(f"{where}: column {metric!r} is null in the golden but this run has a value ({now:.6g}); "
+                            "a golden value was removed (remake the golden with --update-golden)")
+        return float("nan")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(f"{where}: column {metric!r} is {json.dumps(v)} in the golden, not a finite number; the golden "
+                        "file was edited or damaged (remake it with --update-golden)")
+    return float(v)
 
-    metrics = gated_metrics(gate, golden["columns"])
-    missing_cols = [m for m in metrics if m not in golden["columns"] or m not in df.columns]
+
+def _golden_frame(golden: dict, df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The golden's units with their values of ``metrics``, each checked against this run's row."""
+    key = ["method", "knobs", "item_id", "seed"]
+    units = golden.get("units")
+    if not isinstance(units, list) or not units:
+        raise SpecError("the golden holds no units (its 'units' list is empty), so nothing would be compared; "
+                        "remake it with --update-golden")
+    now = {tuple(r[:4]): r[4:] for r in df[key + list(metrics)].itertuples(index=False, name=None)}
+    rows = []
+    for i, u in enumerate(units):
+        if not isinstance(u, dict) or any(k not in u for k in key):
+            raise SpecError(f"golden units[{i}]: not a unit with fields {key}; the golden file was edited or damaged")
+        here = now.get((u["method"], u["knobs"], u["item_id"], u["seed"]))
+        where = f"golden units[{i}] (method {u['method']!r}, item {u['item_id']!r}, seed {u['seed']})"
+        rows.append({**{k: u[k] for k in key},
+                     **{m: _golden_value(u, m, float("nan") if here is None else float(here[j]), where)
+                        for j, m in enumerate(metrics)}})
+    return pd.DataFrame(rows, columns=key + list(metrics))
+
+
+def _gated_columns(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[str]:
+    """The columns to judge: computed by this run (its metric spec) or named by the gate, each of them
+    in the golden's column list; SpecError otherwise."""
+    metrics = gated_metrics(gate, metric_columns(df))
+    missing_cols = [m for m in metrics if m not in df.columns]
     if missing_cols:
         raise SpecError(f"gate.metrics: {missing_cols} are not computed by this suite (its columns: "
-                        f"{golden['columns']}); add their group to metrics.compute or drop them from the gate")
-    gold = pd.DataFrame([{"method": u["method"], "knobs": u["knobs"], "item_id": u["item_id"], "seed": u["seed"],
-                          **{m: (np.nan if u["values"].get(m) is None else u["values"][m]) for m in metrics}}
-                         for u in golden["units"]])
+                        f"{metric_columns(df)}); add their group to metrics.compute or drop them from the gate")
+    if not metrics:
+        raise SpecError("the suite computes no gated metric column, so the gate would compare nothing")
+    columns = golden.get("columns")
+    not_in_golden = [m for m in metrics if not isinstance(columns, list) or m not in columns]
+    if not_in_golden:
+        raise SpecError(f"the golden's column list lacks {not_in_golden}, which this suite's metric spec computes and "
+                        "gates; the golden file was edited or damaged (remake it with --update-golden)")
+    return metrics
+
+
+def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
+    """Pair the run's rows with the golden's units and judge every (method, setting, gated metric).
+
+    The gated columns are those this run computes under the suite's metric spec (or the gate's
+    list), never the golden's column list: a column removed from the golden fails (SpecError),
+    as do golden values that are NaN, ±Infinity, non-numbers, missing, or null where this run has a
+    value, and any comparison that would pair no item. Nothing compared never reads as a pass."""
+    from ip2p.metrics.suite import COLUMNS
+
+    metrics = _gated_columns(golden, df, gate)
+    gold = _golden_frame(golden, df, metrics)
     key = ["method", "knobs", "item_id", "seed"]
     merged = gold.merge(df[key + metrics], on=key, how="left", suffixes=("_golden", "_new"), indicator=True)
     absent = merged[merged["_merge"] != "both"]
@@ -308,6 +376,12 @@ def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
                                int(np.isfinite(per_item.to_numpy()).sum()), float(np.nanmean(gv)) if np.isfinite(gv).any()
                                else float("nan"), float(np.nanmean(nv)) if np.isfinite(nv).any() else float("nan"),
                                mean, lo, hi, newly_missing, status, why))
+    empty = [v for v in out if v.n_items == 0 and not v.newly_missing]
+    if empty:
+        names = ", ".join(f"{v.metric} [{v.method} {v.setting}]" for v in empty[:4])
+        raise SpecError(f"{len(empty)} comparison(s) paired no item with a value on both sides ({names}); the gate "
+                        "cannot judge what it did not compare (drop those columns with gate.metrics, or remake the "
+                        "golden)")
     return out
 
 
@@ -317,7 +391,7 @@ def judge(golden: dict, df: pd.DataFrame, gate: GateSpec) -> list[Verdict]:
 class GateReport:
     """What one ``ip2p regress`` run concluded. ``exit_code``: 0 holds, 1 regression, 2 could not run."""
 
-    status: str  # "pass" | "regression" | "refused" | "error" | "golden-written" | "rank-done"
+    status: str  # "pass" | "regression" | "refused" | "error" | "interrupted" | "golden-written" | "rank-done"
     exit_code: int
     suite: str
     golden: str
@@ -412,12 +486,12 @@ class GateReport:
                 fail.text = (f"{v.metric} ({v.better} is better) at {v.setting}: golden {v.golden_mean:.6g}, now "
                              f"{v.new_mean:.6g}; {v.why} over {v.n_items} paired items")
             cases.append(case)
-        if self.exit_code == EXIT_COULD_NOT_RUN:
+        if self.exit_code in (EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED):
             case = ET.Element("testcase", classname=f"ip2p_regress.{self.suite}", name="measurement", time="0")
             ET.SubElement(case, "error", message=self.message, type=self.status).text = self.message
             cases.append(case)
         failures = sum(1 for v in self.verdicts if v.status == "regressed")
-        errors = int(self.exit_code == EXIT_COULD_NOT_RUN)
+        errors = int(self.exit_code in (EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED))
         root = ET.Element("testsuites", name="ip2p regress", tests=str(len(cases)), failures=str(failures),
                           errors=str(errors), time=f"{self.seconds:.3f}")
         suite = ET.SubElement(root, "testsuite", name=f"ip2p_regress.{self.suite}", tests=str(len(cases)),
@@ -489,12 +563,15 @@ def code_state() -> str:
 
 
 def default_run_dir(spec: ExperimentSpec, models: dict) -> Path:
-    """``results/runs/regress/<suite>-<weights hashes>-<code state>``: a rerun of the same weights
+    """``results/runs/regress/<suite>-<weights hashes>-<code state>-b<batch size>``: a rerun of the same weights
     under the same code resumes there; new weights or changed code start a new folder (stored rows
     of other code must not stand in for a run of this code)."""
     weights = "-".join(str(models[k].get("weights_hash"))[:12] for k in sorted(models))
+    from ip2p.util.paths import safe_name, safe_output_path
+
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)
-    return Path("results/runs/regress") / f"{slug}-{weights}-{code_state()}"
+    name = f"{slug}-{weights}-{code_state()}-b{spec.batch_size}"  # batch size: see bench.sweep._check_batch_size
+    return safe_output_path(Path("results/runs/regress"), safe_name(name, max_bytes=180), what="run folder name")
 
 
 def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Path | None = None,
@@ -569,11 +646,27 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
         report.status, report.message = "refused", str(e)
     except Ip2pError as e:
         report.status, report.message = "error", str(e)
+    except KeyboardInterrupt:  # Ctrl-C: a report that says so (a failure for CI), then the interrupt goes on
+        report.status, report.exit_code = "interrupted", EXIT_INTERRUPTED
+        report.message = "interrupted (SIGINT) before the gate judged: nothing was compared"
+        report.seconds = time.time() - t0
+        if run_dir is not None:
+            _write_quietly(report, run_dir, json_path, junit_path)
+        raise
     report.seconds = time.time() - t0
     if run_dir is not None and report.status != "rank-done":
         report.write(run_dir / "regress.json" if json_path == "auto" else json_path,
                      run_dir / "regress.junit.xml" if junit_path == "auto" else junit_path)
     return report
+
+
+def _write_quietly(report: GateReport, run_dir: Path, json_path, junit_path) -> None:
+    """Write the report of an interrupted gate; a failure to write must not hide the interrupt."""
+    try:
+        report.write(run_dir / "regress.json" if json_path == "auto" else json_path,
+                     run_dir / "regress.junit.xml" if junit_path == "auto" else junit_path)
+    except (OSError, KeyboardInterrupt):
+        pass
 
 
 def _rows_of(df: pd.DataFrame, spec: ExperimentSpec, items: Sequence) -> pd.DataFrame:

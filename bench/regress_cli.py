@@ -17,10 +17,11 @@ def register(app: typer.Typer) -> None:
         update_golden: bool = typer.Option(False, "--update-golden", help="run the suite and write the golden file "
                                            "(spec, versions, metric spec, weights hash, per-item values)"),
         out: Optional[Path] = typer.Option(None, "--out", help="sweep run folder (default results/runs/regress/"
-                                           "<suite>-<weights hash>-<git commit>; a rerun of the same weights and "
-                                           "code resumes there)"),
+                                           "<suite>-<weights hash>-<git commit>-b<batch size>; a rerun of the same "
+                                           "weights, code and batch size resumes there)"),
         fresh: bool = typer.Option(False, help="delete the run folder first and recompute everything"),
-        batch_size: Optional[int] = typer.Option(None, help="edits per editor call (results do not depend on it)"),
+        batch_size: Optional[int] = typer.Option(None, help="edits per editor call (results depend on it only by "
+                                                  "float rounding, far below every tolerance; a folder keeps one)"),
         device: Optional[str] = typer.Option(None, help="torch device (default: the suite's; auto = cuda or cpu)"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="JSON report (default <run>/regress.json)"),
         junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML (default <run>/regress.junit.xml)"),

@@ -136,19 +136,24 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
                  figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
     from bench.aggregate import aggregate, metric_columns
-    from bench.store import bad_stored_images, describe_bad_images, load_results, run_state
+    from bench.store import bad_stored_images, current_rows, describe_bad_images, load_results, run_state
     from ip2p.errors import SpecError
     from ip2p.util.io import atomic_write_text
 
     run_dir = Path(run_dir)
-    df = load_results(run_dir)
+    df, _ = current_rows(run_dir, load_results(run_dir))  # the newest spec's units (ip2p report says how many not)
     if df.empty:
         raise SpecError(f"{run_dir}: no result rows yet; run `ip2p sweep <spec> --out {run_dir}` first")
     state = run_state(run_dir, df)
     bad = bad_stored_images(run_dir, df)
     agg = aggregate(df) if agg is None else agg
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
-    spec_yaml = (run_dir / "spec.yaml").read_text() if (run_dir / "spec.yaml").exists() else ""
+    from ip2p.util.io import read_json_or
+
+    manifest = read_json_or(run_dir / "manifest.json", {})
+    try:
+        spec_yaml = (run_dir / "spec.yaml").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        spec_yaml = ""
     metrics = metric_columns(df)
     name = manifest.get("name") or run_dir.name
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)} - ip2p-bench report</title>"

@@ -26,10 +26,10 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ip2p.errors import SpecError
 
@@ -37,6 +37,15 @@ SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed
 DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
 METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie", "success")
+
+
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # YAML's true/false: pydantic would take them as 1/0
+        raise ValueError(f"{str(v).lower()} is a boolean, not an integer")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]  # an integer field: true/false refused, never read as 1/0
 
 
 class _Strict(BaseModel):
@@ -68,9 +77,9 @@ class DatasetSpec(_Strict):
     kind: Literal[DATASET_KINDS]  # type: ignore[valid-type]
     path: str | None = None
     split: str = "test"
-    limit: int | None = Field(default=None, gt=0)
+    limit: Int | None = Field(default=None, gt=0)
     categories: list[str] | None = None
-    seed: int = 0
+    seed: Int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -85,7 +94,7 @@ class MethodSpec(_Strict):
     knobs: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, Union[list[Any], GridRange]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
-    limit: int | None = Field(default=None, gt=0)  # this method on the dataset's first N items only
+    limit: Int | None = Field(default=None, gt=0)  # this method on the dataset's first N items only
 
     @property
     def key(self) -> str:
@@ -129,17 +138,17 @@ class DinoMetricSpec(_Strict):
     """DINO similarity (MagicBrush / Emu Edit): backbone and the scorer's resize / centre crop."""
 
     model: str = "facebook/dino-vits16"
-    resize: int = Field(default=256, gt=0)
-    crop: int = Field(default=224, gt=0)
+    resize: Int = Field(default=256, gt=0)
+    crop: Int = Field(default=224, gt=0)
 
 
 class StructureMetricSpec(_Strict):
     """PIE-Bench's structure distance: backbone, key layer, resize and the pixel scale it feeds."""
 
     model: str = "facebook/dino-vitb8"
-    layer: int = -1
-    size: int = Field(default=224, gt=0)
-    max_size: int = Field(default=480, gt=0)
+    layer: Int = -1
+    size: Int = Field(default=224, gt=0)
+    max_size: Int = Field(default=480, gt=0)
     pixel_scale: float = 255.0
     antialias: bool = True
 
@@ -181,7 +190,7 @@ class GateSpec(_Strict):
     metrics: list[str] | None = None
     tolerance: dict[str, float] = Field(default_factory=dict)
     level: float = Field(default=0.95, gt=0.5, lt=1.0)
-    n_boot: int = Field(default=2000, ge=100)
+    n_boot: Int = Field(default=2000, ge=100)
 
 
 class ExperimentSpec(_Strict):
@@ -190,14 +199,14 @@ class ExperimentSpec(_Strict):
     dataset: DatasetSpec
     methods: list[MethodSpec] = Field(min_length=1)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    batch_size: int = Field(default=8, gt=0)
+    seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1)
+    batch_size: Int = Field(default=8, gt=0)
     device: str = "auto"
     save_images: bool = True
     plugins: list[str] = Field(default_factory=list)  # modules to import first: they register methods
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
-    max_units: int = Field(default=DEFAULT_MAX_UNITS, gt=0)  # refuse sweeps expanding to more work units
+    max_units: Int = Field(default=DEFAULT_MAX_UNITS, gt=0)  # refuse sweeps expanding to more work units
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -404,8 +413,7 @@ def load_spec(path: str | Path, *, check_paths: bool = True, max_units: int | No
             p = suite
         else:
             raise SpecError(f"spec file not found: {path} (nor a suite of that name in bench/suites/)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    from ip2p.util.textfiles import load_yaml
+
+    data = load_yaml(p, SpecError, what="spec")
     return parse_spec(data, source=str(p), base_dir=p.parent, check_paths=check_paths, max_units=max_units)

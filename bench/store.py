@@ -30,6 +30,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,63 @@ import torch
 
 from ip2p.util.hashing import hash_bytes
 from ip2p.util.hashing import hash_file
-from ip2p.util.io import atomic_write_bytes, png_bytes
+from ip2p.util.io import atomic_write_bytes, png_bytes, read_json_or
 
 SHARD_DIR = "shards"
 IMAGE_DIR = "images"
+QUARANTINE_DIR = "quarantine"  # damaged or stray files moved out of the way by a sweep (never deleted)
+SHARD_NAME = re.compile(r"^r\d{3,}-\d{6,}-[0-9a-f]{8}\.parquet$")  # what write_shard names a shard
+
+# (path, size, mtime) -> the problem of that file as a shard (None: a good shard); files never change
+# in place (atomic renames), so a file's verdict holds while its size and mtime do
+_SHARD_VERDICTS: dict[tuple[str, int, int], str | None] = {}
+
+
+def shard_problem(p: Path) -> str | None:
+    """Why ``p`` is not a readable result shard, or None: a name ``write_shard`` does not write, not a
+    file, not a parquet file (truncated, corrupt), or a parquet file without a ``unit_key`` column."""
+    if not SHARD_NAME.match(p.name):
+        return "a stray file (not a shard's name r<rank>-<seq>-<nonce>.parquet)"
+    try:
+        st = p.stat()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a file"
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHARD_VERDICTS:
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(p).names
+            _SHARD_VERDICTS[key] = None if "unit_key" in names else "a parquet file without a unit_key column"
+        except Exception as e:  # pyarrow's ArrowInvalid and friends: truncated or not parquet at all
+            _SHARD_VERDICTS[key] = f"not a readable parquet file (truncated or corrupt: {str(e).splitlines()[0][:120]})"
+    return _SHARD_VERDICTS[key]
+
+
+def _has_columns(p: Path, columns: list[str]) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        return set(columns) <= set(pq.read_schema(p).names)
+    except Exception:  # an unreadable footer: the file is damaged, whatever it holds
+        return True
+
+
+def _read_shard(p: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """A shard's rows, or None (the file recorded as bad) when its body turns out unreadable."""
+    try:
+        return pd.read_parquet(p, columns=columns)
+    except Exception as e:  # a corrupt body behind an intact footer
+        if columns is not None and not _has_columns(p, columns):
+            raise  # a shard of another layout lacking a column asked for: not damage
+        try:
+            st = p.stat()
+            _SHARD_VERDICTS[(str(p), st.st_size, st.st_mtime_ns)] = f"not a readable parquet file ({str(e)[:120]})"
+        except OSError:
+            pass
+        return None
 
 
 class RunStore:
@@ -56,6 +111,7 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.quarantined: dict[Path, str] = {}  # what quarantine_bad_shards moved aside
 
     @property
     def shards_dir(self) -> Path:
@@ -85,11 +141,44 @@ class RunStore:
             atomic_write_bytes(path, data)
         return rel
 
-    def shard_files(self) -> list[Path]:
-        if not self.shards_dir.exists():
+    def _shard_entries(self) -> list[Path]:
+        """Every entry of ``shards/`` except temporary files (they start with ".", see
+        ``ip2p.util.io.atomic_write_bytes``, and are never read)."""
+        try:
+            return sorted(p for p in self.shards_dir.iterdir() if not p.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        # temporary files start with "." (ip2p.util.io.atomic_write_bytes) and are never read
-        return sorted(p for p in self.shards_dir.glob("*.parquet") if not p.name.startswith("."))
+
+    def shard_files(self) -> list[Path]:
+        """The result shards that can be read (``shard_problem`` finds none); see ``bad_shards``."""
+        return [p for p in self._shard_entries() if shard_problem(p) is None]
+
+    def bad_shards(self) -> dict[Path, str]:
+        """``{path: problem}`` of entries of ``shards/`` that are not readable result shards: a
+        truncated or corrupt file, a stray file, a folder. Readers skip them (and say so)."""
+        out = {}
+        for p in self._shard_entries():
+            why = shard_problem(p)
+            if why is not None:
+                out[p] = why
+        return out
+
+    def quarantine_bad_shards(self) -> dict[Path, str]:
+        """Move every bad entry of ``shards/`` to ``quarantine/shards/`` (nothing is deleted); the units
+        of a damaged shard are then missing and the sweep runs them again. Returns the entries moved
+        with their problems. Call it holding ``mutex`` with no other sweep running."""
+        bad = self.bad_shards()
+        if not bad:
+            return {}
+        dest_dir = self.root / QUARANTINE_DIR / SHARD_DIR
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for p in bad:
+            dest, n = dest_dir / p.name, 1
+            while dest.exists():
+                dest, n = dest_dir / f"{p.name}.{n}", n + 1
+            os.replace(p, dest)
+        self.quarantined.update(bad)
+        return bad
 
     def write_shard(self, rows: list[dict], rank: int, seq: int) -> Path:
         """Write ``rows`` as one parquet shard atomically (temporary name, fsync, rename)."""
@@ -102,14 +191,18 @@ class RunStore:
     def done_keys(self) -> set[str]:
         keys: set[str] = set()
         for p in self.shard_files():
-            keys.update(pd.read_parquet(p, columns=["unit_key"])["unit_key"].tolist())
+            df = _read_shard(p, columns=["unit_key"])
+            if df is not None:
+                keys.update(df["unit_key"].tolist())
         return keys
 
     def model_hashes(self) -> dict[str, set[str]]:
         """Method key -> the model hashes its stored rows were made with."""
         out: dict[str, set[str]] = {}
         for p in self.shard_files():
-            df = pd.read_parquet(p, columns=["method", "model_hash"])
+            df = _read_shard(p, columns=["method", "model_hash"])
+            if df is None:
+                continue
             for method, h in zip(df["method"], df["model_hash"].astype(str)):
                 out.setdefault(method, set()).add(h)
         return out
@@ -187,7 +280,9 @@ class RunStore:
         for p in self.shard_files():
             if p.name in keep or not keys:
                 continue
-            df = pd.read_parquet(p)
+            df = _read_shard(p)
+            if df is None:
+                continue
             drop = df["unit_key"].isin(keys)
             if not drop.any():
                 continue
@@ -256,28 +351,37 @@ def run_state(run: str | os.PathLike, df: pd.DataFrame | None = None) -> RunStat
     store = RunStore(run)
     df = load_results(run) if df is None else df
     stored = set(df["unit_key"]) if len(df) else set()
-    try:
-        man = json.loads(store.manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        man = {}
-    try:
-        keys = json.loads((run / UNITS_FILE).read_text())["keys"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    man = read_json_or(store.manifest_path, {})
+    keys = read_json_or(run / UNITS_FILE, {}).get("keys")
+    if not isinstance(keys, list):
         keys = None
-    total = len(keys) if keys is not None else (man.get("status") or {}).get("units_total")
-    done = len(stored & set(keys)) if keys is not None else len(stored)
-    invocations = man.get("invocations") or []
-    newest = invocations[-1] if invocations else {}
+    status = man.get("status") if isinstance(man.get("status"), dict) else {}
+    total = len(keys) if keys is not None else status.get("units_total")
+    done = len(stored & set(map(str, keys))) if keys is not None else len(stored)
+    invocations = man.get("invocations") if isinstance(man.get("invocations"), list) else []
+    newest = invocations[-1] if invocations and isinstance(invocations[-1], dict) else {}
     if newest and not newest.get("finished"):
         state = "running" if store.is_active() else "interrupted"
     else:
-        state = (man.get("status") or {}).get("state", "unknown")
+        state = str(status.get("state", "unknown"))
         if total is not None and state in ("complete", "incomplete"):
             state = "complete" if done >= total else "incomplete"
     return RunState(state=state, done=done, total=total, rows=len(df))
 
 
 UNITS_FILE = "units.json"
+
+
+def current_rows(run: str | os.PathLike, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of the newest spec's units (``units.json``) and how many stored rows were left out.
+    A folder keeps the rows of units a later spec dropped (a smaller ``dataset.limit``, a shorter
+    grid or seed list); aggregates, tables and reports are of the spec as it is now, and say how
+    many rows they left out. Without a unit list (an old folder) every row counts."""
+    keys = read_json_or(Path(run) / UNITS_FILE, {}).get("keys")
+    if not isinstance(keys, list) or df.empty or "unit_key" not in df:
+        return df, 0
+    keep = df["unit_key"].isin(set(map(str, keys)))
+    return df[keep].reset_index(drop=True), int((~keep).sum())
 
 
 _ORDER = ["method_index", "item_index", "seed", "setting_index"]
@@ -290,7 +394,9 @@ def load_results(run: str | os.PathLike, shard_files: Iterable[Path] | None = No
     files = list(shard_files) if shard_files is not None else store.shard_files()
     if not files:
         return pd.DataFrame()
-    frames = [pd.read_parquet(p) for p in files]
+    frames = [f for f in (_read_shard(p) for p in files) if f is not None]
+    if not frames:
+        return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(subset="unit_key", keep="first")
     order = [c for c in _ORDER if c in df.columns]

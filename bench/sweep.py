@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from ip2p.errors import DataRowError, ImageReadError, NonFiniteOutputError, SpecError
 from ip2p.protocol import EditRequest, check_identity
 from ip2p.util.faults import KillSwitch
-from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, remove_orphaned_temp_files
+from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, read_json_or, remove_orphaned_temp_files
 
 from bench.benchmarks import finish_run, turn_chain
 from bench.data import load_items
@@ -53,7 +54,7 @@ from ip2p.registry import get_method
 from ip2p.util.devices import check_device  # noqa: F401  (re-exported for the CLI)
 from ip2p.util.provenance import git_state, hardware, now_iso, package_versions
 from bench.spec import ExperimentSpec
-from bench.store import UNITS_FILE, RunStore, bad_stored_images, load_results
+from bench.store import QUARANTINE_DIR, UNITS_FILE, RunStore, bad_stored_images, load_results
 from bench.units import expand_units, plan_batches
 
 log = logging.getLogger("ip2p.bench")
@@ -105,10 +106,7 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
         others = store.others_active()
         old_fp = None
         if fp_path.exists():
-            try:
-                old_fp = json.loads(fp_path.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, AttributeError):
-                old_fp = "(unreadable spec.json)"
+            old_fp = read_json_or(fp_path, {}).get("fingerprint") or "(unreadable spec.json)"
         if old_fp is not None and old_fp != spec.fingerprint():
             if store.shard_files():
                 raise SpecError(
@@ -122,10 +120,16 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
                     f"into this folder now; wait for it to end or use another --out folder"
                 )
             log.warning("%s: taking over a folder whose earlier sweep (spec %s) stored no rows", store.root, old_fp)
+        _check_batch_size(store, read_json_or(fp_path, {}).get("spec"), spec)
         if not others:
             removed = remove_orphaned_temp_files(store.root)
             if removed:
                 log.info("removed %d orphaned temporary file(s) of killed writers", len(removed))
+            moved = store.quarantine_bad_shards()  # healed like a stored image: their units run again
+            if moved:
+                first = next(iter(moved))
+                log.warning("%s: moved %d damaged or stray file(s) out of shards/ to %s/ (their units run again): "
+                            "%s: %s", store.root, len(moved), QUARANTINE_DIR, first.name, moved[first])
         active = store.hold_active()
         try:
             if rank == 0 or old_fp != spec.fingerprint():
@@ -137,13 +141,20 @@ def prepare_run_folder(store: RunStore, spec: ExperimentSpec, rank: int):
     return active
 
 
+def _check_batch_size(store: RunStore, old_spec: Any, spec: ExperimentSpec) -> None:
+    """Refuse to extend stored results with another ``batch_size``: an edit's float rounding depends
+    on its batch mates (batched matrix products), so a rerun in other batches changes some stored
+    outputs by an 8-bit step now and then. batch_size is therefore checked, like the weights."""
+    old = old_spec.get("batch_size") if isinstance(old_spec, dict) else None
+    if isinstance(old, int) and old != spec.batch_size and store.shard_files():
+        raise SpecError(f"batch_size: {spec.batch_size}, but the results stored in {store.root} were made with "
+                        f"batch_size {old}; an edit's rounding depends on its batch mates, so resuming in other "
+                        f"batches would change stored outputs. Use batch_size {old}, or another --out folder")
+
+
 def _read_manifest(store: RunStore) -> dict:
-    if store.manifest_path.exists():
-        try:
-            return json.loads(store.manifest_path.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
+    man = read_json_or(store.manifest_path, {})  # a damaged manifest is rewritten, never a traceback
+    return man if isinstance(man.get("invocations", []), list) else {}
 
 
 def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:
@@ -155,7 +166,7 @@ def write_manifest(store: RunStore, spec: ExperimentSpec, *, invocation: dict, s
 
 def _write_manifest_locked(store: RunStore, spec: ExperimentSpec, *, invocation: dict, status: dict) -> dict:
     man = _read_manifest(store)
-    invocations = list(man.get("invocations", []))
+    invocations = [i for i in man.get("invocations", []) if isinstance(i, dict)]
     ids = [i.get("id") for i in invocations]
     if invocation["id"] in ids:
         invocations[ids.index(invocation["id"])] = invocation
@@ -232,10 +243,43 @@ def _fit_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return pil_to_tensor(ImageOps.fit(tensor_to_pil(x), (hw[1], hw[0]), method=Image.LANCZOS))
 
 
-def _fit_mask(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+def _fit_mask(m: torch.Tensor, hw: tuple[int, int], *, border: bool = False) -> torch.Tensor:
+    """A mask at the output's size (nearest). ``border``: the image's outermost rows and columns are
+    edited at every size, as PIE-Bench's evaluate.py marks them at 512 (a nearest resize alone would
+    drop row and column 511)."""
     if tuple(m.shape[-2:]) == tuple(hw):
         return m.bool()
-    return torch.nn.functional.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0] > 0.5
+    out = torch.nn.functional.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0] > 0.5
+    if border:
+        out[0, :] = out[-1, :] = True
+        out[:, 0] = out[:, -1] = True
+    return out
+
+
+BENCHMARK_KINDS = ("magicbrush", "pie_bench", "emu_edit", "editworld")
+
+
+def scoring_of(spec: ExperimentSpec) -> str | None:
+    """``authors`` (the default) or ``ours`` for a published benchmark (``dataset.options.scoring``),
+    None for other data sets."""
+    if spec.dataset.kind not in BENCHMARK_KINDS:
+        return None
+    return str(spec.dataset.options.get("scoring", "authors"))
+
+
+def _authors_target_pixels(edited: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """MagicBrush's ``evaluation/image_eval.py`` L1 and L2 when the edit and the ground truth differ
+    in size: the generated image resized to the ground truth's size with PIL's default filter
+    (bicubic; stretched, no crop), both as ToTensor, then L1Loss / MSELoss (means over all values)."""
+    from PIL import Image
+
+    from ip2p.util.io import tensor_to_pil
+
+    h, w = int(target.shape[-2]), int(target.shape[-1])
+    gen = tensor_to_pil(edited).resize((w, h), Image.Resampling.BICUBIC)
+    g = torch.from_numpy(np.asarray(gen, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    t = target.float()
+    return {"target_l1": float((g - t).abs().mean()), "target_l2": float(((g - t) ** 2).mean())}
 
 
 def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | None = None,
@@ -321,6 +365,7 @@ def _run_registered(spec: ExperimentSpec, store: RunStore, *, base_dir, progress
     # batch units of one method and one input size together (the editor runs one call per batch)
     stats = {"edit_seconds": 0.0, "metric_seconds": 0.0, "images_per_second": None, "units_repaired": 0,
              "bad_rows": [r.message() for r in bad_rows]}
+    stats["shards_quarantined"] = [f"{p.name}: {why}" for p, why in store.quarantined.items()]
     scorer = None
     pending: list[dict] = []
     new_shards: list[Path] = []
@@ -503,7 +548,7 @@ def _maybe_init_distributed(world_size: int):
 
 def _next_seq(store: RunStore, rank: int) -> int:
     prefix = f"r{rank:03d}-"
-    seqs = [int(p.name.split("-")[1]) for p in store.shard_files() if p.name.startswith(prefix)]
+    seqs = [int(p.name.split("-")[1]) for p in store.shard_files() if p.name.startswith(prefix)]  # names checked
     return max(seqs, default=-1) + 1
 
 
@@ -617,11 +662,16 @@ def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_p
         t = images.target(u.item_index)
         targets.append(None if t is None else _quantize(_fit_to(t, hw)))
         m = images.mask(u.item_index)
-        masks.append(None if m is None else _fit_mask(m, hw))
+        masks.append(None if m is None else _fit_mask(m, hw, border=bool(ex.metadata.get("mask_border"))))
     t1 = time.time()
     metrics = scorer.score(inputs, edited, [items[u.item_index].input_caption for u in batch],
                            [items[u.item_index].output_caption for u in batch], targets, masks)
     stats["metric_seconds"] += time.time() - t1
+    if spec.dataset.kind == "magicbrush" and scoring_of(spec) == "authors":
+        for u, q, met in zip(batch, edited, metrics):
+            t = images.target(u.item_index)
+            if t is not None and "target_l1" in met and tuple(t.shape[-2:]) != tuple(q.shape[-2:]):
+                met.update(_authors_target_pixels(q, t))
     identity_json = json.dumps(identity, sort_keys=True, default=str)
     metric_spec = json.dumps(scorer.spec(), sort_keys=True, default=str)
     model_hash = identity_hash(identity)

@@ -2,6 +2,7 @@
 so each area (editing, training, the world, the harness) owns its own commands."""
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -53,7 +54,13 @@ def _register_all() -> None:
         mod.register(app)
 
 
-_register_all()
+try:
+    _register_all()
+except KeyboardInterrupt:  # Ctrl-C while the commands load: the same one line and status as later
+    if __name__ != "__main__":
+        raise
+    sys.stderr.write("interrupted (SIGINT): stopped; rerun the same command to resume\n")
+    sys.exit(130)
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -83,17 +90,36 @@ def _usage_line(e) -> str:
     return f"error: {command}: {one_line(e.format_message())} (see `{command} --help`)"
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+# Errors of the environment, not of the code: a full disk, a read-only or forbidden place.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted (SIGINT): stopped; rerun the same command to resume", fg=typer.colors.RED, err=True)
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
-    """Run the CLI. A user-input error (``Ip2pError``, a bad option) is one line on stderr and exit
-    status 2; anything else is a bug and keeps its traceback (exit status 1)."""
+    """Run the CLI. A user-input error (``Ip2pError``, a bad option) or an environment error (disk
+    full, read-only place) is one line on stderr and exit status 2; an interrupt (Ctrl-C) is one
+    line and exit status 130; anything else is a bug and keeps its traceback (exit status 1).
+
+    Under ``standalone_mode=False`` typer turns Ctrl-C (and ``typer.Exit(code)``) into the return
+    value of ``app()``: that value is the exit status, never dropped."""
     click_exc, usage_exc, abort_exc = _click_exception_types()
     try:
-        app(standalone_mode=False, prog_name="ip2p")
+        rv = app(standalone_mode=False, prog_name="ip2p")
+    except KeyboardInterrupt:
+        _interrupted()
     except Ip2pError as e:
         typer.secho(f"error: {one_line(e)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:  # pragma: no cover - passthrough
         code = getattr(e, "exit_code", getattr(e, "code", 0))
+        if code == INTERRUPTED:
+            _interrupted()
         sys.exit(code or 0)
     except usage_exc as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `ip2p train` alone: the help was shown
@@ -104,7 +130,24 @@ def main() -> None:
         typer.secho(f"error: {one_line(e.format_message())}", fg=typer.colors.RED, err=True)
         sys.exit(getattr(e, "exit_code", 1) or 1)
     except abort_exc:
-        sys.exit(130)
+        _interrupted()
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        typer.secho(f"error: {where}{e.strerror or e} (a full disk, or a place this user cannot write; free "
+                    "space or choose another place: nothing already stored is lost)", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    _exit_with(rv)
+
+
+def _exit_with(rv) -> None:
+    """Exit with the status ``app()`` returned (an int: typer's ``Exit(code)``, 130 for Ctrl-C)."""
+    if isinstance(rv, bool) or not isinstance(rv, int) or rv == 0:
+        sys.exit(0)
+    if rv == INTERRUPTED:
+        _interrupted()
+    sys.exit(rv)
 
 
 if __name__ == "__main__":

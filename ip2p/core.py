@@ -29,11 +29,12 @@ from PIL import Image, ImageOps
 
 from ip2p.errors import ImageReadError, NonFiniteOutputError
 from ip2p.models import Components, components_from_pipe, editor_identity, place_for_inference
-from ip2p.protocol import EditRequest, Knob, knob_defaults, resolve_knobs, who
+from ip2p.protocol import EditRequest, Knob, check_request, knob_defaults, resolve_knobs, who
 from ip2p.sampling import NoiseSource, no_region, scheduler_from
 from ip2p.text import PromptEncoder
 from ip2p.util.hashing import hash_tensor
 from ip2p.util.io import load_pil, pil_to_tensor, tensor_to_pil
+from ip2p.util.limits import check_processed_size
 
 RESIZE_MODES = ("paper", "diffusers", None)
 
@@ -101,6 +102,13 @@ def process_input(image, resize: str | None, resolution: int, *, index: int = 0)
         return pil_to_tensor(x) if isinstance(x, Image.Image) else x
     if resize != "paper":
         raise ValueError(f"resize must be 'paper' or None here, got {resize!r}")
+    w, h = (x.width, x.height) if isinstance(x, Image.Image) else (int(x.shape[-1]), int(x.shape[-2]))
+    if min(w, h) < 1:
+        raise ImageReadError(f"input image {index}: size {w}x{h} has no pixels")
+    too_big = check_processed_size(*paper_size(w, h, resolution), resolution=resolution, vae_factor=1,
+                                   where=f"input image {index} ({w}x{h})", how="the paper's resize")
+    if too_big:  # refused before the resize (an 8x2000 input would be resized to 64x16000 and sampled)
+        raise ImageReadError(too_big)
     pil = x if isinstance(x, Image.Image) else tensor_to_pil(x)
     if isinstance(x, torch.Tensor) and paper_size(pil.width, pil.height, resolution) == (pil.width, pil.height):
         return x
@@ -288,7 +296,17 @@ class DiffusionEditor:
         return dict(self._identity)
 
     def preprocess(self, image, resize: str | None = "paper", *, index: int = 0) -> torch.Tensor:
-        """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1]."""
+        """One input (tensor in [0,1], PIL image or path) -> float ``[3, H, W]`` in [0, 1], at a size
+        this model can take (``ip2p.util.limits``: ImageReadError naming the sizes otherwise)."""
+        x = self._preprocess(image, resize, index)
+        why = check_processed_size(int(x.shape[-1]), int(x.shape[-2]), resolution=self.resolution,
+                                   vae_factor=self.vae_scale_factor, where=f"input image {index}",
+                                   how=f"resize={resize!r}")
+        if why:
+            raise ImageReadError(why)
+        return x
+
+    def _preprocess(self, image, resize: str | None, index: int) -> torch.Tensor:
         if resize == "paper":
             return process_input(image, resize, self.resolution, index=index)
         x = as_pil_or_tensor(image, index)
@@ -298,6 +316,10 @@ class DiffusionEditor:
             f = self.vae_scale_factor
             w, h = (x.width, x.height) if isinstance(x, Image.Image) else (x.shape[2], x.shape[1])
             w2, h2 = w - w % f, h - h % f
+            why = check_processed_size(w2, h2, resolution=self.resolution, vae_factor=f,
+                                       where=f"input image {index} ({w}x{h})", how="resize='diffusers'")
+            if why:
+                raise ImageReadError(why)
             if isinstance(x, Image.Image):
                 x = x if (w2, h2) == (w, h) else VaeImageProcessor(vae_scale_factor=f).resize(x, h2, w2)
                 return pil_to_tensor(x)
@@ -344,6 +366,8 @@ class DiffusionEditor:
     def prepare(self, requests: Sequence[EditRequest]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
         """Resolved knobs and processed inputs of every request; every request is checked (knobs,
         image, prompt) before any work starts."""
+        for i, r in enumerate(requests):
+            check_request(r, i)
         knobs = [self.resolve(r, i) for i, r in enumerate(requests)]
         images = [self.preprocess(r.image, k["resize"], index=i) for i, (r, k) in enumerate(zip(requests, knobs))]
         for i, (r, k) in enumerate(zip(requests, knobs)):

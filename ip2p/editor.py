@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +28,7 @@ from ip2p.core import (
 )
 from ip2p.guidance import GuidedUNet
 from ip2p.models import load_components
-from ip2p.protocol import EditRequest, Knob
+from ip2p.protocol import EditRequest, Knob, KnobError
 from ip2p.sampling import (
     PredrawnNoise,
     discrete_denoiser,
@@ -203,18 +204,22 @@ class InstructPix2PixEditor(DiffusionEditor):
             images = list(images)
         elif not isinstance(images, (list, tuple)):
             images = [images]
-        if isinstance(instructions, str):
-            instructions = [instructions]
+        instructions = _instruction_list(instructions)
+        if not len(images):
+            raise KnobError("edit(): no images given (an empty batch); give at least one")
         n = max(len(images), len(instructions))
         cols = {name: broadcast(v, n, name) for name, v in [
             ("images", images), ("instructions", list(instructions)),
             ("image_guidance_scale", image_guidance_scale), ("guidance_scale", guidance_scale),
             ("num_inference_steps", num_inference_steps), ("seeds", seeds), *knobs.items()]}
         by_name = {"scheduler": scheduler} if isinstance(scheduler, str) and scheduler != "paper" else {}
-        requests = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i], seed=int(cols["seeds"][i]),
-                                knobs={"image_guidance_scale": float(cols["image_guidance_scale"][i]),
-                                       "guidance_scale": float(cols["guidance_scale"][i]),
-                                       "num_inference_steps": int(cols["num_inference_steps"][i]), "resize": resize,
+        # values are passed as given (an integer-valued numpy/torch scalar becomes an int), so the
+        # knob declarations refuse what the CLI refuses: steps 1.5, seeds -5 or True
+        requests = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i],
+                                seed=_integer(cols["seeds"][i]),
+                                knobs={"image_guidance_scale": _number(cols["image_guidance_scale"][i]),
+                                       "guidance_scale": _number(cols["guidance_scale"][i]),
+                                       "num_inference_steps": _integer(cols["num_inference_steps"][i]), "resize": resize,
                                        **{k: cols[k][i] for k in knobs}, **by_name})
                     for i in range(n)]
         saved = self.scheduler
@@ -224,6 +229,32 @@ class InstructPix2PixEditor(DiffusionEditor):
             return self.run_same_size(requests, progress=progress)
         finally:
             self.scheduler = saved
+
+
+def _instruction_list(instructions) -> list:
+    """``edit()``'s instructions as a non-empty list (its entries are checked per request)."""
+    if isinstance(instructions, str):
+        return [instructions]
+    if not isinstance(instructions, (list, tuple)):
+        raise KnobError(f"edit(): instructions must be a text or a list of texts, got {instructions!r}")
+    if not instructions:
+        raise KnobError("edit(): no instructions given (an empty batch); give at least one")
+    return list(instructions)
+
+
+def _integer(v):
+    """An integer given as a Python, numpy or 0-d torch integer, as ``int``; anything else unchanged
+    (for the declarations to refuse by name)."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        return int(v)
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+
+def _number(v):
+    """A real number as ``float``; anything else unchanged (refused by the knob's declaration)."""
+    if isinstance(v, torch.Tensor) and v.ndim == 0 and v.dtype != torch.bool:
+        return float(v)
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
 
 
 def load_editor(source: str | os.PathLike = "world:ip2p", *, device=None, dtype=torch.float32, max_batch: int = 16,

@@ -43,6 +43,7 @@ def export_single_file(components_or_pipe, path: str | os.PathLike, *, dtype: to
             torch.save({"state_dict": sd}, tmp)
         else:
             raise ValueError(f"{p}: unknown checkpoint suffix {p.suffix!r}; use .safetensors or .ckpt")
+        os.chmod(tmp, 0o666 & ~current_umask())  # again: safetensors writes a new private (0600) file
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

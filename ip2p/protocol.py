@@ -141,6 +141,28 @@ def who(item_id: str, index: int) -> str:
     return f"item {item_id!r}" if item_id else f"request {index}"
 
 
+SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1: what torch.Generator().manual_seed takes as a non-negative int64
+
+
+def check_request(request: Any, index: int = 0) -> None:
+    """Refuse, naming the request, what no method can edit: not an ``EditRequest``, an instruction
+    that is not text, a seed that is not an integer in 0..SEED_MAX (a bool is not an integer), an
+    image tensor without data (``meta``)."""
+    if not isinstance(request, EditRequest):
+        raise KnobError(f"request {index}: expected an EditRequest, got {type(request).__name__}")
+    name = who(request.item_id, index)
+    if not isinstance(request.instruction, str):
+        raise KnobError(f"{name}: instruction must be text, got {request.instruction!r}")
+    seed = request.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise KnobError(f"{name}: seed must be an integer in 0..{SEED_MAX} (2**63-1, the seeds torch.Generator "
+                        f"takes), got {seed!r}")
+    x = request.image
+    if isinstance(x, torch.Tensor):
+        if x.is_meta:
+            raise KnobError(f"{name}: the image is a meta tensor (it has a shape but no data); give real pixels")
+
+
 def resolve_knobs(declared: Mapping[str, Any], given: Mapping[str, Any], *, method: str, item_id: str = "",
                   index: int = 0) -> dict[str, Any]:
     """Merge ``given`` over the defaults of ``declared`` (``Knob`` declarations, or plain defaults)
@@ -169,4 +191,4 @@ def check_identity(identity: Mapping[str, Any], method: str) -> dict[str, Any]:
     return ident
 
 
-__all__ = ["Knob", "KnobError", "knob_defaults", "EditRequest", "Editor", "resolve_knobs", "check_identity", "who"]
+__all__ = ["Knob", "KnobError", "SEED_MAX", "check_request", "knob_defaults", "EditRequest", "Editor", "resolve_knobs", "check_identity", "who"]

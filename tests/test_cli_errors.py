@@ -105,12 +105,21 @@ def test_user_input_errors_are_one_line_with_exit_status_2(place):
 
 
 def test_an_internal_error_keeps_its_traceback(tmp_path):
-    """A bug is not dressed up as a user error: a corrupt shard file (not user input) -> exit 1."""
-    run = tmp_path / "run"
-    (run / "shards").mkdir(parents=True)
-    (run / "shards" / "r000-000000-aaaa.parquet").write_bytes(b"not parquet")
-    r = _cli(["aggregate", str(run)], tmp_path)
-    assert r.returncode == 1 and "Traceback" in r.stderr
+    """A bug is not dressed up as a user error: a method whose code fails -> exit 1 with its traceback.
+    (A corrupt shard file is healed since issue 22: tests/test_damaged_inputs.py.)"""
+    (tmp_path / "buggy_method.py").write_text(
+        "from ip2p.registry import register_method\n"
+        "def _factory(model=None, device='cpu', **kw):\n"
+        "    raise ZeroDivisionError('a bug in the method')\n"
+        "register_method('buggy', _factory, {}, default_model='none')\n")
+    s = tiny_spec(None, items=1)
+    s["methods"] = [{"name": "buggy"}]
+    s["plugins"] = ["buggy_method"]
+    (tmp_path / "buggy.yaml").write_text(yaml.safe_dump(s))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    r = subprocess.run([sys.executable, "-m", "ip2p.cli", "sweep", "buggy.yaml", "--out", "r", "--no-progress"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ZeroDivisionError" in r.stderr, r.stderr
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ import torch
 from ip2p.data.rows import BadRowLog
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError, ImageReadError
-from ip2p.util.io import decode_image_bytes, pil_to_tensor
+from ip2p.util.io import decode_image_bytes, decode_image_plain, image_loader, load_image_plain, pil_to_tensor
 
 TURN_MODES = ("both", "independent", "iterative")
 CAPTION_SOURCES = ("global", "local")
@@ -60,6 +60,7 @@ class ReleaseFiles:
 
     def __init__(self, location: str | Path, zip_password: str | None = DEFAULT_ZIP_PASSWORD):
         self.location = Path(location)
+        self.plain = False  # True: images read as the benchmark's scorer reads them
         self._zip: zipfile.ZipFile | None = None
         if self.location.is_file() and zipfile.is_zipfile(self.location):
             self._zip = zipfile.ZipFile(self.location)
@@ -99,10 +100,13 @@ class ReleaseFiles:
                                    "option (the release's is on MagicBrush's README), or extract the zip and pass the folder") from e
         return Path(self._path(rel)).read_bytes()
 
-    def load_image(self, rel: str, what: str) -> torch.Tensor:
+    def load_image(self, rel: str, what: str, plain: bool | None = None) -> torch.Tensor:
         if not self.exists(rel):
             raise ImageReadError(f"{what} file not found: {self.describe(rel)}")
-        return pil_to_tensor(decode_image_bytes(self.read_bytes(rel), where=f"{what} {self.describe(rel)}"))
+        where = f"{what} {self.describe(rel)}"
+        if self.plain if plain is None else plain:
+            return decode_image_plain(self.read_bytes(rel), where=where)
+        return pil_to_tensor(decode_image_bytes(self.read_bytes(rel), where=where))
 
     def json_or_none(self, *rels: str) -> tuple[Any, str | None]:
         for rel in rels:
@@ -115,7 +119,7 @@ class ReleaseFiles:
 
 
 def _white_region(files: ReleaseFiles, rel: str, what: str) -> torch.Tensor:
-    return files.load_image(rel, what).mean(0) > 0.5
+    return files.load_image(rel, what, plain=False).mean(0) > 0.5  # masks: always our reader (no scorer reads them)
 
 
 def _captions(files: ReleaseFiles, name: str) -> tuple[dict, str | None]:
@@ -132,12 +136,14 @@ def _caption(table: dict, img_id: str, image_name: str) -> str:
 
 
 def read_magicbrush_release(location: str, *, split: str | None, bad: BadRowLog, turn_mode: str = "both",
-                            captions: str = "global", zip_password: str | None = DEFAULT_ZIP_PASSWORD) -> Iterator[EditExample]:
+                            captions: str = "global", zip_password: str | None = DEFAULT_ZIP_PASSWORD,
+                            scoring: str = "authors") -> Iterator[EditExample]:
     if turn_mode not in TURN_MODES:
         raise DataRowError(f"MagicBrush option turn_mode: expected one of {TURN_MODES}, got {turn_mode!r}")
     if captions not in CAPTION_SOURCES:
         raise DataRowError(f"MagicBrush option captions: expected one of {CAPTION_SOURCES}, got {captions!r}")
     files = ReleaseFiles(location, zip_password)
+    files.plain = image_loader(scoring) is load_image_plain  # as image_eval.py reads (scoring: authors)
     sessions, sess_rel = files.json_or_none("edit_sessions.json")
     sess_src = files.describe(sess_rel)
     if not isinstance(sessions, dict):

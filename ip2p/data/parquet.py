@@ -22,7 +22,7 @@ from ip2p.data.registry import register_dataset_kind
 from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError, ImageReadError
-from ip2p.util.io import decode_image, load_image
+from ip2p.util.io import decode_image, decode_image_plain, load_image, load_image_plain
 
 TEXT_COLUMNS = {"original_prompt": "input_caption", "edit_prompt": "instruction", "edited_prompt": "output_caption"}
 IMAGE_COLUMNS = {"original_image": "input_image", "edited_image": "target_image"}
@@ -48,10 +48,11 @@ def parquet_files(location: str, split: str | None) -> list[Path]:
 class _RowGroupImages:
     """Decodes one image cell on demand, caching the last few row groups of its file."""
 
-    def __init__(self, path: Path, cache_groups: int = 4):
+    def __init__(self, path: Path, cache_groups: int = 4, plain: bool = False):
         import pyarrow.parquet as pq
 
         self.path = path
+        self.plain = plain  # read as the benchmarks' authors (ip2p.util.io.decode_image_plain)
         self._pq = pq
         self._file = None
         self.cache_groups = cache_groups
@@ -99,10 +100,11 @@ class _RowGroupImages:
             data, rel = value, None
         else:
             raise ImageReadError(f"{where}: expected a struct {{bytes, path}}, got {type(value).__name__}")
+        plain = self.plain and field != "mask"  # masks are no scorer's image: always our reader
         if data:
-            return decode_image(bytes(data), where=where)
+            return (decode_image_plain if plain else decode_image)(bytes(data), where=where)
         if rel:
-            return load_image(self.path.parent / rel, what=where)
+            return (load_image_plain if plain else load_image)(self.path.parent / rel, what=where)
         raise ImageReadError(f"{where}: neither bytes nor path is set")
 
 

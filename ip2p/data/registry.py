@@ -61,6 +61,9 @@ def register_dataset_kind(name: str, open: Opener, *, detect: Callable[[Path], b
     return kind
 
 
+GENERIC_KINDS = ("parquet", "jsonl")  # formats any data set may use; a bare path prefers a specific kind
+
+
 def _load_builtin() -> None:
     global _loaded_builtin
     if not _loaded_builtin:
@@ -102,9 +105,12 @@ def resolve_spec(spec: str | Path) -> tuple[DatasetKind, str]:
     if not p.exists():
         raise DataRowError(f"dataset {s!r} not found: no such file or folder, and no '<kind>:' prefix "
                            f"(kinds: {', '.join(sorted(dataset_kinds()))})")
-    for kind in dataset_kinds().values():
-        if kind.detect is not None and kind.detect(p):
-            return kind, s
+    # a test set's own layout (Emu Edit's or MagicBrush's parquet shards) is more specific than the
+    # generic formats that would also read its files: the specific kind wins whatever the import order
+    claims = [k for k in dataset_kinds().values() if k.detect is not None and k.detect(p)]
+    claims.sort(key=lambda k: k.name in GENERIC_KINDS)
+    if claims:
+        return claims[0], s
     raise DataRowError(f"cannot tell the dataset kind of {s!r}; write it as '<kind>:{s}' "
                        f"with a kind in {', '.join(sorted(dataset_kinds()))}")
 

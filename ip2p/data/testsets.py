@@ -47,12 +47,14 @@ from ip2p.data.registry import register_dataset_kind
 from ip2p.data.rows import BadRowLog, require_text
 from ip2p.data.types import EditExample
 from ip2p.errors import DataRowError
-from ip2p.util.io import load_image, read_json
+from ip2p.util.io import image_loader, load_image_plain, read_json
+from ip2p.util.paths import UnsafePathError, safe_output_path
 
 # ---- shared parquet helpers ------------------------------------------------------------------
 
 
-def _open_parquet(location: str, split: str | None, required: Sequence[str], bad: BadRowLog, kind: str):
+def _open_parquet(location: str, split: str | None, required: Sequence[str], bad: BadRowLog, kind: str,
+                  scoring: str = "authors"):
     """Yield (path, rows as dicts without image columns, image loader, column names) per file."""
     import pyarrow.parquet as pq
 
@@ -69,7 +71,7 @@ def _open_parquet(location: str, split: str | None, required: Sequence[str], bad
             bad.report(str(path), missing[0], f"column missing from the {kind} file (its {pf.metadata.num_rows} rows "
                        f"skipped); expected columns {', '.join(required)}")
             continue
-        yield path, pf, names, _RowGroupImages(path)
+        yield path, pf, names, _RowGroupImages(path, plain=image_loader(scoring) is load_image_plain)
 
 
 def _image_loader(images, row: int, column: str, field: str):
@@ -104,10 +106,10 @@ def _emu_split(rec: dict, split: str | None, path: Path) -> str:
     return path.name.split("-")[0] if "-" in path.name else path.stem
 
 
-def read_emu_edit(location: str, *, split: str | None, bad: BadRowLog) -> Iterator[EditExample]:
+def read_emu_edit(location: str, *, split: str | None, bad: BadRowLog, scoring: str = "authors") -> Iterator[EditExample]:
     seen: dict[str, str] = {}
     single = Path(location).is_file()
-    for path, pf, names, images in _open_parquet(location, split, EMU_REQUIRED, bad, "Emu Edit"):
+    for path, pf, names, images in _open_parquet(location, split, EMU_REQUIRED, bad, "Emu Edit", scoring):
         nulls = _null_cells(pf, "image")
         for row, rec in enumerate(_scalars(pf, names, ("image",))):
             src = f"{path} row {row}"
@@ -159,17 +161,18 @@ def _white_mask(load) -> torch.Tensor:
     return x.mean(0) > 0.5
 
 
-def read_magicbrush(location: str, *, split: str | None, bad: BadRowLog, **release_options) -> Iterator[EditExample]:
+def read_magicbrush(location: str, *, split: str | None, bad: BadRowLog, scoring: str = "authors",
+                    **release_options) -> Iterator[EditExample]:
     from ip2p.data.magicbrush_release import is_release, read_magicbrush_release
 
     if is_release(Path(location)):  # the test set as released (zip or folder): per-turn items
-        yield from read_magicbrush_release(location, split=split, bad=bad, **release_options)
+        yield from read_magicbrush_release(location, split=split, bad=bad, scoring=scoring, **release_options)
         return
     if release_options:
         raise DataRowError(f"MagicBrush {location}: options {sorted(release_options)} apply to the released test set "
                            "(edit_sessions.json layout), not to the Hub parquet")
     image_cols = ("source_img", "target_img", "mask_img")
-    for path, pf, names, images in _open_parquet(location, split, MAGICBRUSH_REQUIRED, bad, "MagicBrush"):
+    for path, pf, names, images in _open_parquet(location, split, MAGICBRUSH_REQUIRED, bad, "MagicBrush", scoring):
         nulls = {c: _null_cells(pf, c) for c in image_cols if c in names}
         for row, rec in enumerate(_scalars(pf, names, image_cols)):
             src = f"{path} row {row}"
@@ -244,12 +247,16 @@ def encode_pie_mask(mask: torch.Tensor | np.ndarray) -> list[int]:
     return out
 
 
-def _strip_markers(text: str) -> str:
-    return " ".join(text.replace("[", "").replace("]", "").split())
+def _strip_markers(text: str, scoring: str = "authors") -> str:
+    """A prompt without its ``[ ]`` edit markers: only the brackets deleted, as evaluate.py does
+    (``scoring: authors``); ``ours`` also collapses the whitespace they leave."""
+    text = text.replace("[", "").replace("]", "")
+    return text if scoring == "authors" else " ".join(text.split())
 
 
 def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_border: bool = True,
-                   mask_shape: tuple[int, int] = (512, 512)) -> Iterator[EditExample]:
+                   mask_shape: tuple[int, int] = (512, 512), scoring: str = "authors") -> Iterator[EditExample]:
+    load = image_loader(scoring)
     p = Path(location)
     mapping = p if p.is_file() else p / "mapping_file.json"
     root = mapping.parent
@@ -272,7 +279,11 @@ def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_bord
                 break
         if len(texts) < 4 or None in texts.values():
             continue
-        image_path = root / "annotation_images" / texts["image_path"]
+        try:  # the benchmark's output name is built from it: nothing may climb out of the folder
+            image_path = safe_output_path(root / "annotation_images", texts["image_path"], what="image_path")
+        except UnsafePathError as e:
+            bad.report(src, "image_path", str(e))
+            continue
         if not image_path.is_file():
             bad.report(src, "image_path", f"file not found: {image_path}")
             continue
@@ -288,12 +299,15 @@ def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_bord
         yield EditExample(
             item_id=str(key),
             instruction=texts["editing_instruction"],
-            input_image=partial(load_image, image_path, what=f"image of {src}"),
-            input_caption=_strip_markers(texts["original_prompt"]),
-            output_caption=_strip_markers(texts["editing_prompt"]),
+            input_image=partial(load, image_path, what=f"image of {src}"),
+            input_caption=_strip_markers(texts["original_prompt"], scoring),
+            output_caption=_strip_markers(texts["editing_prompt"], scoring),
             mask=mask,
             category=PIE_EDIT_TYPES.get(type_id, f"type_{type_id}"),
+            # the border evaluate.py marks edited stays the image's outermost rows and columns at
+            # any size the mask is resized to (bench.sweep._fit_mask), with scoring: authors
             metadata={"editing_type_id": type_id, "image_path": texts["image_path"],
+                      "mask_border": bool(pie_border) and scoring == "authors",
                       "blended_word": entry.get("blended_word", ""),
                       "original_prompt": texts["original_prompt"], "editing_prompt": texts["editing_prompt"]},
             source=src,
@@ -342,7 +356,8 @@ def _required_text(entry: dict, keys: Sequence[str], field: str, src: str, bad: 
     return require_text(entry, key, src, bad)
 
 
-def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Iterator[EditExample]:
+def read_editworld(location: str, *, split: str | None, bad: BadRowLog, scoring: str = "authors") -> Iterator[EditExample]:
+    load = image_loader(scoring)
     root = Path(location)
     files = [root] if root.is_file() else sorted(root.rglob("img_txt.json"))
     if not files:
@@ -350,9 +365,9 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
     base = root.parent if root.is_file() else root
     for jpath in files:
         try:
-            data = json.loads(jpath.read_text())
-        except json.JSONDecodeError as e:
-            bad.report(str(jpath), "(file)", f"not valid JSON: {e}")
+            data = json.loads(jpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            bad.report(str(jpath), "(file)", f"not valid UTF-8 JSON: {e}")
             continue
         entries = data.items() if isinstance(data, dict) else enumerate(data)
         rel_dir = jpath.parent.relative_to(base)
@@ -386,7 +401,7 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
                 if tp is None:
                     bad.report(src, "target_img_path", f"file not found: {entry['target_img_path']}")
                     continue
-                target = partial(load_image, tp, what=f"target image of {src}")
+                target = partial(load, tp, what=f"target image of {src}")
             _, in_cap = _first(entry, _EW_INPUT_CAPTION)
             category = entry.get("category") or folder_category
             category = _norm_category(str(category)) if category else None
@@ -397,7 +412,7 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog) -> Itera
             yield EditExample(
                 item_id=f"{rel_dir.as_posix()}/{key}" if rel_dir.parts else str(key),
                 instruction=instruction,
-                input_image=partial(load_image, img, what=f"input image of {src}"),
+                input_image=partial(load, img, what=f"input image of {src}"),
                 target_image=target,
                 input_caption=in_cap if isinstance(in_cap, str) else "",
                 output_caption=out_cap if not missing_text else "",

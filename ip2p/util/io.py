@@ -195,9 +195,21 @@ def read_json(path: str | os.PathLike, error: type[Exception], *, missing: str, 
     if not path.is_file():
         raise error(missing)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{where or path}: not UTF-8 text (byte at offset {e.start}); not a JSON file of ours") from None
     except json.JSONDecodeError as e:
         raise error(f"{where or path}: not valid JSON: {e}") from e
+
+
+def read_json_or(path: str | os.PathLike, default: Any, *, kind: type = dict) -> Any:
+    """The JSON document in ``path`` when it is readable, UTF-8, valid and a ``kind``; else ``default``
+    (for the run folder's own bookkeeping files, which a reader must survive being damaged)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 (UnicodeDecodeError), not JSON
+        return default
+    return doc if isinstance(doc, kind) else default
 
 
 def pil_to_tensor(img: Image.Image, *, background: tuple[float, float, float] = BACKGROUND) -> torch.Tensor:
@@ -288,8 +300,13 @@ def _upright(im: Image.Image) -> Image.Image:
 
 
 def _decode(opener, where: str, background) -> np.ndarray:
+    from ip2p.util.limits import check_input_pixels
+
     try:
         with opener() as im:
+            too_big = check_input_pixels(im.width, im.height, where)  # from the header, before decoding
+            if too_big:
+                raise ImageReadError(too_big)
             im.load()
             im = _upright(im)
             return image_to_array(im, background=background, where=where)
@@ -329,6 +346,53 @@ def decode_image(data: bytes, *, where: str, background: tuple[float, float, flo
 def decode_image_bytes(data: bytes, *, where: str, background: tuple[float, float, float] = BACKGROUND) -> Image.Image:
     """Decode encoded image bytes as an 8-bit PIL RGB image, naming ``where`` they came from on failure."""
     return tensor_to_pil(decode_image(data, where=where, background=background))
+
+
+# ---- reading as the benchmarks' authors read -----------------------------------------------
+#
+# The published benchmarks' own scorers (MagicBrush ``evaluation/image_eval.py``, PnPInversion
+# ``evaluation/evaluate.py``) read every image with plain PIL: ``Image.open(path).convert("RGB")``.
+# That drops transparency (the stored colour of transparent pixels shows) and ignores the EXIF
+# orientation. Inside a benchmark's scoring the readers use this (``scoring: authors``); the
+# project's reader above stays for the user's own images.
+
+def _decode_plain(opener, where: str) -> torch.Tensor:
+    from ip2p.util.limits import check_input_pixels
+
+    try:
+        with opener() as im:
+            too_big = check_input_pixels(im.width, im.height, where)
+            if too_big:
+                raise ImageReadError(too_big)
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot decode {where}: {e}") from e
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_image_plain(path: str | os.PathLike, *, what: str = "image") -> torch.Tensor:
+    """An image file as the benchmarks' scorers read it (``Image.open(p).convert("RGB")``), as float
+    ``[3, H, W]`` in [0, 1]; ``ImageReadError`` naming the file otherwise."""
+    p = Path(path)
+    _check_file(p, what)
+    return _decode_plain(lambda: Image.open(p), f"{what} file {p}")
+
+
+def decode_image_plain(data: bytes, *, where: str) -> torch.Tensor:
+    """Encoded image bytes as the benchmarks' scorers read them (see ``load_image_plain``)."""
+    return _decode_plain(lambda: Image.open(io.BytesIO(data)), f"image bytes from {where}")
+
+
+SCORING_CHOICES = ("authors", "ours")  # how a benchmark reader reads images: as its authors, or as this project
+
+
+def image_loader(scoring: str):
+    """``load_image`` or ``load_image_plain`` for a benchmark reader's ``scoring`` option."""
+    if scoring not in SCORING_CHOICES:
+        from ip2p.errors import DataRowError
+
+        raise DataRowError(f"option scoring: {scoring!r} is not one of {', '.join(SCORING_CHOICES)}")
+    return load_image_plain if scoring == "authors" else load_image
 
 
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
