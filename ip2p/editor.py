@@ -200,28 +200,10 @@ class InstructPix2PixEditor(DiffusionEditor):
                  "num_inference_steps": num_inference_steps}
         image_guidance_scale, guidance_scale, num_inference_steps = (
             self.knobs[k] if v is None else v for k, v in given.items())
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
-            images = list(images)
-        elif not isinstance(images, (list, tuple)):
-            images = [images]
-        instructions = _instruction_list(instructions)
-        if not len(images):
-            raise KnobError("edit(): no images given (an empty batch); give at least one")
-        n = max(len(images), len(instructions))
-        cols = {name: broadcast(v, n, name) for name, v in [
-            ("images", images), ("instructions", list(instructions)),
-            ("image_guidance_scale", image_guidance_scale), ("guidance_scale", guidance_scale),
-            ("num_inference_steps", num_inference_steps), ("seeds", seeds), *knobs.items()]}
         by_name = {"scheduler": scheduler} if isinstance(scheduler, str) and scheduler != "paper" else {}
-        # values are passed as given (an integer-valued numpy/torch scalar becomes an int), so the
-        # knob declarations refuse what the CLI refuses: steps 1.5, seeds -5 or True
-        requests = [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i],
-                                seed=_integer(cols["seeds"][i]),
-                                knobs={"image_guidance_scale": _number(cols["image_guidance_scale"][i]),
-                                       "guidance_scale": _number(cols["guidance_scale"][i]),
-                                       "num_inference_steps": _integer(cols["num_inference_steps"][i]), "resize": resize,
-                                       **{k: cols[k][i] for k in knobs}, **by_name})
-                    for i in range(n)]
+        requests = _edit_requests(images, instructions, seeds, {
+            "image_guidance_scale": image_guidance_scale, "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps, **knobs}, fixed={"resize": resize, **by_name})
         saved = self.scheduler
         if scheduler is not None and not isinstance(scheduler, str):
             self.scheduler = scheduler  # an instance: this call only
@@ -229,6 +211,26 @@ class InstructPix2PixEditor(DiffusionEditor):
             return self.run_same_size(requests, progress=progress)
         finally:
             self.scheduler = saved
+
+
+def _edit_requests(images, instructions, seeds, knobs: dict, fixed: dict) -> list[EditRequest]:
+    """``edit()``'s arguments as one request per image (scalars and single entries broadcast).
+    Values are passed as given (an integer-valued numpy/torch scalar becomes an int), so the knob
+    declarations refuse what the CLI refuses: steps 1.5, seeds -5 or True."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        images = list(images)
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    instructions = _instruction_list(instructions)
+    if not len(images):
+        raise KnobError("edit(): no images given (an empty batch); give at least one")
+    n = max(len(images), len(instructions))
+    cols = {name: broadcast(v, n, name) for name, v in [
+        ("images", images), ("instructions", list(instructions)), ("seeds", seeds), *knobs.items()]}
+    typed = {"image_guidance_scale": _number, "guidance_scale": _number, "num_inference_steps": _integer}
+    return [EditRequest(image=cols["images"][i], instruction=cols["instructions"][i], seed=_integer(cols["seeds"][i]),
+                        knobs={**{k: typed.get(k, lambda v: v)(cols[k][i]) for k in knobs}, **fixed})
+            for i in range(n)]
 
 
 def _instruction_list(instructions) -> list:
