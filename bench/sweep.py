@@ -620,7 +620,9 @@ def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_p
         masks.append(None if m is None else _fit_mask(m, hw))
     t1 = time.time()
     metrics = scorer.score(inputs, edited, [items[u.item_index].input_caption for u in batch],
-                           [items[u.item_index].output_caption for u in batch], targets, masks)
+                           [items[u.item_index].output_caption for u in batch], targets, masks,
+                           instructions=[items[u.item_index].instruction for u in batch],
+                           categories=[items[u.item_index].category for u in batch])
     stats["metric_seconds"] += time.time() - t1
     identity_json = json.dumps(identity, sort_keys=True, default=str)
     metric_spec = json.dumps(scorer.spec(), sort_keys=True, default=str)
