@@ -39,6 +39,7 @@ _COMMAND_MODULES = (
     "bench.cli",
     "bench.profile_cli",
     "bench.regress_cli",
+    "bench.validity_cli",
 )
 
 
