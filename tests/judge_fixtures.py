@@ -15,7 +15,7 @@ SC_OK = '{\n"score" : [7, 9],\n"reasoning" : "done"\n}'
 PQ_OK = '{"score": [8, 6], "reasoning": "clean"}'
 
 # marker in the prompt -> behaviour; the first marker found decides (else: "ok")
-BEHAVIOURS = ("refuse", "filtered", "badjson", "garbage", "429", "500", "hang", "flaky", "empty", "400")
+BEHAVIOURS = ("sorry", "refuse", "filtered", "badjson", "garbage", "429", "500", "hang", "flaky", "empty", "400")
 
 
 class ScriptedChat:
@@ -84,6 +84,8 @@ class ScriptedChat:
                 elif b == "badjson":
                     msg["content"] = '{"score": [7, 9], "reasoning": "unterminated' if "Editing instruction" in text \
                         else "Prompt Compliance: great\nVisual Naturalness: 3"
+                elif b == "sorry":
+                    msg["content"] = "I'm sorry, but I can't help with evaluating these images."
                 elif b == "empty":
                     msg["content"] = "   "
                 doc = {"id": "x", "object": "chat.completion", "model": srv.model, "system_fingerprint": srv.fingerprint,

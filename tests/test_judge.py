@@ -20,7 +20,7 @@ from ip2p.metrics.judge import EndpointBackend, JudgeMetric, load_rubric, missin
 from tests.judge_fixtures import ScriptedChat, build_tiny_qwen2vl
 
 REPO = Path(__file__).resolve().parents[1]
-MARKS = ["ok", "refuse", "filtered", "badjson", "garbage", "429", "500", "hang", "flaky", "empty", "400"]
+MARKS = ["ok", "sorry", "refuse", "filtered", "badjson", "garbage", "429", "500", "hang", "flaky", "empty", "400"]
 
 
 def test_rubrics_are_the_published_prompts_with_their_sources():
@@ -72,7 +72,7 @@ def test_endpoint_failures_are_missing_counted_and_a_rerun_asks_nothing(tmp_path
         assert (ok["imgedit_adherence"], ok["imgedit_quality"], ok["imgedit_detail"], ok["imgedit_overall"]) == (4, 3, 5, 4)
         assert (ok["viescore_sc"], ok["viescore_pq"]) == (7, 6) and ok["viescore_o"] == pytest.approx(math.sqrt(42))
         assert by["flaky"]["imgedit_overall"] == 4  # a 429 then an answer: retried, answered
-        expected = {"refuse": "refused", "filtered": "refused", "badjson": "unparseable", "garbage": "malformed_response",
+        expected = {"sorry": "refused", "refuse": "refused", "filtered": "refused", "badjson": "unparseable", "garbage": "malformed_response",
                     "429": "rate_limited", "500": "server_error", "hang": "timeout", "empty": "empty", "400": "http_error"}
         for mark, reason in expected.items():
             r = by[mark]
@@ -81,7 +81,7 @@ def test_endpoint_failures_are_missing_counted_and_a_rerun_asks_nothing(tmp_path
                 assert math.isnan(r[col]), (mark, col)  # missing, never 0
             assert r["viescore_pq"] == 6  # the PQ query names no instruction: answered
         counts = missing_by_reason([r["judge_status"] for r in rows])
-        assert counts == {"refused": 4, "unparseable": 2, "malformed_response": 2, "rate_limited": 2,
+        assert counts == {"refused": 6, "unparseable": 2, "malformed_response": 2, "rate_limited": 2,
                           "server_error": 2, "timeout": 2, "empty": 2, "http_error": 2}
         # retries stop where declared: 1 + max_retries attempts for retried failures, 1 for the rest
         assert srv.counts["429"] == srv.counts["500"] == srv.counts["hang"] == 2 * 3

@@ -2,7 +2,8 @@
 or a local transformers vision-language model. Both take a prompt and images and return an
 ``Answer``: the raw text and who answered, or a failure with its reason (never a score).
 
-Failure reasons: ``refused`` (the judge declined: a refusal field or a content filter), ``empty``,
+Failure reasons: ``refused`` (the judge declined: a refusal field or a content filter; an answer
+without scores that reads as a refusal is also counted so by the metric), ``empty``,
 ``timeout``, ``rate_limited`` (HTTP 429), ``server_error`` (HTTP 5xx), ``http_error`` (other HTTP
 status), ``malformed_response`` (a body that is not the chat API's JSON), ``failed`` (connection or
 model error). Timeouts, 429, 5xx and connection errors are retried ``max_retries`` times with

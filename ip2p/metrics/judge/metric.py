@@ -140,7 +140,7 @@ class JudgeMetric:
             st = rec["status"]
             scores = R.parse(q.rubric, q.part, rec["text"]) if st == "ok" else None
             if st == "ok" and scores is None:
-                st = "unparseable"
+                st = "refused" if R.looks_like_refusal(rec.get("text")) else "unparseable"
             parts[q.rubric][q.part] = scores
             status.append(f"{q.rubric}.{q.part}={st}")
             records.append({"rubric": q.rubric, "part": q.part, "status": st, "raw": rec.get("text"),

@@ -112,6 +112,16 @@ def parse(name: str, part: str, text: str) -> list[float] | None:
     return s
 
 
+_REFUSAL = re.compile(r"\b(I'?m sorry|I am sorry|I can(?:no|')t (?:help|assist|evaluate|comply|provide)|I(?: am|'m) unable to|"
+                      r"I won'?t be able to)\b", re.IGNORECASE)
+
+
+def looks_like_refusal(text: str | None) -> bool:
+    """An answer without scores that reads as a refusal in plain words (counted ``refused``, not
+    ``unparseable``)."""
+    return bool(text) and _REFUSAL.search(text) is not None
+
+
 def combine(name: str, parts: dict[str, list[float] | None]) -> dict[str, float]:
     """Columns of one edit from its parts' parsed scores (None = missing -> NaN)."""
     nan = math.nan
@@ -126,4 +136,4 @@ def combine(name: str, parts: dict[str, list[float] | None]) -> dict[str, float]
     return {f"{name}_sc": sc, f"{name}_pq": pq, f"{name}_o": math.sqrt(sc * pq) if sc == sc and pq == pq else nan}
 
 
-__all__ = ["RUBRICS", "Query", "load_rubric", "columns", "queries", "parse", "combine"]
+__all__ = ["RUBRICS", "Query", "load_rubric", "columns", "queries", "parse", "combine", "looks_like_refusal"]
