@@ -120,6 +120,14 @@ def metrics_present(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> l
     return [c for c in names if c in df.columns and df[c].notna().any()]
 
 
+def complete_items(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the (item, seed) pairs every setting has: a run whose item limit changed, or a
+    method with its own limit, would otherwise compare items on different sets of edits."""
+    n_settings = df.groupby(["method", "knobs"], sort=False).ngroups
+    counts = df.groupby(["item_id", "seed"])["knobs"].transform(lambda s: len(set(zip(df.loc[s.index, "method"], s))))
+    return df[counts == n_settings]
+
+
 def check_truth(df: pd.DataFrame, where: str) -> None:
     from ip2p.errors import SpecError
 
@@ -181,4 +189,4 @@ def load_judge_section(path: str | Path | None) -> dict[str, Any] | None:
 
 
 __all__ = ["validity_spec", "agreement", "system_level", "item_table", "summarize", "metrics_present", "TRUTHS",
-           "check_truth", "orientation", "load_judge_section"]
+           "check_truth", "orientation", "load_judge_section", "complete_items"]

@@ -50,7 +50,8 @@ def run_validity(run: Path, out: Path, *, items: int = 192, steps: int = 20, jud
     from bench.spec import parse_spec
     from bench.store import load_results
     from bench.sweep import run_sweep
-    from bench.validity import agreement, check_truth, load_judge_section, metrics_present, system_level, validity_spec
+    from bench.validity import (agreement, check_truth, complete_items, load_judge_section, metrics_present,
+                                system_level, validity_spec)
     from bench.validity_report import write_report
     from ip2p.errors import SpecError
 
@@ -59,12 +60,13 @@ def run_validity(run: Path, out: Path, *, items: int = 192, steps: int = 20, jud
         run_sweep(spec, run, progress=progress)
     if not Path(run).is_dir():
         raise SpecError(f"--run {run}: no such run folder; run `ip2p validity` without --analyse-only first")
-    df = load_results(run)
-    check_truth(df, f"--run {run}")
+    every = load_results(run)
+    check_truth(every, f"--run {run}")
+    df = complete_items(every)
     metrics = metrics_present(df)
     agree = agreement(df, metrics, n_boot=n_boot)
     settings, taus = system_level(df, metrics)
-    meta = {"run": str(run), "n_rows": int(len(df)), "n_items": int(df["item_id"].nunique()),
+    meta = {"run": str(run), "n_rows": int(len(df)), "n_rows_left_out": int(len(every) - len(df)), "n_items": int(df["item_id"].nunique()),
             "n_settings": int(len(settings)), "n_boot": n_boot, "label": label, "command": command,
             "metrics": metrics}
     write_report(Path(out), agree, settings, taus, meta, notes=_notes(out))

@@ -50,6 +50,15 @@ def test_agreement_per_category_and_system_level():
     assert list(settings.sort_values("rank_target_l1")["method"]) == ["m0", "m1", "m2", "m3"]
 
 
+def test_items_missing_a_setting_are_left_out():
+    from bench.validity import complete_items
+
+    df = _frame(lambda l1, i: -l1)
+    partial = df.drop(index=df[(df.item_id == "it3") & (df.method == "m2")].index)
+    kept = complete_items(partial)
+    assert sorted(kept["item_id"].unique()) == ["it0", "it1", "it2"] and len(kept) == 12
+
+
 def test_validity_spec_has_every_method_with_oracle_and_identity():
     from bench.spec import parse_spec
 

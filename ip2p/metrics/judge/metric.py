@@ -14,7 +14,6 @@ asked again on resume; a stored answer never is.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -167,10 +166,6 @@ def missing_by_reason(statuses: Sequence[str]) -> Counter:
             if reason != "ok":
                 c[reason] += 1
     return c
-
-
-def is_missing(v: float) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 __all__ = ["JudgeMetric", "missing_by_reason", "KILL_ENV"]
