@@ -20,6 +20,7 @@ def validity_command(
     items: int = typer.Option(192, "--items", help="World test items (edits = items x 13 settings)."),
     steps: int = typer.Option(20, "--steps", help="Sampler steps of InstructPix2Pix and SDEdit."),
     judge: Optional[Path] = typer.Option(None, "--judge", help="YAML of a judge (the fields of metrics.judge) to score too."),
+    dino: bool = typer.Option(False, "--dino/--no-dino", help="Also DINO similarity (needs facebook/dino-vits16 offline)."),
     analyse_only: bool = typer.Option(False, "--analyse-only", help="Do not sweep: analyse the rows --run already holds."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of items."),
     label: str = typer.Option("", "--label", help="A line for the README (e.g. which world models were used)."),
@@ -39,13 +40,13 @@ def validity_command(
     command = "ip2p " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["validity"] else \
         f"ip2p validity --items {items} --steps {steps}"
     res = run_validity(run, out, items=items, steps=steps, judge=judge, analyse_only=analyse_only, n_boot=n_boot,
-                       label=label, progress=progress, command=command)
+                       label=label, progress=progress, command=command, dino=dino)
     typer.echo(f"validity: {res['n_rows']} edits analysed; report in {out}/README.md")
 
 
 def run_validity(run: Path, out: Path, *, items: int = 192, steps: int = 20, judge: Path | None = None,
                  analyse_only: bool = False, n_boot: int = 1000, label: str = "", progress: bool = False,
-                 command: str = "") -> dict:
+                 command: str = "", dino: bool = False) -> dict:
     """Sweep (unless ``analyse_only``), analyse and write the report; returns its figures."""
     from bench.spec import parse_spec
     from bench.store import load_results
@@ -56,7 +57,7 @@ def run_validity(run: Path, out: Path, *, items: int = 192, steps: int = 20, jud
     from ip2p.errors import SpecError
 
     if not analyse_only:
-        spec = parse_spec(validity_spec(items, steps, load_judge_section(judge)), source="validity spec")
+        spec = parse_spec(validity_spec(items, steps, load_judge_section(judge), dino=dino), source="validity spec")
         run_sweep(spec, run, progress=progress)
     if not Path(run).is_dir():
         raise SpecError(f"--run {run}: no such run folder; run `ip2p validity` without --analyse-only first")
