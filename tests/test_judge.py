@@ -201,3 +201,15 @@ def test_a_judge_joins_a_spec_and_the_aggregate_counts_missing_per_reason(tmp_pa
     plain = _spec(tmp_path, "http://x/v1")
     plain["metrics"]["compute"] = ["pixel"]
     assert parse_spec(plain).fingerprint() == parse_spec({**plain, "metrics": {"compute": ["pixel"]}}).fingerprint()
+
+
+def test_an_unreachable_endpoint_is_failed_after_the_declared_retries(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = EndpointBackend(f"http://127.0.0.1:{port}/v1", "m", timeout_s=1, max_retries=1, backoff_s=0.01)
+    (row,) = JudgeMetric(backend, ["imgedit"], cache=tmp_path / "c.sqlite")(*_edits(1), ["add a cat"])
+    rec = json.loads(row["judge_record"])[0]
+    assert rec["status"] == "failed" and rec["attempts"] == 2 and math.isnan(row["imgedit_overall"])

@@ -13,6 +13,7 @@ honoured up to that bound); nothing else is retried.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -92,7 +93,9 @@ class EndpointBackend:
             code, headers, data = self._post(body)
         except (socket.timeout, TimeoutError):
             return Answer("timeout", detail=f"no answer within {self.timeout_s:g} s"), None
-        except (urllib.error.URLError, ConnectionError, OSError) as e:
+        except (urllib.error.URLError, ConnectionError, OSError, http.client.HTTPException) as e:
+            if isinstance(getattr(e, "reason", None), (socket.timeout, TimeoutError)):
+                return Answer("timeout", detail=f"no connection within {self.timeout_s:g} s"), None
             return Answer("failed", detail=f"{type(e).__name__}: {getattr(e, 'reason', e)}"), None
         retry_after = headers.get("Retry-After") or headers.get("retry-after")
         wait = float(retry_after) if retry_after and str(retry_after).replace(".", "", 1).isdigit() else None
