@@ -68,11 +68,26 @@ def aggregate(df: pd.DataFrame, *, n_boot: int = 1000, by_category: bool = True)
             for m in metrics:
                 mean, lo, hi = bootstrap_ci(sub[m].to_numpy(), n_boot=n_boot, rng=_rng_for(method, knobs, cat, m))
                 row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = mean, lo, hi
+            row.update(_judge_missing(df, method, knobs, cat))
             out.append(row)
     res = pd.DataFrame(out)
     res["_cat"] = (res["category"] != ALL).astype(int)
     res = res.sort_values(["_cat", "category", "method_index", "setting_index"], kind="stable").drop(columns="_cat")
     return res.reset_index(drop=True)
+
+
+def _judge_missing(df: pd.DataFrame, method: str, knobs: str, cat: str) -> dict[str, int]:
+    """``judge_missing_<reason>``: judge queries of a setting (and category) that gave no score,
+    counted per reason (``ip2p.metrics.judge``); nothing when the run has no judge."""
+    if "judge_status" not in df.columns:
+        return {}
+    from ip2p.metrics.judge.metric import missing_by_reason
+
+    sel = (df["method"] == method) & (df["knobs"] == knobs)
+    if cat != ALL:
+        sel &= df["category"].astype(str) == cat
+    counts = missing_by_reason(df.loc[sel, "judge_status"].tolist())
+    return {f"judge_missing_{r}": int(n) for r, n in sorted(counts.items())}
 
 
 def knob_label(knobs_json: str, varying: list[str] | None = None) -> str:

@@ -59,6 +59,7 @@ class Scorer:
                                                         "pixel_scale": st.pixel_scale, "antialias": st.antialias},
                 pie="pie" in metrics.compute, clip=clip if "pie" in metrics.compute else None,
                 lpips=lpips if "pie" in metrics.compute else None)
+        self.judge = _build_judge(metrics, device, cache_dir) if "judge" in metrics.compute else None
         self._spec = None
 
     def spec(self) -> dict:
@@ -66,12 +67,15 @@ class Scorer:
             self._spec = {"groups": list(self.metrics.compute), **self.suite.spec()}
             if self.benchmark is not None:
                 self._spec["benchmark"] = self.benchmark.spec()
+            if self.judge is not None:
+                self._spec["judge"] = self.judge.spec()
         return self._spec
 
     @torch.no_grad()
     def score(self, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], text_0: Sequence[str],
               text_1: Sequence[str], targets: Sequence[torch.Tensor | None],
-              masks: Sequence[torch.Tensor | None]) -> list[dict[str, float]]:
+              masks: Sequence[torch.Tensor | None], *, instructions: Sequence[str] | None = None,
+              categories: Sequence[str | None] | None = None) -> list[dict[str, float]]:
         use_targets = "target" in self.metrics.compute
         use_masks = "masked" in self.metrics.compute
         groups: dict[tuple, list[int]] = {}
@@ -101,7 +105,33 @@ class Scorer:
                 tb = torch.stack([targets[i] for i in idx]) if any_t else None
                 mb = torch.stack([masks[i] for i in idx]) if any_m else None
                 cols.update(self.benchmark(x_in, x_out, t1, targets=tb, masks=mb))
+            judged = self._judge(x_in, x_out, idx, instructions, categories)
             for j, i in enumerate(idx):
                 rows[i] = {k: float(v[j]) for k, v in cols.items()}
+                rows[i].update(judged[j])
                 rows[i]["missing_metrics"] = ",".join(sorted(k for k, v in rows[i].items() if v != v))
         return rows
+
+    def _judge(self, x_in, x_out, idx, instructions, categories) -> list[dict]:
+        """The judge's rows for the edits ``idx`` (empty dicts without a judge)."""
+        if self.judge is None:
+            return [{} for _ in idx]
+        if instructions is None:
+            raise ValueError("instructions: the judge metric needs each edit's instruction")
+        return self.judge(x_in, x_out, [instructions[i] for i in idx],
+                          None if categories is None else [categories[i] for i in idx])
+
+
+def _build_judge(metrics: MetricsSpec, device: str, cache_dir: str | Path | None):
+    """The spec's judge (``ip2p.metrics.judge``), its answers cached in ``cache_dir`` when given."""
+    from ip2p.metrics.judge import EndpointBackend, JudgeMetric, LocalBackend
+
+    j = metrics.judge
+    if j.backend == "endpoint":
+        backend = EndpointBackend(j.base_url, j.model, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
+                                  max_retries=j.max_retries, backoff_s=j.backoff_s, max_backoff_s=j.max_backoff_s,
+                                  max_concurrency=j.max_concurrency)
+    else:
+        backend = LocalBackend(j.model, device=device, revision=j.revision)
+    cache = None if cache_dir is None else Path(cache_dir) / "judge_answers.sqlite"
+    return JudgeMetric(backend, j.rubrics, sampling=j.sampling, cache=cache, retry_failed=j.retry_failed)

@@ -36,7 +36,8 @@ from ip2p.errors import SpecError
 SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed takes as a non-negative int64)
 DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
 DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
-METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie", "success")
+METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie", "success", "judge")
+JUDGE_RUBRICS = ("viescore", "gedit", "imgedit")
 
 
 def _not_bool(v: Any) -> Any:
@@ -153,11 +154,42 @@ class StructureMetricSpec(_Strict):
     antialias: bool = True
 
 
+class JudgeMetricSpec(_Strict):
+    """A vision-language judge (``ip2p.metrics.judge``): its rubrics and where it answers from.
+
+    ``backend: endpoint``: an OpenAI-compatible chat API at ``base_url`` (its key, if any, from the
+    environment variable ``api_key_env``), ``model`` as the API names it; ``backend: local``: a
+    transformers image-text-to-text model (hub id or folder, optional ``revision``). ``sampling``
+    overrides the rubric's published settings. Requests: ``timeout_s`` each, ``max_retries`` on
+    timeouts / 429 / 5xx with backoff from ``backoff_s`` (at most ``max_backoff_s``), at most
+    ``max_concurrency`` at once. Answers are cached in the run folder; ``retry_failed`` asks again
+    the queries whose stored outcome is a failure."""
+
+    rubrics: list[Literal[JUDGE_RUBRICS]] = Field(default_factory=lambda: ["viescore"], min_length=1)  # type: ignore[valid-type]
+    backend: Literal["endpoint", "local"] = "endpoint"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    revision: str | None = None
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    backoff_s: float = Field(default=2.0, ge=0)
+    max_backoff_s: float = Field(default=60.0, ge=0)
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    retry_failed: bool = False
+
+    def measured(self) -> dict[str, Any]:
+        """The settings a judge's answers depend on (what the spec fingerprint keeps)."""
+        return {k: getattr(self, k) for k in ("rubrics", "backend", "model", "base_url", "revision", "sampling")}
+
+
 class MetricsSpec(_Strict):
     """Which metric groups to compute: clip (sim_0/1/direction/image), pixel (l1, psnr, ssim vs the
     input), lpips (vs the input), target (vs the target image, when the data has one), masked
     (pixel and lpips outside the edit mask, when the data has one), dino (DINO similarity to the
-    input and to the target), structure (PIE-Bench structure distance), pie (PIE-Bench background
+    input and to the target), structure (PIE-Bench structure distance), judge (a vision-language judge,
+    ``metrics.judge``), pie (PIE-Bench background
     metrics and CLIP scores; uses the clip and lpips settings), success (the world's exact edit success,
     ``ip2p.metrics.success``: needs items with an exact target and edit mask). See
     ``ip2p.metrics.benchmark_metrics``."""
@@ -167,6 +199,7 @@ class MetricsSpec(_Strict):
     lpips: LpipsMetricSpec = Field(default_factory=LpipsMetricSpec)
     dino: DinoMetricSpec = Field(default_factory=DinoMetricSpec)
     structure: StructureMetricSpec = Field(default_factory=StructureMetricSpec)
+    judge: JudgeMetricSpec = Field(default_factory=JudgeMetricSpec)
 
 
 class BenchmarkSpec(_Strict):
@@ -228,8 +261,10 @@ class ExperimentSpec(_Strict):
             # a group's settings count only when the group is computed (so adding a group's
             # settings to the spec schema leaves the fingerprints of older runs unchanged)
             "metrics": {k: v for k, v in d["metrics"].items()
-                        if k not in ("dino", "structure") or k in d["metrics"]["compute"]},
+                        if k not in ("dino", "structure", "judge") or k in d["metrics"]["compute"]},
         }
+        if "judge" in core["metrics"]:
+            core["metrics"]["judge"] = self.metrics.judge.measured()
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -320,6 +355,18 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
                         f"max_units={spec.max_units:,}; use fewer seeds or settings (or raise max_units / --max-units)")
 
     _check_gate(spec.gate)
+    _check_judge(spec.metrics)
+
+
+def _check_judge(metrics: MetricsSpec) -> None:
+    if "judge" not in metrics.compute:
+        return
+    j = metrics.judge
+    if not j.model:
+        raise SpecError("metrics.judge.model: required when metrics.compute has 'judge' (the endpoint's model name, "
+                        "or a hub id / folder of a local image-text-to-text model)")
+    if j.backend == "endpoint" and not j.base_url:
+        raise SpecError("metrics.judge.base_url: required for backend 'endpoint' (e.g. http://127.0.0.1:8000/v1)")
 
 
 def _check_gate(gate: GateSpec) -> None:

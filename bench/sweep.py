@@ -665,7 +665,9 @@ def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_p
         masks.append(None if m is None else _fit_mask(m, hw, border=bool(ex.metadata.get("mask_border"))))
     t1 = time.time()
     metrics = scorer.score(inputs, edited, [items[u.item_index].input_caption for u in batch],
-                           [items[u.item_index].output_caption for u in batch], targets, masks)
+                           [items[u.item_index].output_caption for u in batch], targets, masks,
+                           instructions=[items[u.item_index].instruction for u in batch],
+                           categories=[items[u.item_index].category for u in batch])
     stats["metric_seconds"] += time.time() - t1
     if spec.dataset.kind == "magicbrush" and scoring_of(spec) == "authors":
         for u, q, met in zip(batch, edited, metrics):

@@ -40,6 +40,7 @@ _COMMAND_MODULES = (
     "bench.cli",
     "bench.profile_cli",
     "bench.regress_cli",
+    "bench.validity_cli",
 )
 
 

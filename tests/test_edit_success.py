@@ -61,6 +61,16 @@ def test_a_change_outside_the_mask_fails():
     assert edit_success(inp, faint, tgt, mask)["edit_success"].item() == 1.0
 
 
+def test_the_band_next_to_the_mask_is_not_outside():
+    inp, tgt, mask = _scene()  # mask rows/cols 4..5
+    ring = tgt.clone()
+    ring[0, :, 3, 3:7] = 0.0  # the 1-pixel band around the mask: a decoder's edge, not counted
+    assert edit_success(inp, ring, tgt, mask)["edit_outside_l1"].item() == 0.0
+    far = tgt.clone()
+    far[0, :, 1, 3:7] = 0.0  # two pixels away: counted
+    assert edit_success(inp, far, tgt, mask)["edit_outside_l1"].item() > 0.0
+
+
 def test_empty_mask_is_missing_and_full_mask_has_no_outside():
     inp, _, _ = _scene()
     empty = torch.zeros(1, 16, 16, dtype=torch.bool)

@@ -7,8 +7,10 @@ differences over pixels and channels in [0, 1]:
 - ``edit_inside_closed`` = 1 - mean_M |output - target| / mean_M |input - target|: the share of the
   distance from input to target that the output closed inside the mask (1 = the exact target,
   0 = the input unchanged, negative = moved away). NaN for an empty mask.
-- ``edit_outside_l1`` = mean_{not M} |output - input|: what the edit changed where it should not
-  (0 = untouched). NaN when the mask covers the whole image.
+- ``edit_outside_l1`` = mean |output - input| over the pixels farther than ``BOUNDARY_PX`` from
+  M (8-neighbourhood): what the edit changed where it should not (0 = untouched). The band next to
+  the mask is left out because any decoder mixes the two sides of an edge there. NaN when nothing
+  is left outside.
 - ``edit_success`` = 1 when ``edit_inside_closed >= 1 - RHO_INSIDE`` and ``edit_outside_l1 <=
   TAU_OUTSIDE`` (an empty outside counts as kept), else 0; NaN when the mask is empty.
 
@@ -24,6 +26,15 @@ decoder's round trip passes, while re-texturing or re-colouring the scene (the f
 showed) fails. A change confined to a small object outside the mask moves ``edit_outside_l1`` by
 about area share x change and may stay under the threshold: the continuous columns keep it.
 
+Calibration (192 test items; ``calibrate``): the exact target scores 1 and identity 0 in every
+category. The shipped world:sd VAE (round-trip L1 0.018, 4.5x the retraining budget) scores 0.55:
+it loses small shapes, so its round trip is not the target. As a stand-in for a decoder within the
+budget, a Gaussian blur of the targets (sigma 0.6 px, L1 0.0039, 8-bit) scores 0.95: 1 in nine
+categories, attribute-colour 0.94 and global-style 0.88 (thin recoloured outlines and stripes that a
+blur erases inside the mask) and background 0.62 (the shapes outside are textured and the blur
+changes their insides). A blur changes every edge and texture, a VAE need not: whether the retrained
+VAE's round trip scores 1 everywhere must be measured on it (``ip2p validity --calibrate``).
+
 ``calibrate`` reports the exact target, a VAE's round trip of it and the identity editor per
 category, so the constants can be rechecked on any VAE (``ip2p validity --calibrate``).
 """
@@ -38,16 +49,19 @@ from ip2p.metrics.checks import check_images, check_mask
 
 RHO_INSIDE = 0.5  # inside the mask, output-to-target error at most this share of input-to-target
 TAU_OUTSIDE = 0.02  # mean absolute change outside the mask, [0, 1] range
+BOUNDARY_PX = 1  # pixels next to the mask (8-neighbourhood) left out of the outside region
 
 SUCCESS_COLUMNS = ("edit_success", "edit_inside_closed", "edit_outside_l1")
 
 SPEC: dict[str, Any] = {
     "edit_inside_closed": "1 - mean_M|output - target| / mean_M|input - target| (M = edit mask, channels averaged)",
-    "edit_outside_l1": "mean over pixels outside M of |output - input| (channels averaged)",
+    "edit_outside_l1": "mean |output - input| (channels averaged) over pixels farther than boundary_px from M "
+                       "(8-neighbourhood)",
     "edit_success": "1 if edit_inside_closed >= 1 - rho_inside and edit_outside_l1 <= tau_outside "
                     "(no outside: kept), else 0; NaN for an empty mask",
     "rho_inside": RHO_INSIDE,
     "tau_outside": TAU_OUTSIDE,
+    "boundary_px": BOUNDARY_PX,
 }
 
 
@@ -57,6 +71,13 @@ def _region_mean(diff: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     total = (diff * w).flatten(1).sum(1)
     count = w.flatten(1).sum(1)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def _dilate(m: torch.Tensor, px: int) -> torch.Tensor:
+    """``m`` grown by ``px`` pixels (8-neighbourhood)."""
+    if px <= 0:
+        return m
+    return torch.nn.functional.max_pool2d(m[:, None].float(), 2 * px + 1, 1, px)[:, 0] > 0
 
 
 def edit_success(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
@@ -76,7 +97,7 @@ def edit_success(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Ten
     gap = _region_mean((x_in - x_t).abs(), m)
     err = _region_mean((x_out - x_t).abs(), m)
     closed = torch.where(gap > 0, 1 - err / gap.clamp(min=1e-12), torch.full_like(gap, float("nan")))
-    outside = _region_mean((x_out - x_in).abs(), ~m)
+    outside = _region_mean((x_out - x_in).abs(), ~_dilate(m, BOUNDARY_PX))
     kept = torch.isnan(outside) | (outside <= tau_outside)
     ok = (closed >= 1 - rho_inside) & kept
     success = torch.where(torch.isnan(closed), closed, ok.double())
@@ -94,7 +115,8 @@ def _by_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
 
 @torch.no_grad()
 def calibrate(split: str = "test", n: int = 192, vae_folder: str | None = None, batch: int = 64) -> dict[str, Any]:
-    """Edit success per category of the exact target, the identity editor and (given a VAE folder)
+    """Edit success per category of the exact target, the identity editor, the targets blurred
+    (sigma 0.6 px: a stand-in for a decoder within the L1 0.004 budget) and (given a VAE folder)
     the VAE round trip (posterior mode, 8-bit) of the targets on ``n`` world items of ``split``."""
     from ip2p.data.world.examples import make_example
 
@@ -103,7 +125,10 @@ def calibrate(split: str = "test", n: int = 192, vae_folder: str | None = None, 
     inp = torch.stack([e.input_image for e in items])
     tgt = torch.stack([e.target_image for e in items])
     masks = torch.stack([e.mask for e in items])
-    candidates = {"exact_target": tgt, "identity": inp}
+    import torchvision.transforms.functional as TF
+
+    blur = (TF.gaussian_blur(tgt, 5, 0.6) * 255).round() / 255  # a stand-in decoder at L1 ~0.004
+    candidates = {"exact_target": tgt, "identity": inp, "blurred_target_sigma0.6": blur}
     if vae_folder is not None:
         from ip2p.models import load_vae
 
@@ -125,4 +150,4 @@ def calibrate(split: str = "test", n: int = 192, vae_folder: str | None = None, 
     return out
 
 
-__all__ = ["edit_success", "calibrate", "RHO_INSIDE", "TAU_OUTSIDE", "SUCCESS_COLUMNS", "SPEC"]
+__all__ = ["edit_success", "calibrate", "RHO_INSIDE", "TAU_OUTSIDE", "BOUNDARY_PX", "SUCCESS_COLUMNS", "SPEC"]

@@ -117,6 +117,22 @@ def _benchmark_columns() -> dict[str, MetricColumn]:
 
 COLUMNS.update(_benchmark_columns())
 
+
+def _judge_columns() -> dict[str, MetricColumn]:
+    """The judge rubrics' columns (``ip2p.metrics.judge``): every score is better higher; tolerance
+    a tenth of a point on the rubric's scale."""
+    from ip2p.metrics.judge.rubrics import RUBRICS, load_rubric
+
+    out = {}
+    for name in RUBRICS:
+        lo, hi = load_rubric(name)["range"]
+        for c in load_rubric(name)["columns"]:
+            out[f"{name}_{c}"] = MetricColumn(f"{name}_{c}", "higher", 0.1, f"judge score {lo}..{hi}")
+    return out
+
+
+COLUMNS.update(_judge_columns())
+
 CLIP_COLUMNS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
 PIXEL_COLUMNS = ("l1", "l2", "psnr", "ssim")
 TARGET_COLUMNS = ("target_l1", "target_l2", "target_lpips", "target_clip_image")
