@@ -84,9 +84,9 @@ def _calibrate(items: int) -> None:
     import json
 
     from ip2p.metrics.success import calibrate
-    from ip2p.world.recipe import SD_DIR
+    from ip2p.models import resolve_source
 
-    typer.echo(json.dumps(calibrate("test", n=items, vae_folder=str(Path(SD_DIR) / "vae")), indent=1))
+    typer.echo(json.dumps(calibrate("test", n=items, vae_folder=str(Path(resolve_source("world:sd")) / "vae")), indent=1))
 
 
 __all__ = ["register", "run_validity"]

@@ -110,7 +110,7 @@ def tiny_vlm(tmp_path_factory):
 def test_local_backend_tiny_qwen2vl_answers_with_provenance_and_caches(tiny_vlm, tmp_path):
     from ip2p.metrics.judge import LocalBackend
     from ip2p.util.hashing import hash_folder
-    from ip2p.world.dataset import make_example
+    from ip2p.data.world.examples import make_example
 
     backend = LocalBackend(str(tiny_vlm))
     calls = []
