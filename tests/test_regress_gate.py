@@ -61,11 +61,13 @@ def _junit(path):
 # ---- metric declarations -------------------------------------------------------------------
 
 def test_every_metric_column_declares_direction_and_tolerance():
-    suite = MetricSuite(clip=object(), lpips=object())  # columns() only asks which parts exist
+    suite = MetricSuite(clip=object(), lpips=object(), success=True)  # columns() only asks which parts exist
     produced = set(suite.columns(captions=True, targets=True, masks=True))
     from ip2p.metrics.benchmark_metrics import DIRECTION as BENCHMARK_DIRECTION
+    from ip2p.metrics.suite import _judge_columns
 
-    assert produced | set(BENCHMARK_DIRECTION) == set(COLUMNS)  # the suite's and the benchmarks' columns
+    # the suite's, the benchmarks' and the judge rubrics' columns
+    assert produced | set(BENCHMARK_DIRECTION) | set(_judge_columns()) == set(COLUMNS)
     assert COLUMNS["clip_sim_0"].better is None  # depends on the input alone
     assert COLUMNS["target_l1"].better == "lower" and COLUMNS["clip_sim_direction"].better == "higher"
     assert all(c.tolerance > 0 for c in COLUMNS.values() if c.better)
