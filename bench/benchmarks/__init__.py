@@ -46,7 +46,8 @@ class Benchmark:
     ``open_items(ds, base_dir, on_bad_row)``: its own opener (None: ``bench.benchmarks.files.open_files``).
     ``views``: its tables (``bench.benchmarks.tables``); ``official_name(item)``: the path its own tools
     expect for an item's output (None: no official names); ``default_metrics``: the metric groups its
-    authors score with (its shipped suite computes them)."""
+    authors score with (its shipped suite computes them); ``authors_rescore``: columns its authors'
+    script computes differently from ours, recomputed under ``scoring: authors``."""
 
     name: str
     split: Literal["spec", "named", "none"] = "named"
@@ -55,6 +56,8 @@ class Benchmark:
     views: Views = per_category
     official_name: Callable[[EditExample], str | None] | None = None
     default_metrics: tuple[str, ...] = ("clip", "pixel")
+    published: bool = False  # a published test set: ``dataset.options.scoring`` chooses authors' or ours
+    authors_rescore: Callable[..., None] | None = None  # (edited, target, metric row) -> row fixed in place
     description: str = ""
 
 

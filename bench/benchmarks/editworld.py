@@ -21,6 +21,6 @@ def official_name(ex: EditExample) -> str | None:
 
 
 EDITWORLD = register_benchmark(Benchmark(
-    "editworld", split="none", views=views, official_name=official_name,
+    "editworld", published=True, split="none", views=views, official_name=official_name,
     default_metrics=("clip", "lpips", "pixel", "target"),
     description="EditWorld: per instruction category and per branch, official file layout"))

@@ -12,5 +12,5 @@ def official_name(ex: EditExample) -> str | None:
 
 
 EMU_EDIT = register_benchmark(Benchmark(
-    "emu_edit", official_name=official_name, default_metrics=("clip", "pixel", "dino"),
+    "emu_edit", published=True, official_name=official_name, default_metrics=("clip", "pixel", "dino"),
     description="Emu Edit test set: per task, official file layout"))

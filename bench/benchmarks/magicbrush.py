@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+import torch
 
 from ip2p.data.types import EditExample
 
@@ -44,7 +46,28 @@ def official_name(ex: EditExample) -> str | None:
     meta = ex.metadata
     return f"{meta['img_id']}/{meta['official_name']}" if "official_name" in meta else None
 
+def authors_target_pixels(edited: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """MagicBrush's ``evaluation/image_eval.py`` L1 and L2 when the edit and the ground truth differ
+    in size: the generated image resized to the ground truth's size with PIL's default filter
+    (bicubic; stretched, no crop), both as ToTensor, then L1Loss / MSELoss (means over all values)."""
+    from PIL import Image
+
+    from ip2p.util.io import tensor_to_pil
+
+    h, w = int(target.shape[-2]), int(target.shape[-1])
+    gen = tensor_to_pil(edited).resize((w, h), Image.Resampling.BICUBIC)
+    g = torch.from_numpy(np.asarray(gen, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    t = target.float()
+    return {"target_l1": float((g - t).abs().mean()), "target_l2": float(((g - t) ** 2).mean())}
+
+
+def authors_rescore(edited: torch.Tensor, target: torch.Tensor | None, met: dict) -> None:
+    """The target pixel columns as the authors' script computes them, where the sizes differ (in place)."""
+    if target is not None and "target_l1" in met and tuple(target.shape[-2:]) != tuple(edited.shape[-2:]):
+        met.update(authors_target_pixels(edited, target))
+
 
 MAGICBRUSH = register_benchmark(Benchmark(
-    "magicbrush", views=views, official_name=official_name, default_metrics=("clip", "pixel", "target", "dino"),
+    "magicbrush", published=True, authors_rescore=authors_rescore, views=views, official_name=official_name,
+    default_metrics=("clip", "pixel", "target", "dino"),
     description="MagicBrush test set: single-turn, per-turn and final-turn tables, official file layout"))

@@ -15,5 +15,6 @@ def official_name(ex: EditExample) -> str | None:
 
 
 PIE_BENCH = register_benchmark(Benchmark(
-    "pie_bench", split="none", official_name=official_name, default_metrics=("pixel", "lpips", "structure", "pie"),
+    "pie_bench", published=True, split="none", official_name=official_name,
+    default_metrics=("pixel", "lpips", "structure", "pie"),
     description="PIE-Bench: per editing type, official file layout"))
