@@ -17,7 +17,7 @@ the spec, versions and weights hash that made it. ``ip2p regress`` then:
             (``bench.aggregate.bootstrap_ci``). REGRESSED when the whole interval lies above the
             metric's tolerance, or when a value the golden has is now missing; improved when it
             lies below minus the tolerance. Direction and default tolerance are declared with the
-            metric (``ip2p.metrics.suite.COLUMNS``); a suite's ``gate`` section may override them.
+            metric (``ip2p.metrics.groups.COLUMNS``); a suite's ``gate`` section may override them.
     report  a table, a JSON report and JUnit XML; exit 0 when the gate holds, 1 on a regression.
 
 The same model run again gives the golden's rows: bit for bit with any process count (batches are

@@ -1,5 +1,9 @@
 """Metrics of a sweep: a spec's ``metrics`` section -> ``ip2p.metrics.MetricSuite``, per batch.
 
+Built-in groups are computed by ``MetricSuite`` and ``BenchmarkMetrics`` (sharing one CLIP and one
+LPIPS); a group a plugin registers with a ``build`` (``ip2p.metrics.groups``) by its own scorer,
+its columns and their declared directions recorded in the rows' ``metric_spec``.
+
 The suite is built once per process; its CLIP embeddings are cached by content in the run
 folder (``<run>/cache/clip_embeddings.sqlite``), so every distinct input image and caption is
 encoded once per run, whatever the number of settings, reruns or processes.
@@ -60,6 +64,7 @@ class Scorer:
                 pie="pie" in metrics.compute, clip=clip if "pie" in metrics.compute else None,
                 lpips=lpips if "pie" in metrics.compute else None)
         self.judge = _build_judge(metrics, device, cache_dir) if "judge" in metrics.compute else None
+        self.plugins = _plugin_groups(metrics, device)
         self._spec = None
 
     def spec(self) -> dict:
@@ -69,6 +74,8 @@ class Scorer:
                 self._spec["benchmark"] = self.benchmark.spec()
             if self.judge is not None:
                 self._spec["judge"] = self.judge.spec()
+            if self.plugins:  # only then: the spec of runs without plugin groups stays as it was
+                self._spec["plugin_groups"] = {name: _plugin_spec(name, fn) for name, fn in self.plugins.items()}
         return self._spec
 
     @torch.no_grad()
@@ -106,6 +113,10 @@ class Scorer:
                 mb = torch.stack([masks[i] for i in idx]) if any_m else None
                 cols.update(self.benchmark(x_in, x_out, t1, targets=tb, masks=mb))
             judged = self._judge(x_in, x_out, idx, instructions, categories)
+            for fn in self.plugins.values():
+                tb = torch.stack([targets[i] for i in idx]) if any_t else None
+                mb = torch.stack([masks[i] for i in idx]) if any_m else None
+                cols.update({k: torch.as_tensor(v).float().cpu() for k, v in fn(x_in, x_out, t0, t1, targets=tb, masks=mb).items()})
             for j, i in enumerate(idx):
                 rows[i] = {k: float(v[j]) for k, v in cols.items()}
                 rows[i].update(judged[j])
@@ -135,3 +146,24 @@ def _build_judge(metrics: MetricsSpec, device: str, cache_dir: str | Path | None
         backend = LocalBackend(j.model, device=device, revision=j.revision)
     cache = None if cache_dir is None else Path(cache_dir) / "judge_answers.sqlite"
     return JudgeMetric(backend, j.rubrics, sampling=j.sampling, cache=cache, retry_failed=j.retry_failed)
+
+def _plugin_groups(metrics: MetricsSpec, device: str) -> dict:
+    """The scorers of the spec's groups that a plugin registered with a ``build`` (``ip2p.metrics.groups``)."""
+    from ip2p.metrics.groups import get_metric_group
+
+    out = {}
+    for name in metrics.compute:
+        group = get_metric_group(name)
+        if group.build is not None:
+            out[name] = group.build(metrics, device)
+    return out
+
+
+def _plugin_spec(name: str, fn) -> dict:
+    """What a plugin group computes with: its columns' directions and tolerances, and its own ``spec()``."""
+    from ip2p.metrics.groups import get_metric_group
+
+    cols = {c.name: {"better": c.better, "tolerance": c.tolerance, "unit": c.unit}
+            for c in get_metric_group(name).columns.values()}
+    own = fn.spec() if callable(getattr(fn, "spec", None)) else {}
+    return {"columns": cols, **own}

@@ -35,8 +35,6 @@ from ip2p.errors import SpecError
 
 SEED_MAX = 2**63 - 1  # seeds are 0..2**63-1 (what torch.Generator().manual_seed takes as a non-negative int64)
 DEFAULT_MAX_UNITS = 1_000_000  # a sweep expanding to more work units is refused (spec field max_units)
-DATASET_KINDS = ("world", "jsonl", "official", "parquet", "emu_edit", "magicbrush", "pie_bench", "editworld")
-METRIC_GROUPS = ("clip", "pixel", "lpips", "target", "masked", "dino", "structure", "pie", "success", "judge")
 JUDGE_RUBRICS = ("viescore", "gedit", "imgedit")
 
 
@@ -75,7 +73,7 @@ class GridRange(_Strict):
 class DatasetSpec(_Strict):
     """Where the items come from. ``kind: world`` uses the small world's split (no path)."""
 
-    kind: Literal[DATASET_KINDS]  # type: ignore[valid-type]
+    kind: str  # a registered dataset kind (ip2p.data.registry), checked after the spec's plugins load
     path: str | None = None
     split: str = "test"
     limit: Int | None = Field(default=None, gt=0)
@@ -192,9 +190,10 @@ class MetricsSpec(_Strict):
     ``metrics.judge``), pie (PIE-Bench background
     metrics and CLIP scores; uses the clip and lpips settings), success (the world's exact edit success,
     ``ip2p.metrics.success``: needs items with an exact target and edit mask). See
-    ``ip2p.metrics.benchmark_metrics``."""
+    ``ip2p.metrics.benchmark_metrics``. A plugin may register more groups (``ip2p.metrics.groups``)."""
 
-    compute: list[Literal[METRIC_GROUPS]] = Field(default_factory=lambda: ["clip", "pixel"])  # type: ignore[valid-type]
+    # registered metric groups (ip2p.metrics.groups), checked after the spec's plugins load
+    compute: list[str] = Field(default_factory=lambda: ["clip", "pixel"])
     clip: ClipMetricSpec = Field(default_factory=ClipMetricSpec)
     lpips: LpipsMetricSpec = Field(default_factory=LpipsMetricSpec)
     dino: DinoMetricSpec = Field(default_factory=DinoMetricSpec)
@@ -217,7 +216,7 @@ class GateSpec(_Strict):
     measurement: changing it never invalidates a golden file).
 
     ``metrics``: the columns gated (default: every column that declares a better direction in
-    ``ip2p.metrics.suite.COLUMNS``); ``tolerance``: per-column overrides of the tolerance declared
+    ``ip2p.metrics.groups.COLUMNS``); ``tolerance``: per-column overrides of the tolerance declared
     there; ``level``: of the bootstrap interval; ``n_boot``: bootstrap resamples."""
 
     metrics: list[str] | None = None
@@ -299,11 +298,13 @@ def _format_validation_error(e: ValidationError) -> str:
 
 def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
     """Checks pydantic cannot express: registry names, knob names and values, grids, seeds, size, paths."""
+    from bench.benchmarks import get_benchmark
     from ip2p.registry import get_method, load_plugins
 
     load_plugins(spec.plugins)
+    _check_registered(spec)
     ds = spec.dataset
-    if ds.kind != "world":
+    if get_benchmark(ds.kind).needs_path:
         if not ds.path:
             raise SpecError(f"dataset.path: required for dataset kind {ds.kind!r}")
         if check_paths and not resolve_data_path(ds.path, base_dir).exists():
@@ -367,6 +368,20 @@ def _check_judge(metrics: MetricsSpec) -> None:
                         "or a hub id / folder of a local image-text-to-text model)")
     if j.backend == "endpoint" and not j.base_url:
         raise SpecError("metrics.judge.base_url: required for backend 'endpoint' (e.g. http://127.0.0.1:8000/v1)")
+
+
+def _check_registered(spec: ExperimentSpec) -> None:
+    """The dataset kind and the metric groups must be registered (built in, or by a plugin)."""
+    from ip2p.data.registry import dataset_kinds
+    from ip2p.metrics.groups import metric_groups
+
+    kinds = dataset_kinds()
+    if spec.dataset.kind not in kinds:
+        raise SpecError(f"dataset.kind: unknown kind {spec.dataset.kind!r}; known: {', '.join(sorted(kinds))}")
+    groups = metric_groups()
+    for j, g in enumerate(spec.metrics.compute):
+        if g not in groups:
+            raise SpecError(f"metrics.compute[{j}]: unknown metric group {g!r}; known: {', '.join(sorted(groups))}")
 
 
 def _check_gate(gate: GateSpec) -> None:

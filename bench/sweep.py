@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -48,7 +47,8 @@ from ip2p.protocol import EditRequest, check_identity
 from ip2p.util.faults import KillSwitch
 from ip2p.util.io import atomic_write_json, atomic_write_text, png_bytes, read_json_or, remove_orphaned_temp_files
 
-from bench.benchmarks import finish_run, turn_chain
+from bench.benchmarks import finish_run, get_benchmark, turn_chain
+from bench.benchmarks.magicbrush import authors_target_pixels as _authors_target_pixels  # noqa: F401  (tests)
 from bench.data import load_items
 from ip2p.registry import get_method
 from ip2p.util.devices import check_device  # noqa: F401  (re-exported for the CLI)
@@ -256,30 +256,14 @@ def _fit_mask(m: torch.Tensor, hw: tuple[int, int], *, border: bool = False) -> 
     return out
 
 
-BENCHMARK_KINDS = ("magicbrush", "pie_bench", "emu_edit", "editworld")
 
 
 def scoring_of(spec: ExperimentSpec) -> str | None:
     """``authors`` (the default) or ``ours`` for a published benchmark (``dataset.options.scoring``),
     None for other data sets."""
-    if spec.dataset.kind not in BENCHMARK_KINDS:
+    if not get_benchmark(spec.dataset.kind).published:
         return None
     return str(spec.dataset.options.get("scoring", "authors"))
-
-
-def _authors_target_pixels(edited: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """MagicBrush's ``evaluation/image_eval.py`` L1 and L2 when the edit and the ground truth differ
-    in size: the generated image resized to the ground truth's size with PIL's default filter
-    (bicubic; stretched, no crop), both as ToTensor, then L1Loss / MSELoss (means over all values)."""
-    from PIL import Image
-
-    from ip2p.util.io import tensor_to_pil
-
-    h, w = int(target.shape[-2]), int(target.shape[-1])
-    gen = tensor_to_pil(edited).resize((w, h), Image.Resampling.BICUBIC)
-    g = torch.from_numpy(np.asarray(gen, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    t = target.float()
-    return {"target_l1": float((g - t).abs().mean()), "target_l2": float(((g - t) ** 2).mean())}
 
 
 def run_sweep(spec: ExperimentSpec, out: str | os.PathLike, *, base_dir: Path | None = None,
@@ -669,11 +653,10 @@ def _rows_for_batch(store, spec, batch, outs, items, images, unit_image, input_p
                            instructions=[items[u.item_index].instruction for u in batch],
                            categories=[items[u.item_index].category for u in batch])
     stats["metric_seconds"] += time.time() - t1
-    if spec.dataset.kind == "magicbrush" and scoring_of(spec) == "authors":
+    rescore = get_benchmark(spec.dataset.kind).authors_rescore  # a benchmark scored as its authors score it
+    if rescore is not None and scoring_of(spec) == "authors":
         for u, q, met in zip(batch, edited, metrics):
-            t = images.target(u.item_index)
-            if t is not None and "target_l1" in met and tuple(t.shape[-2:]) != tuple(q.shape[-2:]):
-                met.update(_authors_target_pixels(q, t))
+            rescore(q, images.target(u.item_index), met)
     identity_json = json.dumps(identity, sort_keys=True, default=str)
     metric_spec = json.dumps(scorer.spec(), sort_keys=True, default=str)
     model_hash = identity_hash(identity)

@@ -38,6 +38,7 @@ from ip2p.metrics import pixel
 from ip2p.metrics.checks import check_images, check_mask, check_same_shape
 from ip2p.metrics.dino import DIRECTION as DINO_DIRECTION
 from ip2p.metrics.dino import DinoViT, dino_similarity, structure_distance
+from ip2p.metrics.groups import MetricColumn, register_metric_group
 
 PIE_COLUMNS = ("pie_psnr_unedit", "pie_mse_unedit", "pie_ssim_unedit", "pie_lpips_unedit", "pie_clip_whole", "pie_clip_edited")
 TEXT_COLUMNS = ("pie_clip_whole", "pie_clip_edited")
@@ -46,6 +47,17 @@ DIRECTION = {
     "pie_psnr_unedit": "higher", "pie_mse_unedit": "lower", "pie_ssim_unedit": "higher", "pie_lpips_unedit": "lower",
     "pie_clip_whole": "higher", "pie_clip_edited": "higher", **DINO_DIRECTION,
 }
+# default tolerances (ip2p.metrics.groups): 0.01 of a similarity, 0.2 dB, 0.005 of SSIM and LPIPS,
+# one point of PIE-Bench's CLIP score (a cosine x 100)
+TOLERANCE = {"dino_image": 0.01, "target_dino": 0.01, "structure_distance": 0.0005,
+             "pie_psnr_unedit": 0.2, "pie_mse_unedit": 0.0005, "pie_ssim_unedit": 0.005,
+             "pie_lpips_unedit": 0.005, "pie_clip_whole": 1.0, "pie_clip_edited": 1.0}
+for _group, _cols, _about in (
+        ("pie", PIE_COLUMNS, "PIE-Bench background metrics and CLIP scores (uses the clip and lpips settings)"),
+        ("dino", ("dino_image", "target_dino"), "DINO similarity to the input and to the target (MagicBrush, Emu Edit)"),
+        ("structure", ("structure_distance",), "PIE-Bench structure distance")):
+    register_metric_group(_group, columns=[MetricColumn(c, DIRECTION[c], TOLERANCE[c], "benchmark metric") for c in _cols],
+                          description=_about, replace=True)
 
 
 def _keep(reference: torch.Tensor, image: torch.Tensor, mask: torch.Tensor):

@@ -34,7 +34,8 @@ caption, e.g. EditWorld's) is NaN, never a similarity to the empty string: ``cli
 input caption, ``clip_sim_1`` the output caption, ``clip_sim_direction`` both. The harness counts
 and names such missing values (``missing_metrics`` in each result row).
 
-Each column also declares, in ``COLUMNS``, which direction is better and the smallest change
+Each column also declares, in its group's registration (``ip2p.metrics.groups``; all of them in
+``COLUMNS``), which direction is better and the smallest change
 that counts (its tolerance, in the column's own units); the regression gate (``bench.regress``)
 reads both from there. Columns against the input (``l1``, ``psnr``, ``clip_sim_image``, ...)
 measure how much of the input an edit keeps, so "better" means closer to the input, the paper's
@@ -43,14 +44,14 @@ image-consistency axis; ``clip_sim_0`` depends on the input alone and has no dir
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ip2p.metrics import pixel
 from ip2p.metrics.checks import check_images
 from ip2p.metrics.clip_similarity import ClipSimilarity
+from ip2p.metrics.groups import COLUMNS, MetricColumn, register_metric_group  # noqa: F401  (COLUMNS, MetricColumn: re-exported)
 from ip2p.metrics.lpips_metric import LPIPS
 from ip2p.metrics.success import SPEC as SUCCESS_SPEC
 from ip2p.metrics.success import SUCCESS_COLUMNS, edit_success
@@ -58,64 +59,47 @@ from ip2p.util.hashing import hash_bytes
 
 
 
-@dataclass(frozen=True)
-class MetricColumn:
-    """What a metric column means for a comparison of two models.
-
-    ``better``: ``"higher"``, ``"lower"`` or None (the value does not depend on the edit, so no
-    model can do better or worse on it). ``tolerance``: the default change a regression gate
-    treats as negligible, in the column's units (a project may override it per suite).
-    """
-
-    name: str
-    better: Literal["higher", "lower"] | None
-    tolerance: float
-    unit: str
+CLIP_COLUMNS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
+PIXEL_COLUMNS = ("l1", "l2", "psnr", "ssim")
+TARGET_COLUMNS = ("target_l1", "target_l2", "target_lpips", "target_clip_image")
+MASK_COLUMNS = ("masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside")
 
 
-def _col(name: str, better: Literal["higher", "lower"] | None, tolerance: float, unit: str) -> tuple[str, MetricColumn]:
-    return name, MetricColumn(name, better, tolerance, unit)
-
-
-# Tolerances: 0.01 of a cosine similarity; half a grey level (0.002 of the [0, 1] range) of a mean
-# absolute error; 0.2 dB of PSNR; 0.005 of SSIM and of LPIPS.
-COLUMNS: dict[str, MetricColumn] = dict([
-    _col("clip_sim_0", None, 0.0, "cosine"),
-    _col("clip_sim_1", "higher", 0.01, "cosine"),
-    _col("clip_sim_direction", "higher", 0.01, "cosine"),
-    _col("clip_sim_image", "higher", 0.01, "cosine"),
-    _col("lpips", "lower", 0.005, "LPIPS"),
-    _col("l1", "lower", 0.002, "[0,1] range"),
-    _col("l2", "lower", 0.0005, "[0,1] range squared"),
-    _col("psnr", "higher", 0.2, "dB"),
-    _col("ssim", "higher", 0.005, "SSIM"),
-    _col("target_l1", "lower", 0.002, "[0,1] range"),
-    _col("target_l2", "lower", 0.0005, "[0,1] range squared"),
-    _col("target_lpips", "lower", 0.005, "LPIPS"),
-    _col("target_clip_image", "higher", 0.01, "cosine"),
-    _col("masked_l1_outside", "lower", 0.002, "[0,1] range"),
-    _col("masked_psnr_outside", "higher", 0.2, "dB"),
-    _col("masked_ssim_outside", "higher", 0.005, "SSIM"),
-    _col("masked_lpips_outside", "lower", 0.005, "LPIPS"),
-    _col("edit_success", "higher", 0.02, "share of items"),
-    _col("edit_inside_closed", "higher", 0.01, "share of the edit"),
-    _col("edit_outside_l1", "lower", 0.002, "[0,1] range"),
-])
-# the published benchmarks' columns declare their direction beside their definitions
-# (ip2p.metrics.dino, ip2p.metrics.benchmark_metrics); their default tolerances by unit:
-_BENCHMARK_TOLERANCE = {"dino_image": 0.01, "target_dino": 0.01, "structure_distance": 0.0005,
-                        "pie_psnr_unedit": 0.2, "pie_mse_unedit": 0.0005, "pie_ssim_unedit": 0.005,
-                        "pie_lpips_unedit": 0.005, "pie_clip_whole": 1.0, "pie_clip_edited": 1.0}
-
-
-def _benchmark_columns() -> dict[str, MetricColumn]:
-    from ip2p.metrics.benchmark_metrics import DIRECTION
-
-    return {name: MetricColumn(name, better, _BENCHMARK_TOLERANCE.get(name, 0.01), "benchmark metric")
-            for name, better in DIRECTION.items()}
-
-
-COLUMNS.update(_benchmark_columns())
+# Each built-in group with its columns' directions and tolerances (ip2p.metrics.groups). Tolerances:
+# 0.01 of a cosine similarity; half a grey level (0.002 of the [0, 1] range) of a mean absolute
+# error; 0.2 dB of PSNR; 0.005 of SSIM and of LPIPS.
+register_metric_group("clip", columns=[
+    ("clip_sim_0", None, 0.0, "cosine"),
+    ("clip_sim_1", "higher", 0.01, "cosine"),
+    ("clip_sim_direction", "higher", 0.01, "cosine"),
+    ("clip_sim_image", "higher", 0.01, "cosine"),
+], description="CLIP similarities (sim_0/1/direction/image)", replace=True)
+register_metric_group("lpips", columns=[("lpips", "lower", 0.005, "LPIPS")],
+                      description="LPIPS against the input", replace=True)
+register_metric_group("pixel", columns=[
+    ("l1", "lower", 0.002, "[0,1] range"),
+    ("l2", "lower", 0.0005, "[0,1] range squared"),
+    ("psnr", "higher", 0.2, "dB"),
+    ("ssim", "higher", 0.005, "SSIM"),
+], description="l1, l2, psnr, ssim against the input", replace=True)
+register_metric_group("target", columns=[
+    ("target_l1", "lower", 0.002, "[0,1] range"),
+    ("target_l2", "lower", 0.0005, "[0,1] range squared"),
+    ("target_lpips", "lower", 0.005, "LPIPS"),
+    ("target_clip_image", "higher", 0.01, "cosine"),
+], description="against the target image, when the data has one", replace=True)
+register_metric_group("masked", columns=[
+    ("masked_l1_outside", "lower", 0.002, "[0,1] range"),
+    ("masked_psnr_outside", "higher", 0.2, "dB"),
+    ("masked_ssim_outside", "higher", 0.005, "SSIM"),
+    ("masked_lpips_outside", "lower", 0.005, "LPIPS"),
+], description="pixel and lpips outside the edit mask, when the data has one", replace=True)
+register_metric_group("success", columns=[
+    ("edit_success", "higher", 0.02, "share of items"),
+    ("edit_inside_closed", "higher", 0.01, "share of the edit"),
+    ("edit_outside_l1", "lower", 0.002, "[0,1] range"),
+], description="the world's exact edit success (ip2p.metrics.success)", replace=True)
+import ip2p.metrics.benchmark_metrics  # noqa: E402,F401  (registers the published benchmarks' groups)
 
 
 def _judge_columns() -> dict[str, MetricColumn]:
@@ -131,12 +115,9 @@ def _judge_columns() -> dict[str, MetricColumn]:
     return out
 
 
-COLUMNS.update(_judge_columns())
-
-CLIP_COLUMNS = ("clip_sim_0", "clip_sim_1", "clip_sim_direction", "clip_sim_image")
-PIXEL_COLUMNS = ("l1", "l2", "psnr", "ssim")
-TARGET_COLUMNS = ("target_l1", "target_l2", "target_lpips", "target_clip_image")
-MASK_COLUMNS = ("masked_l1_outside", "masked_psnr_outside", "masked_ssim_outside", "masked_lpips_outside")
+# computed by the harness's scorer (bench.scoring) with the spec's metrics.judge section
+register_metric_group("judge", columns=list(_judge_columns().values()),
+                      description="vision-language judge rubrics (ip2p.metrics.judge)", replace=True)
 
 _PIXEL_SPEC = {
     "data_range": 1.0,
