@@ -296,6 +296,22 @@ def _format_validation_error(e: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _check_grid_sizes(m, sizes: dict[str, int], where: str, max_units: int) -> None:
+    """Each swept knob of method ``m``: not also fixed, a finite non-empty range, at most ``max_units`` values."""
+    for knob, n in sizes.items():
+        path = f"{where}.grid.{knob}"
+        if knob in m.knobs:
+            raise SpecError(f"{path}: knob {knob!r} is both fixed (knobs) and swept (grid); keep one")
+        rng = m.grid[knob]
+        if isinstance(rng, GridRange) and not all(map(math.isfinite, (rng.start, rng.stop, rng.step))):
+            raise SpecError(f"{path}: start, stop and step must be finite numbers, got {rng.start}, {rng.stop}, {rng.step}")
+        if n == 0:
+            raise SpecError(f"{path}: empty grid (give at least one value; a range needs step > 0 and stop >= start)")
+        if n > max_units:
+            raise SpecError(f"{path}: the grid has {n:,} values, more than max_units={max_units:,}; "
+                            "use a larger step or fewer values (or raise max_units in the spec / --max-units)")
+
+
 def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: bool = True) -> None:
     """Checks pydantic cannot express: registry names, knob names and values, grids, seeds, size, paths."""
     from bench.benchmarks import get_benchmark
@@ -326,18 +342,7 @@ def _check_semantics(spec: ExperimentSpec, base_dir: Path | None, check_paths: b
         for knob, value in m.knobs.items():
             _check_knob(info, knob, value, f"{where}.knobs.{knob}")
         sizes = m.grid_sizes()  # counted first: a range of a billion values is never listed
-        for knob, n in sizes.items():
-            path = f"{where}.grid.{knob}"
-            if knob in m.knobs:
-                raise SpecError(f"{path}: knob {knob!r} is both fixed (knobs) and swept (grid); keep one")
-            rng = m.grid[knob]
-            if isinstance(rng, GridRange) and not all(map(math.isfinite, (rng.start, rng.stop, rng.step))):
-                raise SpecError(f"{path}: start, stop and step must be finite numbers, got {rng.start}, {rng.stop}, {rng.step}")
-            if n == 0:
-                raise SpecError(f"{path}: empty grid (give at least one value; a range needs step > 0 and stop >= start)")
-            if n > spec.max_units:
-                raise SpecError(f"{path}: the grid has {n:,} values, more than max_units={spec.max_units:,}; "
-                                "use a larger step or fewer values (or raise max_units in the spec / --max-units)")
+        _check_grid_sizes(m, sizes, where, spec.max_units)
         n_settings = math.prod(sizes.values())
         if n_settings > spec.max_units:
             detail = " x ".join(f"{k} {n:,}" for k, n in sizes.items())
