@@ -104,7 +104,8 @@ def edit_success(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Ten
     return {"edit_success": success.float(), "edit_inside_closed": closed.float(), "edit_outside_l1": outside.float()}
 
 
-def _by_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
+def mean_by_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
+    """Mean of ``values`` per category (NaNs left out; NaN for a category with no value)."""
     out = {}
     for c in sorted(set(cats)):
         v = values[[i for i, k in enumerate(cats) if k == c]]
@@ -146,8 +147,8 @@ def calibrate(split: str = "test", n: int = 192, vae_folder: str | None = None, 
             continue
         cols = edit_success(inp, x, tgt, masks)
         s = cols["edit_success"]
-        out["scores"][name] = {"overall": float(s[~torch.isnan(s)].mean()), "by_category": _by_category(s, cats)}
+        out["scores"][name] = {"overall": float(s[~torch.isnan(s)].mean()), "by_category": mean_by_category(s, cats)}
     return out
 
 
-__all__ = ["edit_success", "calibrate", "RHO_INSIDE", "TAU_OUTSIDE", "BOUNDARY_PX", "SUCCESS_COLUMNS", "SPEC"]
+__all__ = ["edit_success", "calibrate", "mean_by_category", "RHO_INSIDE", "TAU_OUTSIDE", "BOUNDARY_PX", "SUCCESS_COLUMNS", "SPEC"]

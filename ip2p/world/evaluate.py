@@ -170,14 +170,9 @@ def _edit_all(folder: str | Path, items, steps: int, image_guidance: float, text
 
 
 def _per_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
-    import math
+    from ip2p.metrics.success import mean_by_category
 
-    out = {}
-    for c in sorted(set(cats)):
-        v = values[[i for i, k in enumerate(cats) if k == c]].double()
-        v = v[~torch.isnan(v)]
-        out[c] = round(float(v.mean()), 5) if len(v) else math.nan
-    return out
+    return {c: round(v, 5) for c, v in mean_by_category(values.double(), cats).items()}
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ip2p.util.io import atomic_write_json
+from ip2p.util.io import atomic_write_bytes, atomic_write_json
 from ip2p.data.world.examples import caption_scene, scene_seed, to_tensor
 from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, caption, render
 
@@ -86,3 +86,25 @@ def load_record(folder: str | Path) -> dict:
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> dict | None:
+    """The newest ``checkpoint-<step>.pt`` of a recipe's run folder, loaded; None when there is none."""
+    cks = _checkpoints(Path(run_dir))
+    return torch.load(cks[-1], map_location="cpu", weights_only=False) if cks else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> None:
+    """Write ``state`` (plus the step and torch's global RNG state) as ``checkpoint-<step>.pt``,
+    atomically, and keep only the newest ``keep`` checkpoints."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"step": step, "torch_rng": torch.get_rng_state(), **state}, buf)
+    atomic_write_bytes(Path(run_dir) / f"checkpoint-{step}.pt", buf.getvalue())
+    for old in _checkpoints(Path(run_dir))[:-keep]:
+        old.unlink()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ip2p.world.recipe import SD_DIR, RunRecord, n_params, setup
+from ip2p.world.recipe import SD_DIR, RunRecord, latest_checkpoint, n_params, save_checkpoint, setup
 from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, caption
 from ip2p.data.world.examples import caption_scene
 from ip2p.data.world.scenes import render
@@ -171,18 +171,6 @@ def _latents(vae, run_dir: Path, n_images: int, seed: int):
     return mean, std, scenes
 
 
-def _checkpoint(run_dir: Path, step: int, models, opt, sched, gen, rng, wall_s: float, keep: int = 2) -> None:
-    from ip2p.util.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save({"step": step, "models": [m.state_dict() for m in models], "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "wall_s": wall_s}, buf)
-    atomic_write_bytes(run_dir / f"checkpoint-{step}.pt", buf.getvalue())
-    for old in sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-keep]:
-        old.unlink()
-
-
 @dataclass
 class SDRun:
     """Everything one world:sd training run holds: models, EMA copies, optimiser, RNGs, the latent pool."""
@@ -225,10 +213,9 @@ def _build_run(out: Path, run_dir: Path, *, steps: int, lr: float, n_images: int
 
 def _resume(run: SDRun, run_dir: Path) -> tuple[int, float]:
     """Load the newest checkpoint of ``run_dir`` into ``run``; (step, wall seconds so far)."""
-    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not cks:
+    st = latest_checkpoint(run_dir)
+    if st is None:
         return 0, 0.0
-    st = torch.load(cks[-1], map_location="cpu", weights_only=False)
     for m, sd in zip([run.unet, run.text_encoder, *run.ema], st["models"]):
         m.load_state_dict(sd)
     run.opt.load_state_dict(st["opt"])
@@ -321,8 +308,10 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
         done = step + 1
         over = time_limit_minutes is not None and time.time() - t_run > 60 * time_limit_minutes
         if done % checkpoint_every == 0 or done == steps or over:
-            _checkpoint(run_dir, done, [run.unet, run.text_encoder, *run.ema], run.opt, run.sched, gen, run.rng,
-                        prior_wall + time.time() - t_run)
+            save_checkpoint(run_dir, done, {
+                "models": [m.state_dict() for m in (run.unet, run.text_encoder, *run.ema)], "opt": run.opt.state_dict(),
+                "sched": run.sched.state_dict(), "gen": gen.get_state(), "rng": run.rng.bit_generator.state,
+                "wall_s": prior_wall + time.time() - t_run})
         if over and done < steps:
             print(f"time limit: stopped at step {done} of {steps}; rerun the same command to continue")
             return None

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ip2p.world.recipe import SD_DIR, RunRecord, caption_batch, n_params, setup
+from ip2p.world.recipe import SD_DIR, RunRecord, caption_batch, latest_checkpoint, n_params, save_checkpoint, setup
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -117,25 +117,6 @@ def _lr_lambda(steps: int, warmup: int = 100):
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    return cks[-1] if cks else None
-
-
-def _save_checkpoint(run_dir: Path, step: int, vae, opt, sched, gen, wall_s: float, keep: int = 2) -> None:
-    from ip2p.util.io import atomic_write_bytes
-
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"step": step, "model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "wall_s": wall_s}, buf)
-    atomic_write_bytes(run_dir / f"checkpoint-{step}.pt", buf.getvalue())
-    cks = sorted(run_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    for old in cks[:-keep]:
-        old.unlink()
-
-
 def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"), steps: int = 3000, batch: int = 32,
               lr: float = 8e-4, seed: int = 0, checkpoint_every: int = 250,
               bf16: bool = True, threads: int | None = None, eval_n: int = 192,
@@ -161,9 +142,8 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     start, prior_wall, t_run = 0, 0.0, time.time()
-    ck = _latest_checkpoint(run_dir)
-    if ck is not None:
-        state = torch.load(ck, map_location="cpu", weights_only=False)
+    state = latest_checkpoint(run_dir)
+    if state is not None:
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -188,7 +168,9 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{(rec - x).abs().mean().item() / 2:.4f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(run_dir, step + 1, vae, opt, sched, gen, prior_wall + time.time() - t_run)
+            save_checkpoint(run_dir, step + 1, {"model": vae.state_dict(), "opt": opt.state_dict(),
+                                                "sched": sched.state_dict(), "gen": gen.get_state(),
+                                                "wall_s": prior_wall + time.time() - t_run})
     vae.eval()
     return finish_vae(vae, out, record, gen, seed, eval_n)
 
@@ -209,13 +191,3 @@ def finish_vae(vae, out: Path, record: RunRecord, gen: torch.Generator, seed: in
     return record.save(out, parameters=n_params(vae), scaling_factor=scaling, posterior_std_before=std_before,
                        posterior_std_after=std_after, roundtrip_test_targets=figures,
                        roundtrip_train_targets=roundtrip_l1(vae, "train", n=eval_n))
-
-
-if __name__ == "__main__":  # pragma: no cover - `ip2p world train-vae` is the entry point
-    import sys
-
-    t = time.time()
-    init = Path(sys.argv[5]) if len(sys.argv) > 5 else None
-    print(train_vae(out=Path(sys.argv[1]), run_dir=Path(sys.argv[2]), steps=int(sys.argv[3]),
-                    lr=float(sys.argv[4]) if len(sys.argv) > 4 else 8e-4, init_checkpoint=init))
-    print("wall", time.time() - t)
