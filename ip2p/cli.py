@@ -1,6 +1,13 @@
 """The `ip2p` command line. Sub-packages add their commands through `register(app)` hooks,
-so each area (editing, training, the world, the harness) owns its own commands."""
+so each area (editing, training, the world, the harness) owns its own commands.
+The program starts in `ip2p.launch.run` (also under `python -m ip2p.cli`), which guards loading."""
 from __future__ import annotations
+
+if __name__ == "__main__":  # `python -m ip2p.cli`: start through the guarded entry point, like `ip2p`
+    from ip2p.launch import run
+
+    run()
+    raise SystemExit(0)
 
 import errno
 import importlib
@@ -9,6 +16,7 @@ import sys
 import typer
 
 from ip2p.errors import Ip2pError
+from ip2p.launch import INTERRUPT_LINE, INTERRUPTED
 
 app = typer.Typer(
     add_completion=False,
@@ -16,16 +24,20 @@ app = typer.Typer(
     help="ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports.",
 )
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from ip2p import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports."""
 
 
 # Modules that contribute commands; each defines `register(app: typer.Typer) -> None`.
@@ -55,13 +67,7 @@ def _register_all() -> None:
         mod.register(app)
 
 
-try:
-    _register_all()
-except KeyboardInterrupt:  # Ctrl-C while the commands load: the same one line and status as later
-    if __name__ != "__main__":
-        raise
-    sys.stderr.write("interrupted (SIGINT): stopped; rerun the same command to resume\n")
-    sys.exit(130)
+_register_all()  # a Ctrl-C in here is caught by ip2p.launch.run: one line, status 130
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -91,14 +97,13 @@ def _usage_line(e) -> str:
     return f"error: {command}: {one_line(e.format_message())} (see `{command} --help`)"
 
 
-INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
 
 # Errors of the environment, not of the code: a full disk, a read-only or forbidden place.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _interrupted() -> None:
-    typer.secho("interrupted (SIGINT): stopped; rerun the same command to resume", fg=typer.colors.RED, err=True)
+    typer.secho(INTERRUPT_LINE, fg=typer.colors.RED, err=True)
     sys.exit(INTERRUPTED)
 
 
@@ -150,6 +155,3 @@ def _exit_with(rv) -> None:
         _interrupted()
     sys.exit(rv)
 
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> tu
     """SIGINT to ``proc`` once ``ready()`` holds (or it ended); (exit status, stderr)."""
     t0 = time.time()
     while not ready() and proc.poll() is None and time.time() - t0 < timeout:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, f"ended before the interrupt: {proc.communicate()}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -81,13 +81,24 @@ def test_ctrl_c_in_regress_exits_130_and_reports_interrupted(tmp_path):
     assert "errors=\"1\"" in (run / "regress.junit.xml").read_text()
 
 
-@pytest.mark.parametrize("delay", [0.5, 6.0])  # while the commands load, and while the model runs
-def test_ctrl_c_in_edit_exits_130_with_one_line(tmp_path, delay):
+def _loading_torch(pid: int) -> bool:
+    """True once torch's library is mapped into the process: the commands are loading (importing
+    torch takes seconds), and no command has started. A fixed delay cannot say this on a loaded
+    machine: there 0.5 s can still be Python's own start-up."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # no /proc (not Linux): the process has at least started
+        return True
+
+
+@pytest.mark.parametrize("when", ["loading", "running"])  # while the commands load, and while the model runs
+def test_ctrl_c_in_edit_exits_130_with_one_line(tmp_path, when):
     Image.new("RGB", (64, 64), (10, 20, 30)).save(tmp_path / "in.png")
     proc = _start(["edit", "in.png", "-i", "make it red", "--model", "tiny", "--steps", "5000", "--device", "cpu"],
                   tmp_path)
     t0 = time.time()
-    rc, err = _interrupt_when(proc, lambda: time.time() - t0 > delay)
+    ready = (lambda: _loading_torch(proc.pid)) if when == "loading" else (lambda: time.time() - t0 > 6.0)
+    rc, err = _interrupt_when(proc, ready)
     assert rc == 130
     _one_interrupt_line(err)
     assert not (tmp_path / "in_edited.png").exists()
@@ -169,3 +180,14 @@ def test_regress_exits_2_on_a_golden_with_nan_values(tmp_path):
     golden.write_text(json.dumps(doc))
     rep = run_regress(spec, golden, out=tmp_path / "run", progress=False)
     assert rep.exit_code == EXIT_COULD_NOT_RUN and "column list lacks" in rep.message
+
+
+@pytest.mark.parametrize("entry", [["-m", "ip2p"], ["-m", "ip2p.cli"]])
+def test_version_through_each_entry_point(tmp_path, entry):
+    """`ip2p --version` prints the package's version and exits 0 (no command needed)."""
+    from ip2p import __version__
+
+    r = subprocess.run([sys.executable, *entry, "--version"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == __version__

@@ -1,0 +1,23 @@
+"""The program's entry point (the ``ip2p`` console script, ``python -m ip2p`` and ``python -m ip2p.cli``).
+
+Loading the commands imports torch and takes seconds; a Ctrl-C in that time must end the same way
+as one while a command runs: one line on stderr and exit status 130, never a traceback or a death
+by signal. So the entry point imports nothing before its guard: only Python's own start-up (tens of
+milliseconds, before any of this code exists) is outside it."""
+from __future__ import annotations
+
+import sys
+
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+INTERRUPT_LINE = "interrupted (SIGINT): stopped; rerun the same command to resume"
+
+
+def run() -> None:
+    """Load the CLI and run it; Ctrl-C at any point is one line and exit status 130."""
+    try:
+        from ip2p.cli import main
+
+        main()
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPT_LINE + "\n")
+        sys.exit(INTERRUPTED)
