@@ -1,4 +1,5 @@
-"""The items of a sweep: a spec's ``dataset`` section opened through ``ip2p.data.open_dataset``.
+"""The items of a sweep: a spec's ``dataset`` section opened through ``ip2p.data.open_dataset``,
+and their images as the sweep reads them (a bounded cache; unreadable items skipped or refused).
 
 Each dataset kind opens as its benchmark record says (``bench.benchmarks``): ``limit`` keeps the
 first N items of the small world's split (its items are generated in order) and, for files, a
@@ -6,12 +7,18 @@ deterministic subset of N that stays stable when the test set grows.
 """
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from pathlib import Path
 
+import torch
+
 from ip2p.data.types import EditExample
-from ip2p.errors import DataRowError
+from ip2p.errors import DataRowError, ImageReadError
 
 from bench.spec import DatasetSpec
+
+log = logging.getLogger("ip2p.bench")
 
 
 def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str = "raise",
@@ -34,3 +41,59 @@ def load_items(ds: DatasetSpec, base_dir: Path | None = None, *, on_bad_row: str
                                "result rows are keyed by item id")
         seen[ex.item_id] = ex.source
     return items
+
+
+class ItemImages:
+    """Images of recent items (input, target, mask; loaded lazily from the readers), a few
+    hundred items at most. A row whose image cannot be read raises ``DataRowError`` naming the
+    item and the field. ``images(i)`` is item i's input image."""
+
+    def __init__(self, items, capacity: int = 256):
+        self.items, self.capacity = items, capacity
+        self._d: OrderedDict[int, tuple] = OrderedDict()
+
+    def entry(self, index: int) -> tuple:
+        if index not in self._d:
+            ex = self.items[index]
+            loaded = []
+            for field_name, load in (("input_image", ex.load_input), ("target_image", ex.load_target),
+                                     ("mask", ex.load_mask)):
+                try:
+                    loaded.append(load())
+                except (ImageReadError, DataRowError, ValueError, OSError) as e:
+                    raise DataRowError(f"{ex.source or ex.item_id}: field {field_name!r}: {e}") from e
+            self._d[index] = tuple(loaded)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)
+        self._d.move_to_end(index)
+        return self._d[index]
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return self.entry(index)[0]
+
+    def target(self, index: int) -> torch.Tensor | None:
+        return self.entry(index)[1]
+
+    def mask(self, index: int) -> torch.Tensor | None:
+        return self.entry(index)[2]
+
+
+def drop_unreadable_items(batch, images: ItemImages, on_bad_row: str, skipped: set, stats: dict):
+    """The batch without units whose item's images cannot be read now (``on_bad_row="skip"``,
+    each such item logged once and counted in ``stats["bad_rows"]``); under "raise" the
+    ``DataRowError`` naming item and field."""
+    keep = []
+    for u in batch:
+        if u.item_index in skipped:
+            continue
+        try:
+            images.entry(u.item_index)
+        except DataRowError as e:
+            if on_bad_row != "skip":
+                raise DataRowError(f"{e} (pass --on-bad-row skip to skip such rows)") from e
+            skipped.add(u.item_index)
+            stats["bad_rows"].append(str(e))
+            log.warning("skipping bad row: %s", e)
+            continue
+        keep.append(u)
+    return keep

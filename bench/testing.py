@@ -144,7 +144,7 @@ class faulty_instructpix2pix:
         self.fault = fault
 
     def __enter__(self):
-        from bench import sweep
+        from bench.editors import clear_editor_cache
         from ip2p.registry import get_method, register_method
         from ip2p.models import load_components
 
@@ -154,18 +154,18 @@ class faulty_instructpix2pix:
         def factory(model=None, device=None, **options):
             return cls(load_components(model or "world:ip2p"), device=device, **options)
 
-        sweep._EDITORS.clear()
+        clear_editor_cache()
         register_method("instructpix2pix", factory, self.info.knobs, default_model=self.info.default_model,
                         description=f"InstructPix2Pix with a deliberate fault: {FAULTS[self.fault]}", replace=True)
         return self
 
     def __exit__(self, *exc):
-        from bench import sweep
+        from bench.editors import clear_editor_cache
         from ip2p.registry import register_method
 
         i = self.info
         register_method(i.name, i.factory, i.knobs, default_model=i.default_model, description=i.description,
                         demo_model=i.demo_model, demo_grid=i.demo_grid, demo_knobs=i.demo_knobs,
                         curve_knob=i.curve_knob, replace=True)
-        sweep._EDITORS.clear()
+        clear_editor_cache()
         return False

@@ -19,7 +19,9 @@ from PIL import Image
 
 from bench.spec import parse_spec
 from bench.store import load_results
-from bench.sweep import _authors_target_pixels, _fit_mask, run_sweep
+from bench.benchmarks.magicbrush import authors_target_pixels as _authors_target_pixels
+from bench.rows import _fit_mask
+from bench.sweep import run_sweep
 from ip2p.data import open_dataset
 from ip2p.data.registry import resolve_spec
 from ip2p.data.testsets import decode_pie_mask, encode_pie_mask

@@ -91,7 +91,7 @@ def test_the_same_spec_runs_while_another_sweep_of_it_holds_the_folder(tmp_path)
     with store.mutex():
         other = store.hold_active()  # a sweep of this folder is running
     try:
-        from bench.sweep import prepare_run_folder
+        from bench.run_folder import prepare_run_folder
 
         prepare_run_folder(store, spec, 0).close()  # it registered its spec, as a running sweep does
         assert run_sweep(spec, run, progress=False).units_run == 4

@@ -89,9 +89,9 @@ def test_results_of_other_weights_are_not_extended(tmp_path, clip_dir):
     assert run_sweep(parse_spec(spec), run, progress=False).units_run == 12
     assert run_sweep(parse_spec(spec), run, progress=False).units_run == 0  # same weights: reused
     tiny_pipe(seed=1).save_pretrained(str(folder))  # other weights, same folder name
-    from bench import sweep
+    from bench.editors import clear_editor_cache
 
-    sweep._EDITORS.clear()
+    clear_editor_cache()
     with pytest.raises(SpecError, match="weights"):
         run_sweep(parse_spec(spec), run, progress=False)
     assert len(load_results(run)) == 12  # nothing stored is lost

@@ -43,7 +43,7 @@ def _say(msg: str) -> None:
 
 def build_pool(spec: AblationSpec, out: Path, timings: Timings) -> dict:
     """Generate (or complete) the pool, then compute its similarities and filter it."""
-    from bench.sweep import pick_device
+    from bench.distributed import pick_device
     from ip2p.data.cli import _dtype
     from ip2p.data.filtering import ClipFilter
     from ip2p.data.pair_filter import filter_pairs

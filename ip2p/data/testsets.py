@@ -305,7 +305,7 @@ def read_pie_bench(location: str, *, split: str | None, bad: BadRowLog, pie_bord
             mask=mask,
             category=PIE_EDIT_TYPES.get(type_id, f"type_{type_id}"),
             # the border evaluate.py marks edited stays the image's outermost rows and columns at
-            # any size the mask is resized to (bench.sweep._fit_mask), with scoring: authors
+            # any size the mask is resized to (bench.rows._fit_mask), with scoring: authors
             metadata={"editing_type_id": type_id, "image_path": texts["image_path"],
                       "mask_border": bool(pie_border) and scoring == "authors",
                       "blended_word": entry.get("blended_word", ""),

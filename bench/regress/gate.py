@@ -570,7 +570,7 @@ def default_run_dir(spec: ExperimentSpec, models: dict) -> Path:
     from ip2p.util.paths import safe_name, safe_output_path
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)
-    name = f"{slug}-{weights}-{code_state()}-b{spec.batch_size}"  # batch size: see bench.sweep._check_batch_size
+    name = f"{slug}-{weights}-{code_state()}-b{spec.batch_size}"  # batch size: see bench.run_folder._check_batch_size
     return safe_output_path(Path("results/runs/regress"), safe_name(name, max_bytes=180), what="run folder name")
 
 
@@ -586,7 +586,9 @@ def run_regress(spec: ExperimentSpec, golden_path: str | Path, *, out: str | Pat
     a bad spec, a model that cannot load) gives ``exit_code`` 2 and the reason in ``message``."""
     from bench.data import load_items
     from bench.store import load_results
-    from bench.sweep import build_editor, dist_env, pick_device, run_sweep
+    from bench.distributed import dist_env, pick_device
+    from bench.editors import build_editor
+    from bench.sweep import run_sweep
 
     t0 = time.time()
     golden_path = str(golden_path)
