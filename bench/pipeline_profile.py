@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from bench.profiler import device_info, peak_entry, peak_precision, PEAK_TFLOPS, summarize, versions
+from bench.hardware import PEAK_TFLOPS, peak_entry, peak_precision
+from bench.timers import summarize
+from ip2p.util.provenance import device_info, runtime_versions
 from ip2p.errors import SpecError
 
 STEP_KNOBS = ("num_inference_steps", "num_inversion_steps")
@@ -165,7 +167,7 @@ def _record(editor, hooks: ComponentHooks, whole: list[float], spec: dict, dev: 
     den = "transformer" if "transformer" in comps else "unet"
     w = summarize(whole)
     rec = {"kind": "pipeline", "command": command, "spec": spec, "family": editor.family.name,
-           "device": device_info(dev), "versions": versions(), "timer": "time.perf_counter (synchronised hooks)",
+           "device": device_info(dev), "versions": runtime_versions(), "timer": "time.perf_counter (synchronised hooks)",
            "flop_counter": "torch.utils.flop_counter.FlopCounterMode", "components": comps, "whole": w,
            "denoiser": den, "denoiser_ms_per_step": comps.get(den, {}).get("median_ms"),
            "denoiser_calls_per_edit": comps.get(den, {}).get("calls_per_edit"),

@@ -22,164 +22,46 @@ After ``warmup`` uninstrumented edits (compilation, graph capture, allocator war
 (in alternating order).
 Figures are the median, p10 and p90 per component (per step for the three step components),
 timed with CUDA events on a GPU (no synchronisation inside the edit) and ``time.perf_counter``
-on the CPU. The sum of the components' medians (step components times ``steps``) is reported
-against the whole edit's median: they agree when nothing escapes the component timers.
+on the CPU (``bench.timers``). The sum of the components' medians (step components times
+``steps``) is reported against the whole edit's median: they agree when nothing escapes the
+component timers.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per component (the allocator's stats,
 reset at each component's start; host-side, no sync); on the CPU the process's peak resident set
 (``resource.getrusage(...).ru_maxrss``), which cannot be reset, so it is reported once.
 
 Achieved TFLOP/s: FLOPs counted by ``ip2p.flops`` (matmul-class work, on a meta clone) over the
-median time; the roofline share divides by the device's dense peak for the dtype (``PEAK_TFLOPS``,
-or ``peak_tflops`` given by the user). Optionally the eager editor (no fast-path preparation) is
-timed on the same requests, and its images compared with the profiled editor's.
+median time; the roofline share divides by the device's dense peak for the dtype
+(``bench.hardware.PEAK_TFLOPS``, or ``peak_tflops`` given by the user). Optionally the eager editor
+(no fast-path preparation) is timed on the same requests, and its images compared with the
+profiled editor's. The device and versions a record names come from ``ip2p.util.provenance``.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import platform
 import resource
 import sys
 import time
-from collections import defaultdict
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ip2p.errors import SpecError
+from ip2p.util.provenance import device_info, runtime_versions
+
+from bench.hardware import PEAK_TFLOPS, peak_entry, peak_precision
+from bench.timers import CudaTimer, NullTimer, make_timer, summarize
 
 COMPONENTS = ("text_encode", "vae_encode", "schedule", "unet", "guidance", "sampler_update", "vae_decode")
 PER_STEP = ("unet", "guidance", "sampler_update")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Dense (no structured sparsity) peak TFLOP/s. NVIDIA's datasheets quote the tensor-core rates
-# "with sparsity"; the dense figure is half. fp32 = plain FP32 (CUDA cores); tf32 = TF32 tensor
-# cores, what cuDNN convolutions use for float32 by default (torch.backends.cudnn.allow_tf32).
-#   A100 (SXM4 and PCIe alike): NVIDIA A100 Tensor Core GPU datasheet: FP32 19.5, TF32 156,
-#       BF16/FP16 312 (624 with sparsity); the same figures in NVIDIA's Hopper architecture blog,
-#       Table 3 (developer.nvidia.com/blog/nvidia-hopper-architecture-in-depth).
-#   H100 SXM5: NVIDIA H100 Tensor Core GPU datasheet, SXM column: FP32 67, TF32 989 and BF16/FP16
-#       1,979 with sparsity; the unrounded dense figures (FP32 66.9, TF32 494.7, BF16/FP16 989.4)
-#       as tabulated at glennklockwood.com/garden/processors/h100.
-#   H100 PCIe: the same datasheet, PCIe column: FP32 51, TF32 756 and BF16/FP16 1,513 with sparsity.
-#   H200 (SXM): NVIDIA H200 Tensor Core GPU datasheet, SXM column: the H100 SXM's compute (FP32 67,
-#       BF16/FP16 1,979 with sparsity) with 141 GB HBM3e at 4.8 TB/s (/work/.library/device/H200.md
-#       says the same).
-#   H200 NVL: the same datasheet, NVL column: FP32 60, TF32 835, BF16/FP16 1,671 with sparsity (not
-#       checked against a second source here).
-# Measured on this workplace's H200 (/work/.library/device/KINDS.md, 2026-10-28 and 2026-11-04): an
-# 8192^3 bf16 matmul through PyTorch ran at 769-798 TFLOP/s, about 80% of the dense peak;
-# bench/perf/gpu_run.py measures it again and reports the share of both.
-PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
-    "H100 SXM": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
-    "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5},
-    "H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
-    "H200 NVL": {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5},
-}
-
 INSTRUCTIONS = ("make it night", "let gravity act", "turn the circle blue", "add a red square",
                 "remove the triangle", "make the background green", "melt the star", "move the circle left")
-
-
-def peak_entry(device_name: str) -> str | None:
-    """The ``PEAK_TFLOPS`` key for a CUDA device name (``torch.cuda.get_device_name``), or None."""
-    n = device_name.lower()
-    if "h200" in n:
-        return "H200 NVL" if "nvl" in n else "H200"
-    if "h100" in n:
-        if "pcie" in n:
-            return "H100 PCIe"
-        return None if "nvl" in n else "H100 SXM"
-    if "a100" in n:
-        return "A100"
-    return None
-
-
-def peak_precision(dtype: str) -> str:
-    """Which peak applies to ``dtype``: bf16/fp16 as such; fp32 is TF32 when cuDNN may use it."""
-    if dtype == "fp32":
-        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
-    return dtype
-
-
-# ---------------------------------------------------------------- timers
-
-class _NullTimer:
-    kind = "none"
-    _null = nullcontext()
-
-    def region(self, name: str):
-        return self._null
-
-
-class _CpuTimer:
-    """``time.perf_counter`` around each region (CPU work is synchronous)."""
-
-    kind = "time.perf_counter"
-
-    def __init__(self, trace: bool = False):
-        self.samples: dict[str, list[float]] = defaultdict(list)
-        self.peak_bytes: dict[str, int] = {}
-        self.trace = trace
-
-    @contextmanager
-    def region(self, name: str):
-        label = torch.profiler.record_function(name) if self.trace else nullcontext()
-        with label:
-            t0 = time.perf_counter()
-            yield
-            self.samples[name].append((time.perf_counter() - t0) * 1e3)
-
-    def collect(self) -> None:
-        pass
-
-
-class _CudaTimer:
-    """A CUDA event pair around each region on the current stream; nothing synchronises until
-    ``collect``. Also the allocator's peak per region (host-side stats, no sync)."""
-
-    kind = "torch.cuda.Event"
-
-    def __init__(self, trace: bool = False):
-        self.samples: dict[str, list[float]] = defaultdict(list)
-        self.peak_bytes: dict[str, int] = defaultdict(int)
-        self._pending: list[tuple[str, Any, Any]] = []
-        self.trace = trace
-
-    @contextmanager
-    def region(self, name: str):
-        label = torch.profiler.record_function(name) if self.trace else nullcontext()
-        with label:
-            torch.cuda.reset_peak_memory_stats()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.peak_bytes[name] = max(self.peak_bytes[name], torch.cuda.max_memory_allocated())
-            self._pending.append((name, start, end))
-
-    def collect(self) -> None:
-        torch.cuda.synchronize()
-        for name, start, end in self._pending:
-            self.samples[name].append(start.elapsed_time(end))
-        self._pending.clear()
-
-
-def _timer(device: torch.device, trace: bool = False):
-    return _CudaTimer(trace) if device.type == "cuda" else _CpuTimer(trace)
-
-
-def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
-    a = np.asarray(samples_ms, dtype=np.float64)
-    return {"median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
-            "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()), "n": int(a.size)}
 
 
 # ---------------------------------------------------------------- the spec
@@ -249,45 +131,6 @@ def make_requests(batch: int, res: int, seed: int = 0):
     guidance = [7.5] * batch
     seeds = [seed + i for i in range(batch)]
     return images, instructions, image_guidance, guidance, seeds
-
-
-# ---------------------------------------------------------------- environment
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return {"type": "cuda", "name": p.name, "capability": f"{p.major}.{p.minor}",
-                "multiprocessors": p.multi_processor_count, "memory_bytes": int(p.total_memory),
-                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count()}
-
-
-def versions() -> dict[str, Any]:
-    import diffusers
-    import transformers
-
-    import ip2p
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-           "transformers": transformers.__version__, "ip2p": ip2p.__version__}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        out["triton"] = None
-    try:
-        from ip2p.util.provenance import git_state
-
-        out["git"] = git_state()
-    except Exception as e:  # a copy without git metadata still profiles
-        out["git"] = {"commit": None, "error": f"{type(e).__name__}: {e}"}
-    if not out["git"].get("commit") and os.environ.get("IP2P_GIT_COMMIT"):
-        # a copied working tree (e.g. on a device machine) has no .git: the caller names the commit
-        out["git"] = {"commit": os.environ["IP2P_GIT_COMMIT"], "dirty": None, "source": "$IP2P_GIT_COMMIT"}
-    return out
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -406,7 +249,7 @@ def profile_edit(spec: ProfileSpec, *, editor=None, command: str | None = None,
         "fast_path": editor._prepared.describe(),
         "model": _model_info(editor, latent_hw),
         "device": device_info(device),
-        "versions": versions(),
+        "versions": runtime_versions(),
         "timer": parts.kind,
         "load_s": load_s,
         "warmup_s": warmup_s,
@@ -466,7 +309,7 @@ def _timing_rounds(spec: ProfileSpec, edit: ProfiledEdit, device: torch.device, 
     """``warmup`` untimed edits, then ``repeats`` rounds of one edit timed whole and one timed per
     component, in alternating order. Returns (whole timer, component timer, warm-up seconds, the
     last instrumented edit's images)."""
-    whole, parts, null = _timer(device), _timer(device), _NullTimer()
+    whole, parts, null = make_timer(device), make_timer(device), NullTimer()
     bar = _progress(spec.warmup + 2 * spec.repeats, progress, f"profile {spec.model} b{spec.batch}")
     t_warm = time.perf_counter()
     edited = None
@@ -503,7 +346,7 @@ def _timing_summary(spec: ProfileSpec, parts, whole) -> dict[str, Any]:
         s = summarize(parts.samples[name])
         per_edit = s["median_ms"] * (spec.steps if name in PER_STEP else 1)
         components[name] = {**s, "per": "step" if name in PER_STEP else "edit", "median_ms_per_edit": per_edit,
-                            "peak_memory_bytes": parts.peak_bytes.get(name) if isinstance(parts, _CudaTimer) else None}
+                            "peak_memory_bytes": parts.peak_bytes.get(name) if isinstance(parts, CudaTimer) else None}
     sum_medians = sum(v["median_ms_per_edit"] for v in components.values())
     for v in components.values():
         v["share_of_sum"] = v["median_ms_per_edit"] / sum_medians
@@ -536,7 +379,7 @@ def _roofline(spec: ProfileSpec, editor, device: torch.device, latent_hw, res: i
     if spec.peak_tflops is not None:
         peak, peak_source = float(spec.peak_tflops), "--peak-tflops (given by the user)"
     elif peak_key is not None:
-        peak, peak_source = PEAK_TFLOPS[peak_key][prec], f"datasheet dense peak, {peak_key} {prec} (bench/profiler.py PEAK_TFLOPS)"
+        peak, peak_source = PEAK_TFLOPS[peak_key][prec], f"datasheet dense peak, {peak_key} {prec} (bench/hardware.py PEAK_TFLOPS)"
     else:
         peak, peak_source = None, "unknown device: pass --peak-tflops for a roofline share"
     for name, f in flops.items():
@@ -600,7 +443,7 @@ def _trace(one_edit, spec: ProfileSpec, device: torch.device) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    timer = _timer(device, trace=True)
+    timer = make_timer(device, trace=True)
     steps = spec.trace_steps or spec.steps
     with torch.no_grad(), profile(activities=acts) as prof:
         one_edit(timer, steps)
@@ -646,5 +489,4 @@ def format_summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ProfileSpec", "ProfiledEdit", "profile_edit", "PEAK_TFLOPS", "peak_entry", "peak_precision", "component_flops",
-           "make_requests", "write_record", "format_summary", "COMPONENTS", "PER_STEP", "DTYPES"]
+__all__ = ["ProfileSpec", "ProfiledEdit", "profile_edit", "component_flops", "make_requests", "write_record", "format_summary", "COMPONENTS", "PER_STEP", "DTYPES"]

@@ -9,16 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench.profiler import (
-    COMPONENTS,
-    PEAK_TFLOPS,
-    PER_STEP,
-    ProfileSpec,
-    format_summary,
-    peak_entry,
-    peak_precision,
-    profile_edit,
-)
+from bench.hardware import PEAK_TFLOPS, peak_entry, peak_precision
+from bench.profiler import COMPONENTS, PER_STEP, ProfileSpec, format_summary, profile_edit
 from ip2p.cli import app
 from ip2p.errors import SpecError
 from ip2p.flops import unet_forward_flops
@@ -137,7 +129,8 @@ def test_profiled_path_is_the_editors_own_output_bit_for_bit(prediction_type):
     own sampler and ran v-prediction models as epsilon), and every region is timed as declared."""
     from diffusers import EulerAncestralDiscreteScheduler
 
-    from bench.profiler import ProfiledEdit, _CpuTimer, make_requests
+    from bench.profiler import ProfiledEdit, make_requests
+    from bench.timers import CpuTimer
     from ip2p.editor import InstructPix2PixEditor
     from ip2p.fastpath import FastPathSettings
     from tests.editor_fixtures import tiny_pipe
@@ -147,7 +140,7 @@ def test_profiled_path_is_the_editors_own_output_bit_for_bit(prediction_type):
     ed = InstructPix2PixEditor.from_pipe(pipe, fast=FastPathSettings(), resize=None, max_batch=2)
     assert ed.prediction_type == prediction_type
     images, instructions, s_i, s_t, seeds = make_requests(2, 16, seed=7)
-    timer = _CpuTimer()
+    timer = CpuTimer()
     with torch.no_grad():
         got = ProfiledEdit(ed, images, instructions, s_i, s_t, seeds, steps=4).run(timer)
     own = ed.edit(images, instructions, image_guidance_scale=s_i, guidance_scale=s_t, num_inference_steps=4,

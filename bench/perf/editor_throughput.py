@@ -21,7 +21,6 @@ that to keep this script working); its figures are only meaningful on a GPU.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -113,13 +112,12 @@ def measure_editor(editor, images, instructions, image_guidance, steps: int, cal
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import diffusers
+    """The device and versions of a throughput record (``ip2p.util.provenance``)."""
+    from ip2p.util.provenance import device_info, runtime_versions
 
-    import ip2p
-
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "ip2p": ip2p.__version__,
-            "diffusers": diffusers.__version__, "python": platform.python_version()}
+    v = runtime_versions()
+    return {"device": device_info(device)["name"], "torch": v["torch"], "cuda": torch.version.cuda, "ip2p": v["ip2p"],
+            "diffusers": v["diffusers"], "python": v["python"]}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -309,13 +309,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python -m bench.perf.gpu_run " + " ".join(list(argv) if argv is not None else sys.argv[1:])
     from bench.perf.editor_throughput import measure_pipeline
-    from bench.profiler import device_info, versions
+    from ip2p.util.provenance import device_info, runtime_versions
 
     ctx = make_context(args, command)
     run, s = ctx.run, ctx.run.summary
     s.update({"smoke": ctx.smoke, "model": ctx.model, "res": ctx.res, "dtype": ctx.dtype_name, "steps": ctx.steps,
               "batch": ctx.batch, "fast_path": ctx.settings.as_dict(), "device": device_info(ctx.device),
-              "versions": versions()})
+              "versions": runtime_versions()})
     s["ceilings"] = run.stage("ceilings", lambda: measure_ceilings(ctx.device))
     s["model_info"] = run.stage("build", lambda: build(ctx))
     if "editor" not in ctx.state:
