@@ -136,9 +136,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
                  figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
     from bench.aggregate import aggregate, metric_columns
-    from bench.store import bad_stored_images, current_rows, describe_bad_images, load_results, run_state
+    from bench.store import bad_stored_images, current_rows, load_results, run_state
     from ip2p.errors import SpecError
-    from ip2p.util.io import atomic_write_text
+    from ip2p.util.io import atomic_write_text, read_json_or
 
     run_dir = Path(run_dir)
     df, _ = current_rows(run_dir, load_results(run_dir))  # the newest spec's units (ip2p report says how many not)
@@ -147,14 +147,31 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
     state = run_state(run_dir, df)
     bad = bad_stored_images(run_dir, df)
     agg = aggregate(df) if agg is None else agg
-    from ip2p.util.io import read_json_or
-
     manifest = read_json_or(run_dir / "manifest.json", {})
     try:
         spec_yaml = (run_dir / "spec.yaml").read_text(encoding="utf-8", errors="replace")
     except OSError:
         spec_yaml = ""
-    metrics = metric_columns(df)
+    parts = _head(run_dir, manifest, df, state, bad)
+    parts += _figure(run_dir, agg, state, figure_png)
+    ends = _sweep_ends(run_dir, df, agg)
+    if ends:
+        parts.append("<h2>Ends of each sweep, paired</h2>" + ends)
+    parts += _results(agg, metric_columns(df))
+    parts.append("<h2>Edits</h2><p>Seed "
+                 f"{int(df['seed'].min())}; columns are the settings in spec order.</p>")
+    parts.append(_grid(run_dir, df, n_items, max_side, dict(zip(bad["file"], bad["problem"]))))
+    parts += _provenance(manifest, df, spec_yaml)
+    parts.append("</body></html>")
+    out = Path(out) if out is not None else run_dir / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out
+
+
+def _head(run_dir: Path, manifest: dict, df: pd.DataFrame, state, bad: pd.DataFrame) -> list[str]:
+    """The page's head, title, description, and how far the run is (partial results, bad images)."""
+    from bench.store import describe_bad_images
+
     name = manifest.get("name") or run_dir.name
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)} - ip2p-bench report</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -171,8 +188,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
                      f"done ({_e(state.state)}); every number below is over the units stored so far.</p>")
     if not bad.empty:
         parts.append(f"<p id='bad-images' class='warn'><b>Stored images:</b> {_e(describe_bad_images(run_dir, bad, limit=20))}</p>")
+    return parts
 
-    parts.append("<h2>Image consistency vs. edit direction</h2>")
+
+def _figure(run_dir: Path, agg: pd.DataFrame, state, figure_png) -> list[str]:
+    """The trade-off figure: ``figure_png`` when given, else drawn now when the CLIP metrics exist."""
+    parts = ["<h2>Image consistency vs. edit direction</h2>"]
     if figure_png is not None and Path(figure_png).is_file():
         parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(Path(figure_png).read_bytes())}'>")
     elif "clip_sim_direction_mean" in agg.columns:
@@ -184,25 +205,23 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
             paths = plot_tradeoff(agg, Path(tmp) / "fig", method_names=method_names_of(run_dir),
                                   note=f"partial: {state.line()}" if state.partial else None)
             parts.append(f"<img class='fig' id='figure' alt='tradeoff figure' src='{_data_uri(paths['png'].read_bytes())}'>")
+    return parts
 
-    ends = _sweep_ends(run_dir, df, agg)
-    if ends:
-        parts.append("<h2>Ends of each sweep, paired</h2>" + ends)
 
-    parts.append("<h2>Results per setting</h2>")
-    parts.append(_table(agg, ALL, metrics, "aggregate-all"))
+def _results(agg: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The aggregate tables: all items, then each category."""
+    parts = ["<h2>Results per setting</h2>", _table(agg, ALL, metrics, "aggregate-all")]
     cats = [c for c in agg["category"].unique() if c != ALL]
     if cats:
         parts.append("<h2>Results per category</h2>")
         for c in cats:
             parts.append(f"<h3>{_e(c)}</h3>")
             parts.append(_table(agg, c, metrics, f"aggregate-{c}"))
+    return parts
 
-    parts.append("<h2>Edits</h2><p>Seed "
-                 f"{int(df['seed'].min())}; columns are the settings in spec order.</p>")
-    parts.append(_grid(run_dir, df, n_items, max_side, dict(zip(bad["file"], bad["problem"]))))
 
-    parts.append("<h2>Provenance</h2>")
+def _provenance(manifest: dict, df: pd.DataFrame, spec_yaml: str) -> list[str]:
+    """Where the results were made (from the manifest), the metric spec and the experiment spec."""
     prov_rows = []
     git = manifest.get("git", {})
     prov_rows.append(("git commit", f"{git.get('commit')}{' (local changes)' if git.get('dirty') else ''}"))
@@ -216,12 +235,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
     for inv in manifest.get("invocations", []):
         prov_rows.append(("invocation", f"{inv.get('started')} -> {inv.get('finished')}; world size "
                           f"{inv.get('world_size')}; device {inv.get('device')}; {inv.get('seconds')} s"))
-    parts.append("<table id='provenance'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in prov_rows)
-                 + "</table>")
-    parts.append("<h3>Metric spec</h3><pre>" + _e(json.dumps(json.loads(df["metric_spec"].iloc[0]), indent=2)) + "</pre>")
-    parts.append("<h3>Experiment spec</h3><pre id='spec'>" + _e(spec_yaml) + "</pre>")
-    parts.append("<details><summary>Full manifest</summary><pre>" + _e(json.dumps(manifest, indent=2)) + "</pre></details>")
-    parts.append("</body></html>")
-    out = Path(out) if out is not None else run_dir / "report.html"
-    atomic_write_text(out, "\n".join(parts))
-    return out
+    return ["<h2>Provenance</h2>",
+            "<table id='provenance'>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in prov_rows)
+            + "</table>",
+            "<h3>Metric spec</h3><pre>" + _e(json.dumps(json.loads(df["metric_spec"].iloc[0]), indent=2)) + "</pre>",
+            "<h3>Experiment spec</h3><pre id='spec'>" + _e(spec_yaml) + "</pre>",
+            "<details><summary>Full manifest</summary><pre>" + _e(json.dumps(manifest, indent=2)) + "</pre></details>"]

@@ -40,7 +40,10 @@ def _root(
     """ip2p-bench: InstructPix2Pix editing, training, sweeps, metrics and reports."""
 
 
-# Modules that contribute commands; each defines `register(app: typer.Typer) -> None`.
+# Modules that contribute commands; each defines `register(app: typer.Typer) -> None`. One convention:
+# a command module is `<area>_cli.py` (or `cli.py` inside a package); its `register` only adds its
+# module-level `<name>_command` functions (`app.command("name")(name_command)`) or its sub-app
+# (`app.add_typer`); bad input raises an `Ip2pError`, which `main` prints as one line, exit status 2.
 _COMMAND_MODULES = (
     "ip2p.editor_cli",
     "ip2p.methods_cli",
@@ -48,10 +51,12 @@ _COMMAND_MODULES = (
     "ip2p.train.cli",
     "ip2p.world.cli",
     "ip2p.data.cli",
-    "bench.ablate",
-    "bench.cli",
+    "bench.ablate.cli",
+    "bench.sweep_cli",
+    "bench.results_cli",
+    "bench.demo_cli",
     "bench.profile_cli",
-    "bench.regress_cli",
+    "bench.regress.cli",
     "bench.validity_cli",
 )
 

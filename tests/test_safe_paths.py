@@ -109,7 +109,7 @@ def test_method_labels_become_safe_folder_names():
 
 
 def test_default_run_folder_of_a_hostile_spec_name_stays_under_results():
-    from bench.cli import default_run_folder
+    from bench.sweep_cli import default_run_folder
 
     for name in ("../../etc", "/abs", "a/b", "C:\\x", "ok"):
         p = default_run_folder(name)

@@ -41,7 +41,6 @@ Spec (YAML)::
 """
 from __future__ import annotations
 
-from bench.ablate.cli import register  # noqa: F401
 from bench.ablate.pipeline import Timings, run_ablation, sweep_spec  # noqa: F401
 from bench.ablate.spec import AblationSpec, VariantSpec, load_ablation_spec  # noqa: F401
 from bench.ablate.tables import ablation_table, comparisons, paired_differences  # noqa: F401
