@@ -14,7 +14,6 @@ CUDA and ``--device cuda`` (the default) it prints a skip line and exits 0. ``--
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -59,6 +58,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _environment(device: torch.device) -> dict:
+    """The device and versions of the record (``ip2p.util.provenance``)."""
+    from ip2p.util.provenance import device_info, package_versions, runtime_versions
+
+    v = runtime_versions()
+    return {"device": device_info(device)["name"],
+            "versions": {"torch": v["torch"], "open_clip": package_versions()["open_clip_torch"],
+                         "cuda": torch.version.cuda, "python": v["python"]}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-L-14", help="open_clip architecture, or 'tiny'")
@@ -78,8 +87,6 @@ def main(argv=None) -> int:
         print("SKIP clip_throughput: no CUDA device (run on a GPU machine, or pass --device cpu)")
         return 0
     precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
-
-    import open_clip
 
     from ip2p.metrics.clip_similarity import ClipSimilarity
 
@@ -119,9 +126,7 @@ def main(argv=None) -> int:
         "ms_per_batch": 1000 * elapsed / args.iters,
         "img_per_s": img_per_s,
         "goal_img_per_s": GOAL_IMG_PER_S,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "cuda": torch.version.cuda,
-                     "python": platform.python_version()},
+        **_environment(device),
     }
     print(f"{args.model} {precision} batch {args.batch} on {record['device']}: {img_per_s:.1f} img/s "
           f"({record['ms_per_batch']:.2f} ms/batch; goal {GOAL_IMG_PER_S} on H100)")
