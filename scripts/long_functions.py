@@ -27,7 +27,6 @@ EXCEPTIONS: dict[str, str] = {
     "bench/cli.py::register": _BENCH_23,
     "bench/report.py::build_report": _BENCH_23,
     "bench/regress.py::run_regress": _BENCH_23,
-    "ip2p/models.py::load_single_file": _TODO_23,
     "bench/perf/clip_throughput.py::main": _TODO_23,
 }
 
