@@ -20,20 +20,12 @@ SOURCE_DIRS = ("ip2p", "baselines", "bench", "scripts")
 SKIP_PARTS = {"tests", "__pycache__", ".venv"}
 
 # "path::qualified.name" -> why it may stay over the limit
-_TODO_23 = "not split yet: issue 23 item 4, left open (see the issue note)"
 _BENCH_23 = "its file is reorganised with bench/ into one concept per file (issue 23, items 2-3)"
 EXCEPTIONS: dict[str, str] = {
     "bench/sweep.py::_run_registered": _BENCH_23,
     "bench/cli.py::register": _BENCH_23,
     "bench/report.py::build_report": _BENCH_23,
     "bench/regress.py::run_regress": _BENCH_23,
-    "ip2p/train/trainer.py::train": _TODO_23,
-    "ip2p/train/cli.py::train_command": _TODO_23,
-    "ip2p/data/pairs.py::generate_pairs": _TODO_23,
-    "ip2p/data/jsonl.py::read_jsonl": _TODO_23,
-    "ip2p/data/testsets.py::read_editworld": _TODO_23,
-    "ip2p/models.py::load_single_file": _TODO_23,
-    "bench/perf/clip_throughput.py::main": _TODO_23,
 }
 
 
