@@ -1,4 +1,5 @@
 """``python -m ip2p``: the ``ip2p`` command."""
-from ip2p.launch import run
+if __name__ == "__main__":
+    from ip2p.launch import run
 
-run()
+    run()

@@ -1,12 +1,21 @@
 """The `ip2p` command line. Sub-packages add their commands through `register(app)` hooks,
 so each area (editing, training, the world, the harness) owns its own commands.
-The program starts in `ip2p.launch.run` (also under `python -m ip2p.cli`), which guards loading."""
+The program starts in `ip2p.launch.run` (or the same guard below, under `python -m ip2p.cli`)."""
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m ip2p.cli`: start through the guarded entry point, like `ip2p`
-    from ip2p.launch import run
+if __name__ == "__main__":  # `python -m ip2p.cli`: load the module itself under the guard of `ip2p.launch.run`
+    import sys as _sys
 
-    run()
+    from ip2p.errors import INTERRUPT_LINE as _LINE
+    from ip2p.errors import INTERRUPTED as _STATUS
+
+    try:
+        from ip2p.cli import main as _main
+
+        _main()
+    except KeyboardInterrupt:
+        _sys.stderr.write(_LINE + "\n")
+        _sys.exit(_STATUS)
     raise SystemExit(0)
 
 import errno
@@ -15,8 +24,7 @@ import sys
 
 import typer
 
-from ip2p.errors import Ip2pError
-from ip2p.launch import INTERRUPT_LINE, INTERRUPTED
+from ip2p.errors import INTERRUPT_LINE, INTERRUPTED, Ip2pError
 
 app = typer.Typer(
     add_completion=False,

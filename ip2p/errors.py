@@ -1,6 +1,11 @@
 """Errors of ip2p-bench: each names the item, the field and, where there is one, the fix."""
 from __future__ import annotations
 
+# A Ctrl-C (SIGINT) ends every command with this one line on stderr and this exit status, the
+# shell's status for a process ended by SIGINT (128 + 2).
+INTERRUPT_LINE = "interrupted (SIGINT): stopped; rerun the same command to resume"
+INTERRUPTED = 130
+
 
 class Ip2pError(Exception):
     """Base class: the CLI prints these as one clear line and exits with status 2."""

@@ -1,15 +1,15 @@
-"""The program's entry point (the ``ip2p`` console script, ``python -m ip2p`` and ``python -m ip2p.cli``).
+"""The program's entry point (the ``ip2p`` console script and ``python -m ip2p``).
 
 Loading the commands imports torch and takes seconds; a Ctrl-C in that time must end the same way
 as one while a command runs: one line on stderr and exit status 130, never a traceback or a death
-by signal. So the entry point imports nothing before its guard: only Python's own start-up (tens of
-milliseconds, before any of this code exists) is outside it."""
+by signal. So the entry point imports nothing heavy before its guard: only Python's own start-up
+(tens of milliseconds, before any of this code exists) is outside it. ``python -m ip2p.cli`` has
+the same guard at the top of ``ip2p/cli.py``."""
 from __future__ import annotations
 
 import sys
 
-INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
-INTERRUPT_LINE = "interrupted (SIGINT): stopped; rerun the same command to resume"
+from ip2p.errors import INTERRUPT_LINE, INTERRUPTED
 
 
 def run() -> None:

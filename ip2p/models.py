@@ -298,9 +298,18 @@ def load_single_file(
     ``trust_pickle=True``."""
     from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 
-    from ip2p.ldm_layout import check_single_file
-
     p = Path(path)
+    _check_checkpoint_file(p, trust_pickle)
+    kw = _single_file_options(p, kind, config, local_files_only_default(local_files_only), torch_dtype)
+    pipe_cls = StableDiffusionPipeline if kind == "t2i" else StableDiffusionInstructPix2PixPipeline
+    pipe = _pipe_from_single_file(pipe_cls, p, kw, config)
+    c = components_from_pipe(pipe, source=str(p), kind=kind)
+    c.info = {"kind": "single_file", "config": config}
+    return c
+
+
+def _check_checkpoint_file(p: Path, trust_pickle: bool) -> None:
+    """The checkpoint exists, and is not a pickle unless trusted."""
     if not p.is_file():
         raise ModelLoadError(f"checkpoint file not found: {p}")
     if p.suffix in _PICKLE_SUFFIXES and not trust_pickle:
@@ -308,7 +317,13 @@ def load_single_file(
             f"{p} is a pickle ({p.suffix}), which can run code when loaded. Pass trust_pickle=True "
             f"(CLI: --trust-pickle) only if you trust its origin, or convert it to .safetensors."
         )
-    local_files_only = local_files_only_default(local_files_only)
+
+
+def _single_file_options(p: Path, kind: str, config: str | None, local_files_only: bool, torch_dtype) -> dict[str, Any]:
+    """``from_single_file``'s keywords: no safety checker, the architecture's config folder (an
+    InstructPix2Pix .safetensors checked against it by names and shapes first), the dtype."""
+    from ip2p.ldm_layout import check_single_file
+
     # No safety checker. (diffusers treats any `load_safety_checker` value, False included, as a
     # request to download CompVis/stable-diffusion-safety-checker.)
     kw: dict[str, Any] = {"local_files_only": local_files_only, "safety_checker": None,
@@ -319,10 +334,15 @@ def load_single_file(
             check_single_file(p, kw["config"])
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
+    return kw
+
+
+def _pipe_from_single_file(pipe_cls, p: Path, kw: dict[str, Any], config: str | None):
+    """``pipe_cls.from_single_file``, its failures and any weights it left empty (meta tensors: the
+    file and the config do not match) as one ``ModelLoadError`` naming the file."""
     from diffusers.loaders.single_file_utils import SingleFileComponentError
     from safetensors import SafetensorError
 
-    pipe_cls = StableDiffusionPipeline if kind == "t2i" else StableDiffusionInstructPix2PixPipeline
     try:
         pipe = pipe_cls.from_single_file(str(p), **kw)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, SafetensorError) as e:
@@ -342,9 +362,7 @@ def load_single_file(
                 f"cannot load single-file checkpoint {p}: it holds no weights for {len(missing)} {name} "
                 f"parameter(s), e.g. {missing[:3]}; it does not match the architecture of config={config!r}"
             )
-    c = components_from_pipe(pipe, source=str(p), kind=kind)
-    c.info = {"kind": "single_file", "config": config}
-    return c
+    return pipe
 
 
 def components_from_pipe(pipe, *, source: str = "", kind: str = "ip2p") -> Components:

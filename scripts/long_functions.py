@@ -20,16 +20,7 @@ SOURCE_DIRS = ("ip2p", "baselines", "bench", "scripts")
 SKIP_PARTS = {"tests", "__pycache__", ".venv"}
 
 # "path::qualified.name" -> why it may stay over the limit
-_TODO_23 = "not split yet: issue 23 item 4, left open (see the issue note)"
-EXCEPTIONS: dict[str, str] = {
-    "ip2p/train/trainer.py::train": _TODO_23,
-    "ip2p/train/cli.py::train_command": _TODO_23,
-    "ip2p/data/pairs.py::generate_pairs": _TODO_23,
-    "ip2p/data/jsonl.py::read_jsonl": _TODO_23,
-    "ip2p/data/testsets.py::read_editworld": _TODO_23,
-    "ip2p/models.py::load_single_file": _TODO_23,
-    "bench/perf/clip_throughput.py::main": _TODO_23,
-}
+EXCEPTIONS: dict[str, str] = {}
 
 
 def source_files(root: Path = ROOT) -> list[Path]:

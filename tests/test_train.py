@@ -233,3 +233,30 @@ def test_training_on_from_an_instruct_pix2pix_folder_starts_from_its_weights(tin
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
     run = json.loads((second / "training_config.json").read_text())
     assert run["config"]["base"] == str(first) and run["config"]["lr_schedule"] == "cosine"
+
+
+def test_train_command_maps_every_option_to_its_config_field(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    import ip2p.train.trainer as trainer
+    from ip2p.train.cli import register
+    from ip2p.train.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or "out")  # the mapping, not training
+    app = typer.Typer()
+    register(app)
+    app.command("other")(lambda: None)
+    common = ["train", "--base", "b", "--data", "d", "--out", "o"]
+    r = CliRunner().invoke(app, common + ["--clip-filter", "--min-clip-image", "0.5", "--max-per-prompt", "2",
+                                          "--data-option", "n=20", "--data-option", "x=1.5", "--data-option", "k=v",
+                                          "--max-grad-norm", "0", "--steps", "7", "--no-ema", "--snr-gamma", "5",
+                                          "--val-text-guidance", "6", "--cpu"])
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == TrainConfig(
+        base="b", data="d", out="o", data_options={"n": 20, "x": 1.5, "k": "v"}, max_grad_norm=None, max_steps=7,
+        clip_filter={"min_image": 0.5, "min_direction": 0.2, "min_sim_0": 0.2, "min_sim_1": 0.2, "max_per_prompt": 2},
+        ema=False, snr_gamma=5.0, val_text_guidance=6.0, cpu=True)
+    assert CliRunner().invoke(app, common).exit_code == 0
+    assert seen[-1] == TrainConfig(base="b", data="d", out="o")  # the CLI's defaults are the config's

@@ -58,17 +58,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _environment(device: torch.device) -> dict:
-    """The device and versions of the record (``ip2p.util.provenance``)."""
-    from ip2p.util.provenance import device_info, package_versions, runtime_versions
-
-    v = runtime_versions()
-    return {"device": device_info(device)["name"],
-            "versions": {"torch": v["torch"], "open_clip": package_versions()["open_clip_torch"],
-                         "cuda": torch.version.cuda, "python": v["python"]}}
-
-
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-L-14", help="open_clip architecture, or 'tiny'")
     ap.add_argument("--device", default="cuda")
@@ -80,8 +70,58 @@ def main(argv=None) -> int:
     ap.add_argument("--input-size", type=int, default=None, help="input pixels (default: the model's size)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the image tower")
     ap.add_argument("--out", default="results/runs/perf/clip_throughput.json")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def _time_encode_images(sim, images: torch.Tensor, warmup: int, iters: int, device: torch.device) -> tuple[torch.Tensor, float]:
+    """``warmup`` untimed then ``iters`` timed calls of ``sim.encode_images(images)``, the device
+    synchronised around the timed loop; (the last features, seconds of the timed loop)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            sim.encode_images(images)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            feats = sim.encode_images(images)
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    return feats, elapsed
+
+
+def _record(args, precision: str, size: int, model_image_size, elapsed: float, device: torch.device) -> dict:
+    """The result file's record: the settings, the timing and the machine."""
+    return {
+        "benchmark": "clip_image_embeddings",
+        "model": args.model,
+        "weights": "random",
+        "precision": precision,
+        "batch": args.batch,
+        "input_size": size,
+        "model_image_size": list(model_image_size),
+        "preprocess": "paper",
+        "compile": args.compile,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "seconds": elapsed,
+        "ms_per_batch": 1000 * elapsed / args.iters,
+        "img_per_s": args.batch * args.iters / elapsed,
+        "goal_img_per_s": GOAL_IMG_PER_S,
+        **_environment(device),
+    }
+
+
+def _environment(device: torch.device) -> dict:
+    """The device and versions of the record (``ip2p.util.provenance``)."""
+    from ip2p.util.provenance import device_info, package_versions, runtime_versions
+
+    v = runtime_versions()
+    return {"device": device_info(device)["name"],
+            "versions": {"torch": v["torch"], "open_clip": package_versions()["open_clip_torch"],
+                         "cuda": torch.version.cuda, "python": v["python"]}}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("SKIP clip_throughput: no CUDA device (run on a GPU machine, or pass --device cpu)")
@@ -98,37 +138,10 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, size, size, generator=g).to(device)
 
-    with torch.inference_mode():
-        for _ in range(args.warmup):
-            sim.encode_images(images)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.iters):
-            feats = sim.encode_images(images)
-        _sync(device)
-        elapsed = time.perf_counter() - t0
+    feats, elapsed = _time_encode_images(sim, images, args.warmup, args.iters, device)
     assert feats.shape[0] == args.batch and torch.isfinite(feats).all()
-    img_per_s = args.batch * args.iters / elapsed
-
-    record = {
-        "benchmark": "clip_image_embeddings",
-        "model": args.model,
-        "weights": "random",
-        "precision": precision,
-        "batch": args.batch,
-        "input_size": size,
-        "model_image_size": list(loaded.image_size),
-        "preprocess": "paper",
-        "compile": args.compile,
-        "warmup": args.warmup,
-        "iters": args.iters,
-        "seconds": elapsed,
-        "ms_per_batch": 1000 * elapsed / args.iters,
-        "img_per_s": img_per_s,
-        "goal_img_per_s": GOAL_IMG_PER_S,
-        **_environment(device),
-    }
-    print(f"{args.model} {precision} batch {args.batch} on {record['device']}: {img_per_s:.1f} img/s "
+    record = _record(args, precision, size, loaded.image_size, elapsed, device)
+    print(f"{args.model} {precision} batch {args.batch} on {record['device']}: {record['img_per_s']:.1f} img/s "
           f"({record['ms_per_batch']:.2f} ms/batch; goal {GOAL_IMG_PER_S} on H100)")
     if args.out:
         from ip2p.util.io import atomic_write_json

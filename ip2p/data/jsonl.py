@@ -39,7 +39,6 @@ def read_jsonl(location: str, *, split: str | None, bad: BadRowLog, require_targ
     manifest = Path(location)
     if not manifest.is_file():
         raise DataRowError(f"JSONL manifest {location!r}: file not found")
-    base = manifest.parent
     lines = manifest.read_text(encoding="utf-8").splitlines()
     want_split = None if split in (None, "all") else split
     if want_split is not None and not any('"split"' in line for line in lines):
@@ -49,73 +48,98 @@ def read_jsonl(location: str, *, split: str | None, bad: BadRowLog, require_targ
         if not line.strip():
             continue
         src = f"{manifest}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.report(src, "(line)", f"not valid JSON: {e}")
-            continue
-        if not isinstance(row, dict):
-            bad.report(src, "(line)", f"expected a JSON object, got {type(row).__name__}")
-            continue
-        if want_split is not None and row.get("split") != want_split:
+        row = _parse_row(line, src, bad)
+        if row is None or (want_split is not None and row.get("split") != want_split):
             continue
         instruction = require_text(row, "instruction", src, bad)
         if instruction is None:
             continue
-        captions = {}
-        for key in ("input_caption", "output_caption"):
-            v = row.get(key, "")
-            if v is None:
-                v = ""
-            if not isinstance(v, str):
-                bad.report(src, key, f"expected text, got {type(v).__name__}")
-                break
-            captions[key] = v
-        if len(captions) < 2:
+        captions = _captions(row, src, bad)
+        if captions is None:
             continue
-        paths: dict[str, Path] = {}
-        key_of = {"input_image": "input_image"}
-        target_key = next((k for k in TARGET_KEYS if row.get(k)), None)
-        if target_key is not None:
-            key_of["target_image"] = target_key
-        elif require_target:
-            bad.report(src, "edited_image", "missing field (the edited image is needed for training; "
-                       "pass require_target=False for test sets without one)")
+        found = _image_paths(row, src, manifest.parent, bad, require_target)
+        if found is None:
             continue
-        if row.get("mask"):
-            key_of["mask"] = "mask"
-        ok = True
-        for field, key in key_of.items():
-            rel = require_text(row, key, src, bad)
-            if rel is None:
-                ok = False
-                break
-            p = Path(rel) if Path(rel).is_absolute() else base / rel
-            if not p.is_file():
-                bad.report(src, key, f"file not found: {p}")
-                ok = False
-                break
-            paths[field] = p
-        if not ok:
-            continue
+        paths, target_key = found
         item_id = str(row.get("id", row.get("item_id", f"line{lineno}")))
         if item_id in seen_ids:
             bad.report(src, "id", f"duplicate id {item_id!r} (first on line {seen_ids[item_id]})")
             continue
         seen_ids[item_id] = lineno
-        yield EditExample(
-            item_id=item_id,
-            instruction=instruction,
-            input_image=partial(load_image, paths["input_image"], what=f"input_image of {src}"),
-            target_image=(partial(load_image, paths["target_image"], what=f"{target_key} of {src}")
-                          if "target_image" in paths else None),
-            mask=partial(load_mask, paths["mask"], what=f"mask of {src}") if "mask" in paths else None,
-            input_caption=captions["input_caption"],
-            output_caption=captions["output_caption"],
-            category=row.get("category"),
-            metadata={k: v for k, v in row.items() if k not in KNOWN},
-            source=src,
-        )
+        yield _example(row, item_id, instruction, captions, paths, target_key, src)
+
+
+def _parse_row(line: str, src: str, bad: BadRowLog) -> dict | None:
+    """The line's JSON object, or None (reported) when it is not one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        bad.report(src, "(line)", f"not valid JSON: {e}")
+        return None
+    if not isinstance(row, dict):
+        bad.report(src, "(line)", f"expected a JSON object, got {type(row).__name__}")
+        return None
+    return row
+
+
+def _captions(row: dict, src: str, bad: BadRowLog) -> dict[str, str] | None:
+    """``input_caption`` and ``output_caption`` (missing or null: ""), or None (reported) if one is not text."""
+    captions = {}
+    for key in ("input_caption", "output_caption"):
+        v = row.get(key, "")
+        if v is None:
+            v = ""
+        if not isinstance(v, str):
+            bad.report(src, key, f"expected text, got {type(v).__name__}")
+            return None
+        captions[key] = v
+    return captions
+
+
+def _image_paths(row: dict, src: str, base: Path, bad: BadRowLog,
+                 require_target: bool) -> tuple[dict[str, Path], str | None] | None:
+    """The row's image files by role (``input_image``, ``target_image`` if any, ``mask`` if any),
+    relative paths resolved against ``base``, and the field the target came from; None (reported)
+    when one is missing or not a file."""
+    key_of = {"input_image": "input_image"}
+    target_key = next((k for k in TARGET_KEYS if row.get(k)), None)
+    if target_key is not None:
+        key_of["target_image"] = target_key
+    elif require_target:
+        bad.report(src, "edited_image", "missing field (the edited image is needed for training; "
+                   "pass require_target=False for test sets without one)")
+        return None
+    if row.get("mask"):
+        key_of["mask"] = "mask"
+    paths: dict[str, Path] = {}
+    for role, key in key_of.items():
+        rel = require_text(row, key, src, bad)
+        if rel is None:
+            return None
+        p = Path(rel) if Path(rel).is_absolute() else base / rel
+        if not p.is_file():
+            bad.report(src, key, f"file not found: {p}")
+            return None
+        paths[role] = p
+    return paths, target_key
+
+
+def _example(row: dict, item_id: str, instruction: str, captions: dict[str, str], paths: dict[str, Path],
+             target_key: str | None, src: str) -> EditExample:
+    """The row as an ``EditExample`` whose images load when asked for."""
+    return EditExample(
+        item_id=item_id,
+        instruction=instruction,
+        input_image=partial(load_image, paths["input_image"], what=f"input_image of {src}"),
+        target_image=(partial(load_image, paths["target_image"], what=f"{target_key} of {src}")
+                      if "target_image" in paths else None),
+        mask=partial(load_mask, paths["mask"], what=f"mask of {src}") if "mask" in paths else None,
+        input_caption=captions["input_caption"],
+        output_caption=captions["output_caption"],
+        category=row.get("category"),
+        metadata={k: v for k, v in row.items() if k not in KNOWN},
+        source=src,
+    )
 
 
 def _detect(p: Path) -> bool:

@@ -384,11 +384,7 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
     from tqdm import tqdm
 
     t0 = time.time()
-    if n_per_prompt < 1 or steps < 1 or batch_size < 1:
-        raise SpecError(f"n_per_prompt, steps and batch_size must be >= 1 (got {n_per_prompt}, {steps}, {batch_size})")
-    for name, (lo, hi) in (("p2p_range", p2p_range), ("cfg_range", cfg_range)):
-        if hi < lo:
-            raise SpecError(f"{name}: the upper end {hi} is below the lower end {lo}")
+    _check_counts_and_ranges(n_per_prompt, steps, batch_size, p2p_range, cfg_range)
     triplets = list(prompts) if isinstance(prompts, (list, tuple)) else read_prompts(prompts, limit=limit)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -398,39 +394,12 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
                 "resolution": sampler.resolution, "dtype": str(dtype).replace("torch.", "")}
     _check_generation_file(root, settings)
 
-    if not 0 <= partition < n_partitions:
-        raise SpecError(f"partition {partition} is outside 0..{n_partitions - 1} (--n-partitions {n_partitions})")
-    # the official script's partitioning: contiguous blocks of prompts (np.array_split)
-    mine = [triplets[i] for i in np.array_split(np.arange(len(triplets)), n_partitions)[partition]]
+    mine = _partition_of(triplets, partition, n_partitions)
     counts = {"done_before": 0, "generated_now": 0, "rows_repaired": 0}
-    n_total = len(mine) * n_per_prompt
-    bar = tqdm(total=n_total, desc="pairs" if n_partitions == 1 else f"pairs {partition + 1}/{n_partitions}",
+    bar = tqdm(total=len(mine) * n_per_prompt, desc="pairs" if n_partitions == 1 else f"pairs {partition + 1}/{n_partitions}",
                unit="pair", disable=not progress, dynamic_ncols=True)
-
-    def missing() -> Iterable[tuple[Triplet, int]]:
-        """(triplet, seed) of every pair still to make, prompt by prompt (each folder prepared and
-        repaired when its turn comes, so a huge prompt file costs no up-front scan)."""
-        for tr in mine:
-            folder = root / tr.folder
-            prompt_text = json.dumps(tr.line)
-            pj = folder / "prompt.json"
-            if pj.is_file():
-                if json.loads(pj.read_text()) != tr.line:
-                    raise DataRowError(f"{pj}: field 'prompt.json' differs from prompt {tr.index} of the prompts given "
-                                       f"({prompt_text[:80]}...); this folder was made from other prompts: use another --out")
-            else:
-                atomic_write_text(pj, prompt_text)
-            st = repair_folder(folder)
-            counts["rows_repaired"] += st.repaired
-            for seed in prompt_seeds(run_seed, tr.index, n_per_prompt):
-                if seed in st.rows:
-                    counts["done_before"] += 1
-                    bar.update(1)
-                else:
-                    yield tr, seed
-
     killer = KillSwitch(KILL_ENV)
-    todo = missing()
+    todo = _missing_pairs(root, mine, run_seed, n_per_prompt, counts, bar)
     while True:
         chunk = list(itertools.islice(todo, batch_size))
         if not chunk:
@@ -441,30 +410,91 @@ def generate_pairs(model, prompts: str | os.PathLike | Sequence[Triplet], out: s
         if clip is not None:
             sims = clip(first, second, [tr.input for tr, _ in chunk], [tr.output for tr, _ in chunk])
         for j, ((tr, seed), d) in enumerate(zip(chunk, draws)):
-            folder = root / tr.folder
-            atomic_write_bytes(folder / f"{seed}_0.jpg", official_jpeg(first[j]))
-            atomic_write_bytes(folder / f"{seed}_1.jpg", official_jpeg(second[j]))
-            killer.tick("images")
-            row = {"seed": seed, "p2p_threshold": d.p2p_threshold, "cfg_scale": d.cfg_scale}
-            if sims is not None:
-                row.update({"clip_sim_0": _finite(sims["sim_0"][j]), "clip_sim_1": _finite(sims["sim_1"][j]),
-                            "clip_sim_dir": _finite(sims["sim_direction"][j]),
-                            "clip_sim_image": _finite(sims["sim_image"][j])})
-            append_row(folder / "metadata.jsonl", row)
+            _write_pair(root / tr.folder, seed, first[j], second[j], _metadata_row(d, sims, j), killer)
             counts["generated_now"] += 1
             killer.tick("pair")
             bar.update(1)
     bar.close()
-    # seeds.json from what is on disk for every prompt (all partitions): as prepare_dataset.py lists it
+    listed = _list_finished_seeds(root, triplets, run_seed, n_per_prompt)
+    return {"prompts": len(mine), "pairs": counts["done_before"] + counts["generated_now"],
+            "pairs_listed": sum(len(v) for v in listed.values()), "generated_now": counts["generated_now"],
+            "rows_repaired": counts["rows_repaired"], "seconds": round(time.time() - t0, 2)}
+
+
+def _check_counts_and_ranges(n_per_prompt: int, steps: int, batch_size: int, p2p_range, cfg_range) -> None:
+    if n_per_prompt < 1 or steps < 1 or batch_size < 1:
+        raise SpecError(f"n_per_prompt, steps and batch_size must be >= 1 (got {n_per_prompt}, {steps}, {batch_size})")
+    for name, (lo, hi) in (("p2p_range", p2p_range), ("cfg_range", cfg_range)):
+        if hi < lo:
+            raise SpecError(f"{name}: the upper end {hi} is below the lower end {lo}")
+
+
+def _partition_of(triplets: Sequence[Triplet], partition: int, n_partitions: int) -> list[Triplet]:
+    """The official script's partitioning: contiguous blocks of prompts (``np.array_split``)."""
+    if not 0 <= partition < n_partitions:
+        raise SpecError(f"partition {partition} is outside 0..{n_partitions - 1} (--n-partitions {n_partitions})")
+    return [triplets[i] for i in np.array_split(np.arange(len(triplets)), n_partitions)[partition]]
+
+
+def _prepare_folder(root: Path, tr: Triplet) -> FolderState:
+    """The prompt's folder with its ``prompt.json`` (refused if made from another prompt), repaired."""
+    folder = root / tr.folder
+    prompt_text = json.dumps(tr.line)
+    pj = folder / "prompt.json"
+    if pj.is_file():
+        if json.loads(pj.read_text()) != tr.line:
+            raise DataRowError(f"{pj}: field 'prompt.json' differs from prompt {tr.index} of the prompts given "
+                               f"({prompt_text[:80]}...); this folder was made from other prompts: use another --out")
+    else:
+        atomic_write_text(pj, prompt_text)
+    return repair_folder(folder)
+
+
+def _missing_pairs(root: Path, triplets: Sequence[Triplet], run_seed: int, n_per_prompt: int, counts: dict,
+                   bar) -> Iterable[tuple[Triplet, int]]:
+    """(triplet, seed) of every pair still to make, prompt by prompt (each folder prepared and
+    repaired when its turn comes, so a huge prompt file costs no up-front scan); the pairs already
+    made and the rows repaired are counted in ``counts`` (and the former on ``bar``)."""
+    for tr in triplets:
+        st = _prepare_folder(root, tr)
+        counts["rows_repaired"] += st.repaired
+        for seed in prompt_seeds(run_seed, tr.index, n_per_prompt):
+            if seed in st.rows:
+                counts["done_before"] += 1
+                bar.update(1)
+            else:
+                yield tr, seed
+
+
+def _metadata_row(d: PairDraws, sims: dict | None, j: int) -> dict:
+    """Pair ``j``'s metadata row: its seed and draws, and its CLIP similarities when computed."""
+    row = {"seed": d.seed, "p2p_threshold": d.p2p_threshold, "cfg_scale": d.cfg_scale}
+    if sims is not None:
+        row.update({"clip_sim_0": _finite(sims["sim_0"][j]), "clip_sim_1": _finite(sims["sim_1"][j]),
+                    "clip_sim_dir": _finite(sims["sim_direction"][j]),
+                    "clip_sim_image": _finite(sims["sim_image"][j])})
+    return row
+
+
+def _write_pair(folder: Path, seed: int, first: torch.Tensor, second: torch.Tensor, row: dict,
+                killer: KillSwitch) -> None:
+    """Both images atomically, then the metadata row: a row is only ever written for a whole pair."""
+    atomic_write_bytes(folder / f"{seed}_0.jpg", official_jpeg(first))
+    atomic_write_bytes(folder / f"{seed}_1.jpg", official_jpeg(second))
+    killer.tick("images")
+    append_row(folder / "metadata.jsonl", row)
+
+
+def _list_finished_seeds(root: Path, triplets: Sequence[Triplet], run_seed: int, n_per_prompt: int) -> dict[str, list]:
+    """``seeds.json`` from what is on disk for every prompt (all partitions), as ``prepare_dataset.py``
+    lists it; returns what it listed, by folder."""
     listed = {}
     for tr in triplets:
         rows = read_folder(root / tr.folder).rows if (root / tr.folder).is_dir() else {}
         wanted = set(prompt_seeds(run_seed, tr.index, n_per_prompt))
         listed[tr.folder] = [s for s in rows if s in wanted]
     write_seeds_json(root, listed)
-    return {"prompts": len(mine), "pairs": counts["done_before"] + counts["generated_now"],
-            "pairs_listed": sum(len(v) for v in listed.values()), "generated_now": counts["generated_now"],
-            "rows_repaired": counts["rows_repaired"], "seconds": round(time.time() - t0, 2)}
+    return listed
 
 
 def _finite(v) -> float | None:

@@ -371,55 +371,72 @@ def read_editworld(location: str, *, split: str | None, bad: BadRowLog, scoring:
             continue
         entries = data.items() if isinstance(data, dict) else enumerate(data)
         rel_dir = jpath.parent.relative_to(base)
-        folder_category = rel_dir.parts[0] if rel_dir.parts else None
         for key, entry in entries:
-            src = f"{jpath} entry {key!r}"
-            if not isinstance(entry, dict):
-                bad.report(src, "(entry)", f"expected a mapping, got {type(entry).__name__}")
-                continue
-            instruction = _required_text(entry, _EW_INSTRUCTION, "instruction", src, bad)
-            if instruction is None:
-                continue
-            # EditWorld's own writer stores no output caption: the item is kept, its text metrics
-            # are then missing (NaN, counted and named in the run's tables), never zero
-            cap_key, out_cap = _first(entry, _EW_OUTPUT_CAPTION)
-            if cap_key is not None and not isinstance(out_cap, str):
-                bad.report(src, cap_key, f"expected text, got {type(out_cap).__name__}")
-                continue
-            missing_text = [] if (isinstance(out_cap, str) and out_cap.strip()) else ["output_caption"]
-            img_val = entry.get("original_img_path")
-            if not isinstance(img_val, str) or not img_val:
-                bad.report(src, "original_img_path", "missing field")
-                continue
-            img = _resolve_image(img_val, jpath.parent)
-            if img is None:
-                bad.report(src, "original_img_path", f"file not found: {img_val} (also looked in {jpath.parent})")
-                continue
-            target = None
-            if isinstance(entry.get("target_img_path"), str):
-                tp = _resolve_image(entry["target_img_path"], jpath.parent)
-                if tp is None:
-                    bad.report(src, "target_img_path", f"file not found: {entry['target_img_path']}")
-                    continue
-                target = partial(load, tp, what=f"target image of {src}")
-            _, in_cap = _first(entry, _EW_INPUT_CAPTION)
-            category = entry.get("category") or folder_category
-            category = _norm_category(str(category)) if category else None
-            branch = entry.get("branch") or EDITWORLD_BRANCH.get(category or "", None)
-            meta = {"branch": branch} if branch else {}
-            if missing_text:
-                meta["missing_text"] = ",".join(missing_text)
-            yield EditExample(
-                item_id=f"{rel_dir.as_posix()}/{key}" if rel_dir.parts else str(key),
-                instruction=instruction,
-                input_image=partial(load, img, what=f"input image of {src}"),
-                target_image=target,
-                input_caption=in_cap if isinstance(in_cap, str) else "",
-                output_caption=out_cap if not missing_text else "",
-                category=category,
-                metadata=meta,
-                source=src,
-            )
+            example = _editworld_example(entry, key, jpath, rel_dir, load, bad)
+            if example is not None:
+                yield example
+
+
+def _editworld_example(entry: Any, key, jpath: Path, rel_dir: Path, load, bad: BadRowLog) -> EditExample | None:
+    """Entry ``key`` of the file ``jpath`` (in ``rel_dir`` under the root) as an example, or None
+    when it is reported as bad."""
+    src = f"{jpath} entry {key!r}"
+    if not isinstance(entry, dict):
+        bad.report(src, "(entry)", f"expected a mapping, got {type(entry).__name__}")
+        return None
+    instruction = _required_text(entry, _EW_INSTRUCTION, "instruction", src, bad)
+    if instruction is None:
+        return None
+    # EditWorld's own writer stores no output caption: the item is kept, its text metrics
+    # are then missing (NaN, counted and named in the run's tables), never zero
+    cap_key, out_cap = _first(entry, _EW_OUTPUT_CAPTION)
+    if cap_key is not None and not isinstance(out_cap, str):
+        bad.report(src, cap_key, f"expected text, got {type(out_cap).__name__}")
+        return None
+    missing_text = [] if (isinstance(out_cap, str) and out_cap.strip()) else ["output_caption"]
+    images = _editworld_images(entry, jpath.parent, src, load, bad)
+    if images is None:
+        return None
+    input_image, target = images
+    _, in_cap = _first(entry, _EW_INPUT_CAPTION)
+    category = entry.get("category") or (rel_dir.parts[0] if rel_dir.parts else None)
+    category = _norm_category(str(category)) if category else None
+    branch = entry.get("branch") or EDITWORLD_BRANCH.get(category or "", None)
+    meta = {"branch": branch} if branch else {}
+    if missing_text:
+        meta["missing_text"] = ",".join(missing_text)
+    return EditExample(
+        item_id=f"{rel_dir.as_posix()}/{key}" if rel_dir.parts else str(key),
+        instruction=instruction,
+        input_image=input_image,
+        target_image=target,
+        input_caption=in_cap if isinstance(in_cap, str) else "",
+        output_caption=out_cap if not missing_text else "",
+        category=category,
+        metadata=meta,
+        source=src,
+    )
+
+
+def _editworld_images(entry: dict, folder: Path, src: str, load, bad: BadRowLog):
+    """(input image loader, target image loader or None) of an entry, paths looked up as given, under
+    ``folder`` and by name in ``folder``; None (reported) when the input is missing or a file is not found."""
+    img_val = entry.get("original_img_path")
+    if not isinstance(img_val, str) or not img_val:
+        bad.report(src, "original_img_path", "missing field")
+        return None
+    img = _resolve_image(img_val, folder)
+    if img is None:
+        bad.report(src, "original_img_path", f"file not found: {img_val} (also looked in {folder})")
+        return None
+    target = None
+    if isinstance(entry.get("target_img_path"), str):
+        tp = _resolve_image(entry["target_img_path"], folder)
+        if tp is None:
+            bad.report(src, "target_img_path", f"file not found: {entry['target_img_path']}")
+            return None
+        target = partial(load, tp, what=f"target image of {src}")
+    return partial(load, img, what=f"input image of {src}"), target
 
 
 def _has_parquet_columns(p: Path, columns: Sequence[str]) -> bool:

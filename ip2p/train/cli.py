@@ -82,30 +82,37 @@ def train_command(
     time_limit_minutes: Optional[float] = typer.Option(None, help="Stop (checkpoint, export) at the first step after this many minutes."),
 ) -> None:
     """Train an InstructPix2Pix model from a text-to-image model (accelerate; use `accelerate launch` for many GPUs)."""
-    from ip2p.train.config import TrainConfig
+    options = dict(locals())  # the command's options by name: nothing else is defined yet
     from ip2p.train.trainer import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("accelerate", "diffusers", "transformers", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    filt = None
-    if clip_filter:
-        filt = {"min_image": min_clip_image, "min_direction": min_clip_direction, "min_sim_0": min_clip_sim_0,
-                "min_sim_1": min_clip_sim_1, "max_per_prompt": max_per_prompt}
-    cfg = TrainConfig(
-        base=base, data=data, out=out, split=split, data_options=_parse_options(data_option), subset=subset,
-        subset_seed=subset_seed, clip_filter=filt, on_bad_row=on_bad_row, verify_images=verify_images,
-        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_warmup_steps=lr_warmup_steps, lr_schedule=lr_schedule,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm or None, resolution=resolution, flip=flip,
-        cond_dropout=cond_dropout, snr_gamma=snr_gamma, timestep_sampling=timestep_sampling, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-        ema=ema, ema_max_decay=ema_max_decay, seed=seed, num_workers=num_workers, checkpoint_every=checkpoint_every,
-        checkpoints_keep=checkpoints_keep, resume=resume, log_every=log_every, report_to=report_to, progress=progress,
-        validate_every=validate_every, val_data=val_data, val_examples=val_examples, val_steps=val_steps,
-        val_image_guidance=val_image_guidance, val_text_guidance=val_text_guidance, cpu=cpu,
-        time_limit_minutes=time_limit_minutes)
+    _quiet_logging()
+    cfg = _train_config(options)
     cfg.validate()  # every option, and a resume past --steps, before any data or model loads
     path = train(cfg)
     typer.echo(f"wrote {path}")
+
+
+def _quiet_logging() -> None:
+    """INFO lines from ip2p, only warnings from the libraries under it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "diffusers", "transformers", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _train_config(options: dict):
+    """The ``TrainConfig`` of ``train_command``'s options: the ``--data-option`` pairs parsed, the CLIP
+    filter's thresholds gathered (None without ``--clip-filter``), ``--max-grad-norm 0`` as no
+    clipping; every other option is the config field of the same name."""
+    from ip2p.train.config import TrainConfig
+
+    options = dict(options)
+    options["data_options"] = _parse_options(options.pop("data_option"))
+    thresholds = {"min_image": options.pop("min_clip_image"), "min_direction": options.pop("min_clip_direction"),
+                  "min_sim_0": options.pop("min_clip_sim_0"), "min_sim_1": options.pop("min_clip_sim_1"),
+                  "max_per_prompt": options.pop("max_per_prompt")}
+    options["clip_filter"] = thresholds if options["clip_filter"] else None
+    options["max_grad_norm"] = options["max_grad_norm"] or None
+    return TrainConfig(**options)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,9 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,6 @@ from ip2p.train.samples import StepBatches, TrainSamples
 from ip2p.train.unet_init import widen_conv_in
 
 log = logging.getLogger("ip2p.train")
-
 
 
 def load_base(base: str):
@@ -142,34 +143,45 @@ def _validation_examples(cfg: TrainConfig, train_ds) -> list:
     return list(train_ds)[: cfg.val_examples]
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the output folder (a diffusers InstructPix2Pix pipeline)."""
+@dataclass
+class _Run:
+    """What the training loop works with, built once by ``train``: the accelerator, the frozen parts
+    (in the mixed-precision dtype), the UNet as prepared by accelerate (``unet``) and unwrapped
+    (``trained``), the optimiser, lr schedule and EMA, and the empty instruction's embedding."""
+    cfg: TrainConfig
+    accelerator: Any
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    noise_scheduler: Any
+    weight_dtype: torch.dtype
+    frozen_hashes: dict
+    unet: Any = None
+    trained: Any = None
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    ema: EMA | None = None
+    null_text: torch.Tensor | None = None
+
+
+def _make_accelerator(cfg: TrainConfig, out: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from tqdm.auto import tqdm
 
-    from ip2p.train.export import export_pipeline, write_run_files
-    from ip2p.train.validation import run_validation
-
-    cfg.validate()
-    out = Path(cfg.out)
-    accelerator = Accelerator(
+    return Accelerator(
         mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
 
-    dataset = _open_training_data(cfg)  # first: a bad data spec fails before any model loads
-    if main:
-        log.info("training data: %s", dataset.describe())
-    tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
+
+def _load_models(cfg: TrainConfig, accelerator) -> tuple[_Run, torch.nn.Module]:
+    """The base model's parts: the frozen VAE and text encoder on the device in the mixed-precision
+    dtype (their hashes kept: export checks the base did not change meanwhile), and the UNet widened
+    to 8 input channels, in training mode (returned apart, not yet prepared)."""
     from ip2p.util.hashing import hash_state_dict
 
-    # identity of the frozen parts trained against: export checks the base did not change meanwhile
+    tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
     frozen_hashes = {"vae": hash_state_dict(vae), "text_encoder": hash_state_dict(text_encoder)}
     widen_conv_in(unet, 8)
     vae.requires_grad_(False).eval()
@@ -182,113 +194,201 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
+    run = _Run(cfg, accelerator, tokenizer, text_encoder, vae, noise_scheduler, weight_dtype, frozen_hashes)
+    return run, unet
 
-    val_examples = _validation_examples(cfg, dataset) if main else []
-    latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    samples = TrainSamples(dataset, seed=cfg.seed, resolution=cfg.resolution, latent_channels=vae.config.latent_channels,
-                           latent_factor=latent_factor, flip=cfg.flip, on_bad_row=cfg.on_bad_row)
 
+def _prepare_optimisation(run: _Run, unet) -> None:
+    """AdamW over the UNet, its lr schedule and the optional EMA, prepared and registered with the
+    accelerator so that ``save_state`` / ``load_state`` carry them."""
+    cfg, accelerator = run.cfg, run.accelerator
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    lr_scheduler = make_lr_scheduler(optimizer, cfg)
+    run.lr_scheduler = make_lr_scheduler(optimizer, cfg)
     # the lr schedule is not prepared: accelerate would step it once per process, and warm-up is
     # counted in optimiser steps here; it is checkpointed like the rest
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    trained = accelerator.unwrap_model(unet)
-    ema = EMA(trained.parameters(), cfg.ema_max_decay) if cfg.ema else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    run.unet, run.optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(run.lr_scheduler)
+    run.trained = accelerator.unwrap_model(run.unet)
+    run.ema = EMA(run.trained.parameters(), cfg.ema_max_decay) if cfg.ema else None
+    if run.ema is not None:
+        accelerator.register_for_checkpointing(run.ema)
 
-    start_step = 0
+
+def _resume(cfg: TrainConfig, accelerator) -> int | None:
+    """Load the latest checkpoint if there is one to resume from; its step, or None."""
     resume_from = find_resume(cfg)
-    if resume_from is not None:
-        state = json.loads((resume_from / STATE_FILE).read_text())
-        accelerator.load_state(str(resume_from))
-        start_step = int(state["step"])
-        if main:
-            log.info("resumed from %s at step %d", resume_from, start_step)
-            if state.get("seed") != cfg.seed or state.get("global_batch") != _global_batch(cfg, accelerator):
-                log.warning("resuming with a different seed or global batch than the checkpoint was made with "
-                            "(%s): the data order will differ from an uninterrupted run", state)
+    if resume_from is None:
+        return None
+    state = json.loads((resume_from / STATE_FILE).read_text())
+    accelerator.load_state(str(resume_from))
+    start_step = int(state["step"])
+    if accelerator.is_main_process:
+        log.info("resumed from %s at step %d", resume_from, start_step)
+        if state.get("seed") != cfg.seed or state.get("global_batch") != _global_batch(cfg, accelerator):
+            log.warning("resuming with a different seed or global batch than the checkpoint was made with "
+                        "(%s): the data order will differ from an uninterrupted run", state)
+    return start_step
+
+
+def _start_tracking(cfg: TrainConfig, accelerator, out: Path, dataset) -> None:
+    """The experiment tracker (if any) and, on the main process, the run's own files."""
+    from ip2p.train.export import write_run_files
 
     if cfg.report_to != "none":
         accelerator.init_trackers("ip2p-train", config={k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
                                                           for k, v in cfg.to_dict().items()})
-    if main:
+    if accelerator.is_main_process:
         write_run_files(out, cfg, dataset, extra={"world_size": accelerator.num_processes})
 
-    with torch.no_grad():
-        null_text = encode_prompts(tokenizer, text_encoder, [""], accelerator.device)
+
+def _step_batches(run: _Run, samples: TrainSamples, start_step: int):
+    """An iterator over the micro-batches of the steps from ``start_step`` on, this process's share."""
+    cfg, accelerator = run.cfg, run.accelerator
     loader = torch.utils.data.DataLoader(
         samples, num_workers=cfg.num_workers, persistent_workers=False,
         batch_sampler=StepBatches(start_step, cfg.max_steps, grad_accum=cfg.grad_accum,
                                   world_size=accelerator.num_processes, rank=accelerator.process_index,
                                   batch_size=cfg.batch_size))
-    batches = iter(loader)
-    progress = tqdm(total=cfg.max_steps, initial=start_step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
-    step = start_step
-    t0 = t_start = time.time()
-    loss_sum, loss_count = 0.0, 0
-    last_saved = start_step if resume_from is not None else -1
-    while step < cfg.max_steps:
-        step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = next(batches)
-            sync = micro == cfg.grad_accum - 1 or accelerator.num_processes == 1
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(unet)
-            with ctx:
-                with torch.no_grad():
-                    text = encode_prompts(tokenizer, text_encoder, list(batch["instruction"]), accelerator.device)
-                loss = instruct_pix2pix_loss(unet, vae, noise_scheduler, batch, text, null_text, cfg.cond_dropout, weight_dtype,
-                                              snr_gamma=cfg.snr_gamma, timestep_sampling=cfg.timestep_sampling)
-                accelerator.backward(loss / cfg.grad_accum)
-            step_loss += loss.detach().item() / cfg.grad_accum
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None and not accelerator.optimizer_step_was_skipped:
-            ema.step(trained.parameters())
-        step += 1
-        progress.update(1)
+    return iter(loader)
+
+
+def _optimiser_step(run: _Run, batches) -> float:
+    """One optimiser step over ``grad_accum`` micro-batches (gradients synchronised on the last);
+    returns the step's loss (mean over its micro-batches, this process)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    step_loss = 0.0
+    for micro in range(cfg.grad_accum):
+        batch = next(batches)
+        sync = micro == cfg.grad_accum - 1 or accelerator.num_processes == 1
+        ctx = contextlib.nullcontext() if sync else accelerator.no_sync(run.unet)
+        with ctx:
+            with torch.no_grad():
+                text = encode_prompts(run.tokenizer, run.text_encoder, list(batch["instruction"]), accelerator.device)
+            loss = instruct_pix2pix_loss(run.unet, run.vae, run.noise_scheduler, batch, text, run.null_text,
+                                         cfg.cond_dropout, run.weight_dtype,
+                                         snr_gamma=cfg.snr_gamma, timestep_sampling=cfg.timestep_sampling)
+            accelerator.backward(loss / cfg.grad_accum)
+        step_loss += loss.detach().item() / cfg.grad_accum
+    if cfg.max_grad_norm:
+        accelerator.clip_grad_norm_(run.unet.parameters(), cfg.max_grad_norm)
+    run.optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:
+        run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None and not accelerator.optimizer_step_was_skipped:
+        run.ema.step(run.trained.parameters())
+    return step_loss
+
+
+class _LossLog:
+    """The mean loss since the last log line, reduced over processes every ``log_every`` steps."""
+
+    def __init__(self, run: _Run, progress):
+        self.run, self.progress = run, progress
+        self.loss_sum, self.loss_count, self.t0 = 0.0, 0, time.time()
+
+    def add(self, step: int, step_loss: float) -> None:
         if not math.isfinite(step_loss):
             from ip2p.errors import NonFiniteOutputError
 
             raise NonFiniteOutputError(f"training loss is {step_loss} at step {step}; lower the lr or use bf16/fp32")
-        loss_sum += step_loss
-        loss_count += 1
+        self.loss_sum += step_loss
+        self.loss_count += 1
+        cfg, accelerator = self.run.cfg, self.run.accelerator
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_count, device=accelerator.device), "mean").item()
-            logs = {"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
-                    "steps_per_s": loss_count / max(time.time() - t0, 1e-9)}
-            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            mean_loss = accelerator.reduce(torch.tensor(self.loss_sum / self.loss_count, device=accelerator.device),
+                                           "mean").item()
+            logs = {"loss": mean_loss, "lr": self.run.lr_scheduler.get_last_lr()[0],
+                    "steps_per_s": self.loss_count / max(time.time() - self.t0, 1e-9)}
+            self.progress.set_postfix(loss=f"{mean_loss:.4f}")
             if cfg.report_to != "none":
                 accelerator.log(logs, step=step)
-            loss_sum, loss_count, t0 = 0.0, 0, time.time()
+            self.loss_sum, self.loss_count, self.t0 = 0.0, 0, time.time()
+
+
+def _time_is_up(run: _Run, step: int, t_start: float) -> bool:
+    """Whether any process is past the time limit (so that every process stops at the same step)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if cfg.time_limit_minutes is None:
+        return False
+    over = torch.tensor(float(time.time() - t_start > 60 * cfg.time_limit_minutes), device=accelerator.device)
+    if accelerator.reduce(over, "sum").item() > 0:
+        if accelerator.is_main_process:
+            log.info("time limit of %s min reached at step %d; saving and exporting", cfg.time_limit_minutes, step)
+        return True
+    return False
+
+
+def _validate(run: _Run, step: int, val_examples: list) -> None:
+    from ip2p.train.validation import run_validation
+
+    run_validation(run.accelerator, run.cfg, step, run.trained, run.ema, run.vae, run.text_encoder, run.tokenizer,
+                   run.noise_scheduler, val_examples, run.weight_dtype)
+
+
+def _training_loop(run: _Run, samples: TrainSamples, val_examples: list, start_step: int | None) -> int:
+    """Optimiser steps from the resumed step (or 0) to ``max_steps`` or the time limit, with logging,
+    checkpoints and validation on their schedules; a last checkpoint at the step reached, returned."""
+    from tqdm.auto import tqdm
+
+    cfg, main = run.cfg, run.accelerator.is_main_process
+    step = start_step or 0
+    batches = _step_batches(run, samples, step)
+    progress = tqdm(total=cfg.max_steps, initial=step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
+    losses = _LossLog(run, progress)
+    t_start = losses.t0
+    last_saved = step if start_step is not None else -1
+    while step < cfg.max_steps:
+        step_loss = _optimiser_step(run, batches)
+        step += 1
+        progress.update(1)
+        losses.add(step, step_loss)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint(accelerator, cfg, step)
+            save_checkpoint(run.accelerator, cfg, step)
             last_saved = step
         if cfg.validate_every and step % cfg.validate_every == 0 and val_examples and main:
-            run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
-                           val_examples, weight_dtype)
-        if cfg.time_limit_minutes is not None:  # every process stops at the same step
-            over = torch.tensor(float(time.time() - t_start > 60 * cfg.time_limit_minutes), device=accelerator.device)
-            if accelerator.reduce(over, "sum").item() > 0:
-                if main:
-                    log.info("time limit of %s min reached at step %d; saving and exporting", cfg.time_limit_minutes, step)
-                break
+            _validate(run, step, val_examples)
+        if _time_is_up(run, step, t_start):
+            break
     progress.close()
     if last_saved != step:
-        save_checkpoint(accelerator, cfg, step)
+        save_checkpoint(run.accelerator, cfg, step)
+    return step
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training as configured; returns the output folder (a diffusers InstructPix2Pix pipeline)."""
+    from ip2p.train.export import export_pipeline
+
+    cfg.validate()
+    out = Path(cfg.out)
+    accelerator = _make_accelerator(cfg, out)
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    dataset = _open_training_data(cfg)  # first: a bad data spec fails before any model loads
+    if main:
+        log.info("training data: %s", dataset.describe())
+    run, unet = _load_models(cfg, accelerator)
+    val_examples = _validation_examples(cfg, dataset) if main else []
+    latent_factor = 2 ** (len(run.vae.config.block_out_channels) - 1)
+    samples = TrainSamples(dataset, seed=cfg.seed, resolution=cfg.resolution, latent_channels=run.vae.config.latent_channels,
+                           latent_factor=latent_factor, flip=cfg.flip, on_bad_row=cfg.on_bad_row)
+    _prepare_optimisation(run, unet)
+    start_step = _resume(cfg, accelerator)
+    _start_tracking(cfg, accelerator, out, dataset)
+    with torch.no_grad():
+        run.null_text = encode_prompts(run.tokenizer, run.text_encoder, [""], accelerator.device)
+
+    step = _training_loop(run, samples, val_examples, start_step)
     accelerator.wait_for_everyone()
     if main:
         if val_examples and (not cfg.validate_every or step % cfg.validate_every != 0):
-            run_validation(accelerator, cfg, step, trained, ema, vae, text_encoder, tokenizer, noise_scheduler,
-                           val_examples, weight_dtype)
-        export_pipeline(out, cfg, trained, ema, noise_scheduler, step=step, frozen_hashes=frozen_hashes)
+            _validate(run, step, val_examples)
+        export_pipeline(out, cfg, run.trained, run.ema, run.noise_scheduler, step=step, frozen_hashes=run.frozen_hashes)
         if dataset.bad_rows.rows or samples.bad.rows:
             log.warning("bad rows: reader %s; during training %s", dataset.bad_rows.summary(), samples.bad.summary())
     accelerator.wait_for_everyone()

@@ -82,16 +82,21 @@ def _vae_card(evaluate: bool) -> list[Path]:
         rec["figures"] = fig
         atomic_write_json(vae_dir / "training.json", rec)
         rt = rec.get("roundtrip_test_targets") or {}
+        cfg = rec.get("config", {})
+        phases = sorted(p.name for p in vae_dir.glob("training-phase*.json"))
         written.append(_card(
             "world:sd / vae -- the world's AutoencoderKL", "diffusers `AutoencoderKL`: 64x64x3 images in [-1, 1] <-> "
             "16x16x4 latents. Loads with `AutoencoderKL.from_pretrained(path)`. Recipe `ip2p world train-vae` "
             "(`ip2p/world/vae_recipe.py`): trained from scratch on half caption scenes, half training-edit inputs and "
-            "targets (empty scenes, puddles, night, grown shapes), L1 + MSE on decoded posterior samples plus a "
-            "1e-6 KL term, cosine lr, bfloat16 autocast; then scaling_factor = 1/std of latent samples and the "
-            "encoder's log-variance bias shifted by "
-            f"{rec.get('config', {}).get('posterior_logvar_shift')} (posterior std {rec.get('posterior_std_before')} -> "
-            f"{rec.get('posterior_std_after')}, unscaled), so that, as SD's, the posterior is nearly deterministic and "
-            "InstructPix2Pix's target scale * posterior.sample() carries no unpredictable noise. Round-trip L1 "
+            "targets (empty scenes, puddles, night, grown shapes), L1 + MSE with every pixel that differs from the "
+            f"scene's background weighted {cfg.get('foreground_weight')}x, decoded from posterior means plus Gaussian "
+            f"noise of std {cfg.get('latent_noise')} (not samples of a learned posterior), cosine lr, bfloat16 autocast, "
+            f"in {len(phases) + 1} phase(s), each from the previous phase's last checkpoint (records: "
+            f"{', '.join(phases + ['training.json'])}); then scaling_factor = 1/std of latent samples and the "
+            f"encoder's log-variance bias shifted by {cfg.get('posterior_logvar_shift')} (posterior std "
+            f"{rec.get('posterior_std_before')} -> {rec.get('posterior_std_after')}, unscaled), so that, as SD's, the "
+            "posterior is nearly deterministic and InstructPix2Pix's target scale * posterior.sample() carries no "
+            "unpredictable noise. Round-trip L1 "
             f"(posterior mode) of {rt.get('n')} test-split edit targets: {rt.get('l1_mean')} overall; per category "
             f"{rt.get('l1_by_category')}. Figures below: PSNR of 64 test caption scenes and the round trip of 192 "
             "test targets.",
@@ -113,14 +118,21 @@ def _sd_card(evaluate: bool) -> list[Path]:
         rec["figures"] = fig
         atomic_write_json(unet_dir / "training.json", rec)
         tok = json.loads((SD_DIR / "tokenizer" / "tokenizer_config.json").read_text())
+        cfg = rec.get("config", {})
         what = ("The world's \"Stable Diffusion\": a standard diffusers `StableDiffusionPipeline` folder "
                 "(`StableDiffusionPipeline.from_pretrained(path)`, offline) with the world VAE (`vae/`), a "
                 "`CLIPTokenizer` whose vocab.json/merges.txt are generated from the world's words "
                 f"(`ip2p world build-tokenizer`; model_max_length {tok.get('model_max_length')}; "
                 "`<|startoftext|>`/`<|endoftext|>` at the two highest ids), a `CLIPTextModel` and a 4-channel "
-                "`UNet2DConditionModel` (16x16 latents) trained together from scratch on world captions with 10% "
-                "caption dropout, and SD's PNDM scheduler configuration (1000 steps, scaled_linear 0.00085..0.012, "
-                "epsilon). The UNet and text encoder weights are the EMA weights.\n\nFigures: text-to-image "
+                "`UNet2DConditionModel` (16x16 latents) trained together from scratch on world captions with "
+                f"{cfg.get('caption_dropout', 0.1):.0%} caption dropout, and SD's PNDM scheduler configuration (1000 "
+                "steps, scaled_linear 0.00085..0.012, epsilon). The UNet and text encoder weights are the EMA weights."
+                + (f" The text encoder also learns that two phrasings of one caption or instruction mean the same (a "
+                   f"contrastive paraphrase term, weight {cfg['paraphrase_weight']}, on phrasings from every template, "
+                   "held-out ones included): the world's stand-in for a real text encoder's web pretraining."
+                   if cfg.get("paraphrase_weight") else "")
+                + f" Recipe: `ip2p world train-sd` (`ip2p/world/sd_recipe.py`), {cfg.get('steps')} steps, batch "
+                f"{cfg.get('batch')}, lr {cfg.get('lr')}." + "\n\nFigures: text-to-image "
                 "samples (DDIM, 20 steps, guidance 7.5) for test captions, scored by the metric CLIP "
                 "(`world:clip`) against their own captions and against shuffled captions.")
         written.append(_card("world:sd -- text-to-image pipeline of the small world", what, SD_DIR, rec, fig))
