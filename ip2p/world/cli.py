@@ -62,7 +62,8 @@ def train_ip2p_cmd(steps: int = typer.Option(None, help="default: the recipe's m
 
     res = train_ip2p(run_dir, steps=steps, time_limit_minutes=time_limit_minutes, base=base, ship=ship)
     if res is not None:
-        typer.echo(f"world:ip2p shipped; evaluation written to its card")
+        typer.echo("world:ip2p shipped; evaluation written to its card" if ship else
+                   f"world:ip2p trained; its pipeline is in {run_dir} (not shipped: --no-ship)")
 
 
 @world_app.command("evaluate-ip2p")
