@@ -4,18 +4,14 @@ The program starts in `ip2p.launch.run` (or the same guard below, under `python 
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m ip2p.cli`: load the module itself under the guard of `ip2p.launch.run`
-    import sys as _sys
-
-    from ip2p.errors import INTERRUPT_LINE as _LINE
-    from ip2p.errors import INTERRUPTED as _STATUS
+    from ip2p.errors import exit_interrupted as _exit_interrupted
 
     try:
         from ip2p.cli import main as _main
 
         _main()
     except KeyboardInterrupt:
-        _sys.stderr.write(_LINE + "\n")
-        _sys.exit(_STATUS)
+        _exit_interrupted()
     raise SystemExit(0)
 
 import errno

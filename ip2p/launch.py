@@ -7,9 +7,7 @@ by signal. So the entry point imports nothing heavy before its guard: only Pytho
 the same guard at the top of ``ip2p/cli.py``."""
 from __future__ import annotations
 
-import sys
-
-from ip2p.errors import INTERRUPT_LINE, INTERRUPTED
+from ip2p.errors import exit_interrupted
 
 
 def run() -> None:
@@ -19,5 +17,4 @@ def run() -> None:
 
         main()
     except KeyboardInterrupt:
-        sys.stderr.write(INTERRUPT_LINE + "\n")
-        sys.exit(INTERRUPTED)
+        exit_interrupted()
