@@ -204,6 +204,28 @@ def test_bad_image_during_training_raises_or_is_skipped(tmp_path):
     assert torch.equal(item["input"], lenient[bad_pos]["input"])
 
 
+def test_stop_at_step_keeps_the_schedule_of_max_steps(tiny_sd, tmp_path):
+    """A stage stopped by ``stop_at_step`` (as world:ip2p's stage 2, at 2,485 of a 2,500-step cosine
+    schedule) equals that run's checkpoint at the step, and differs from a run whose max_steps is the step."""
+    from safetensors.torch import load_file
+
+    from ip2p.train import TrainConfig, train
+
+    kw = dict(base=str(tiny_sd), data="world:train", data_options={"n": 16}, batch_size=2, resolution=32,
+              val_examples=0, progress=False, report_to="none", lr=1e-2, lr_schedule="cosine", seed=3)
+    full = train(TrainConfig(out=str(tmp_path / "full"), max_steps=4, checkpoint_every=1, **kw))
+    stopped = train(TrainConfig(out=str(tmp_path / "stop"), max_steps=4, stop_at_step=3, checkpoint_every=0, **kw))
+    short = train(TrainConfig(out=str(tmp_path / "short"), max_steps=3, checkpoint_every=0, **kw))
+    ckpt = lambda f: load_file(str(f / "checkpoints" / "step-00000003" / "model.safetensors"))  # noqa: E731
+    a, b, c = ckpt(full), ckpt(stopped), ckpt(short)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)  # the lr of step 3 depends on max_steps
+    run = json.loads((stopped / "training_config.json").read_text())
+    assert run["final_step"] == 3 and run["config"]["stop_at_step"] == 3 and run["config"]["max_steps"] == 4
+    with pytest.raises(Exception, match="stop_at_step"):
+        TrainConfig(base="b", data="d", out="o", max_steps=4, stop_at_step=5).validate()
+
+
 def test_time_limit_stops_at_a_step_and_exports(tiny_sd, tmp_path):
     from ip2p.train import TrainConfig, train
 

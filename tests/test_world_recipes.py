@@ -118,3 +118,31 @@ def test_only_the_world_imports_its_recipes_and_the_generator_imports_no_models(
     for path in (ROOT / "ip2p" / "data" / "world").glob("*.py"):
         assert not {m for m in _imports(path) if m.startswith("ip2p.world")}, path
     assert not {m for m in _imports(ROOT / "ip2p" / "models.py") if "world" in m}
+
+
+def test_ip2p_recipe_runs_its_stages_each_from_the_last_export_and_skips_finished_ones(tmp_path, monkeypatch, threads):
+    """`ip2p world train-ip2p` trains every stage (stage k from stage k-1's exported folder, a stopped
+    stage reproduced by stop_at_step), continues after a time limit, and a rerun trains nothing."""
+    from safetensors.torch import load_file
+
+    from ip2p.train.tiny import make_tiny_sd
+    from ip2p.world import ip2p_recipe
+
+    base = make_tiny_sd(tmp_path / "sd", seed=0)
+    for k, v in dict(base=str(base), batch_size=2, resolution=32, data_options={"n": 16}, val_examples=0,
+                     checkpoint_every=1, report_to="none", progress=False, mixed_precision="no").items():
+        monkeypatch.setitem(ip2p_recipe.RECIPE, k, v)
+    stages = (dict(max_steps=2), dict(max_steps=3, stop_at_step=2))
+    run_dir = tmp_path / "run"
+    assert ip2p_recipe.train_ip2p(run_dir, time_limit_minutes=0.0, ship=False, stages=stages) is None  # stops in stage 1
+    run = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages)
+    s1, s2 = run_dir / "stage-1", run_dir / "stage-2"
+    assert run["final_step"] == 2 and run["config"]["base"] == str(s1) and run["config"]["stop_at_step"] == 2
+    assert [r["final_step"] for r in run["previous_stages"]] == [2]
+    assert "--stop-at-step 2" in run["command"] and "--steps 3" in run["command"]
+    assert "--stop-at-step" not in run["previous_stages"][0]["command"]
+    assert load_file(str(s2 / "unet" / "diffusion_pytorch_model.safetensors"))["conv_in.weight"].shape[1] == 8
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")}
+    again = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages)
+    assert again["previous_stages"] == run["previous_stages"] and again["final_step"] == 2
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained

@@ -80,6 +80,7 @@ def train_command(
     val_text_guidance: float = typer.Option(7.5, help="sT for validation."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on CPU even when a GPU is visible."),
     time_limit_minutes: Optional[float] = typer.Option(None, help="Stop (checkpoint, export) at the first step after this many minutes."),
+    stop_at_step: Optional[int] = typer.Option(None, help="Stop (checkpoint, export) after this step; the schedules stay those of --steps."),
 ) -> None:
     """Train an InstructPix2Pix model from a text-to-image model (accelerate; use `accelerate launch` for many GPUs)."""
     options = dict(locals())  # the command's options by name: nothing else is defined yet

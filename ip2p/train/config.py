@@ -66,6 +66,9 @@ class TrainConfig:
     # usual); with the constant schedule the result equals a run with max_steps = the step reached
     # (a decaying schedule is a function of max_steps, so there it does not)
     time_limit_minutes: float | None = None
+    # stop (checkpoint, export) after this step, with every schedule still a function of max_steps:
+    # the weights equal those of a max_steps run stopped there (a staged recipe records such a stage)
+    stop_at_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +90,8 @@ class TrainConfig:
             (self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", "must be > 0 (or unset)"),
             (self.report_to in ("tensorboard", "none"), "report_to", "must be tensorboard or none"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
+            (self.stop_at_step is None or 1 <= self.stop_at_step <= self.max_steps, "stop_at_step",
+             f"must be in [1, max_steps={self.max_steps}] (or unset)"),
         ]
         for ok, name, problem in checks:
             if not ok:

@@ -328,8 +328,9 @@ def _validate(run: _Run, step: int, val_examples: list) -> None:
 
 
 def _training_loop(run: _Run, samples: TrainSamples, val_examples: list, start_step: int | None) -> int:
-    """Optimiser steps from the resumed step (or 0) to ``max_steps`` or the time limit, with logging,
-    checkpoints and validation on their schedules; a last checkpoint at the step reached, returned."""
+    """Optimiser steps from the resumed step (or 0) to ``max_steps`` (or ``stop_at_step``) or the time
+    limit, with logging, checkpoints and validation on their schedules; a last checkpoint at the step
+    reached, returned."""
     from tqdm.auto import tqdm
 
     cfg, main = run.cfg, run.accelerator.is_main_process
@@ -339,7 +340,8 @@ def _training_loop(run: _Run, samples: TrainSamples, val_examples: list, start_s
     losses = _LossLog(run, progress)
     t_start = losses.t0
     last_saved = step if start_step is not None else -1
-    while step < cfg.max_steps:
+    end = cfg.max_steps if cfg.stop_at_step is None else cfg.stop_at_step
+    while step < end:
         step_loss = _optimiser_step(run, batches)
         step += 1
         progress.update(1)

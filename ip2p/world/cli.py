@@ -52,12 +52,13 @@ def train_sd_cmd(steps: int = 8000, batch: int = 32, lr: float = 1e-3, n_images:
 
 
 @world_app.command("train-ip2p")
-def train_ip2p_cmd(steps: int = typer.Option(None, help="default: the recipe's max_steps"),
+def train_ip2p_cmd(steps: int = typer.Option(None, help="one stage of this many steps (default: the recipe's stages)"),
                    run_dir: Path = typer.Option(Path("runs/world-ip2p"), help="checkpoints; a rerun resumes"),
                    time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long"),
                    base: str = typer.Option(None, help="text-to-image base (default world:sd)"),
                    ship: bool = typer.Option(True, help="copy into weights/ip2p and write the card when done")) -> None:
-    """Train world:ip2p from world:sd with the project's trainer; ship and evaluate it when done."""
+    """Train world:ip2p from world:sd with the project's trainer, stage by stage (each resumable; finished
+    stages are skipped); ship and evaluate it when done."""
     from ip2p.world.ip2p_recipe import train_ip2p
 
     res = train_ip2p(run_dir, steps=steps, time_limit_minutes=time_limit_minutes, base=base, ship=ship)

@@ -2,12 +2,15 @@
 the project's trainer (``ip2p train``), evaluate it on the world's test split beside the identity
 editor and the exact targets, ship it with its card. One command, resumable:
 
-    ip2p world train-ip2p [--time-limit-minutes M]   # trains into runs/world-ip2p; ships when done
+    ip2p world train-ip2p [--time-limit-minutes M]   # every stage, into runs/world-ip2p/stage-<k>; ships when done
     ip2p world evaluate-ip2p                          # re-measures the card figures of the shipped folder
 
+The model is trained in ``STAGES``: each stage is one run of the trainer from the previous stage's
+exported EMA weights, with a fresh optimiser and its own warm-up and cosine schedule (a warm restart).
 A run stopped by ``--time-limit-minutes`` (or killed) continues from its newest checkpoint when the
-same command runs again: the trainer resumes bit for bit, and the cosine schedule is a function of
-``max_steps`` alone, so the weights equal those of one uninterrupted run.
+same command runs again: the trainer resumes bit for bit, and each cosine schedule is a function of
+its stage's ``max_steps`` alone, so the weights equal those of one uninterrupted run.
+``--steps`` or ``--base`` train one stage of that length (or from that base) instead.
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
               checkpoints_keep=2, validate_every=2000, val_examples=4, val_steps=20, num_workers=0, log_every=25,
               cpu=True, verify_images=False)
 
+# The stages of the shipped world:ip2p (second generation), each a run of RECIPE from the previous
+# stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
+# session 8; ``stop_at_step`` reproduces that stop exactly).
+STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500))
+
 
 def recipe_command(cfg: TrainConfig) -> str:
     """The equivalent ``ip2p train`` command."""
@@ -52,6 +60,8 @@ def recipe_command(cfg: TrainConfig) -> str:
              f"--ema-max-decay {cfg.ema_max_decay}", f"--checkpoint-every {cfg.checkpoint_every}",
              f"--checkpoints-keep {cfg.checkpoints_keep}", f"--validate-every {cfg.validate_every}",
              f"--val-examples {cfg.val_examples}", "--no-verify-images", "--cpu"]
+    if cfg.stop_at_step is not None:
+        opts.append(f"--stop-at-step {cfg.stop_at_step}")
     return "ip2p train " + " ".join(opts)
 
 
@@ -267,33 +277,59 @@ def write_card(ship_dir: Path = SHIP_DIR, n: int = 192, steps: int = 20) -> dict
     return results
 
 
-def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_minutes: float | None = None,
-               ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20, base: str | None = None,
-               ship: bool = True) -> dict | None:
-    """Train (resuming when ``run_dir`` has checkpoints), then ship and evaluate when ``max_steps`` is reached.
-
-    Returns the evaluation, or None when the time limit stopped the run first (rerun to continue)."""
+def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) -> dict | None:
+    """One run of the trainer (resuming when ``run_dir`` has checkpoints); its record with the
+    command that reproduces it, or None when the time limit stopped it first."""
     from ip2p.train.trainer import train
 
-    recipe = dict(RECIPE, max_steps=steps or RECIPE["max_steps"], time_limit_minutes=time_limit_minutes,
-                  base=base or RECIPE["base"])
     run_dir = Path(run_dir)
-    resume = "latest" if any((run_dir / "checkpoints").glob("*")) else None
-    cfg = TrainConfig(out=str(run_dir), resume=resume, **recipe)
+    target = recipe.get("stop_at_step") or recipe["max_steps"]
+    record = run_dir / "training_config.json"
+    done = json.loads(record.read_text()) if record.exists() else None
+    if done is None or done.get("final_step") != target or not (run_dir / "unet").is_dir():
+        resume = "latest" if any((run_dir / "checkpoints").glob("*")) else None
+        t0 = time.time()
+        train(TrainConfig(out=str(run_dir), resume=resume, time_limit_minutes=time_limit_minutes, **recipe))
+        prior = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else 0.0
+        atomic_write_json(run_dir / "wall.json", {"wall_time_s": round(prior + time.time() - t0, 1)})
+        done = json.loads(record.read_text())
+        if done["final_step"] < target:
+            print(f"{run_dir}: stopped at step {done['final_step']} of {target}; rerun the same command to continue")
+            return None
+    wall = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else None
+    cfg = TrainConfig(out=str(run_dir), **recipe)
+    done.update({"command": recipe_command(cfg), "wall_time_s": done.get("wall_time_s", wall)})
+    atomic_write_json(record, done)
+    return done
+
+
+def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_minutes: float | None = None,
+               ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20, base: str | None = None,
+               ship: bool = True, stages: tuple[dict, ...] = STAGES) -> dict | None:
+    """Train every stage (each resuming, finished ones skipped), then ship and evaluate the last.
+    ``steps`` or ``base``: one stage of that length, from that base, into ``run_dir`` itself.
+
+    Returns the evaluation (the last stage's record with ``ship=False``), or None when the time limit
+    stopped a stage first (rerun to continue)."""
+    run_dir = Path(run_dir)
     t0 = time.time()
-    train(cfg)
-    run = json.loads((run_dir / "training_config.json").read_text())
-    prior = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else 0.0
-    wall = round(prior + time.time() - t0, 1)
-    atomic_write_json(run_dir / "wall.json", {"wall_time_s": wall})
-    if run["final_step"] < cfg.max_steps:
-        print(f"stopped at step {run['final_step']} of {cfg.max_steps}; rerun the same command to continue")
-        return None
-    run.update({"command": recipe_command(cfg), "wall_time_s": wall,
-                "recipe_command": "ip2p world train-ip2p" + (f" --steps {steps}" if steps else "")
-                + (f" --base {base}" if base else "")})
-    atomic_write_json(run_dir / "training_config.json", run)
+    single = steps is not None or base is not None
+    plan = ([(run_dir, dict(RECIPE, max_steps=steps or RECIPE["max_steps"], base=base or RECIPE["base"]))] if single else
+            [(run_dir / f"stage-{k}", dict(RECIPE, **stage, base=RECIPE["base"] if k == 1 else str(run_dir / f"stage-{k - 1}")))
+             for k, stage in enumerate(stages, 1)])
+    records = []
+    for stage_dir, recipe in plan:
+        left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
+        rec = _train_stage(stage_dir, recipe, left)
+        if rec is None:
+            return None
+        records.append(rec)
+    last_dir, run = plan[-1][0], records[-1]
+    run["previous_stages"] = records[:-1]
+    run["recipe_command"] = ("ip2p world train-ip2p" + (f" --steps {steps}" if steps else "")
+                             + (f" --base {base}" if base else ""))
+    atomic_write_json(last_dir / "training_config.json", run)
     if not ship:
         return run
-    ship_run(run_dir, ship_dir)
+    ship_run(last_dir, ship_dir)
     return write_card(ship_dir, n=eval_n, steps=eval_steps)
