@@ -4,11 +4,10 @@
 #   bash world-training/ship.sh                         # every stage, in order
 #   bash world-training/ship.sh golden demo             # only these stages
 # Stages: sd ip2p golden cards demo baselines validity figures sensitivity
-# RUN (default runs/world-ip2p-gen2) and STEPS (default 9000) name world:ip2p's finished run.
+# RUN (default runs/world-ip2p) holds world:ip2p's stages, stage-1 ... stage-<n> (ip2p_recipe.STAGES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${RUN:-runs/world-ip2p-gen2}
-STEPS=${STEPS:-9000}
+RUN=${RUN:-runs/world-ip2p}
 BIN=.venv/bin
 export OMP_WAIT_POLICY=PASSIVE
 STAGES=${*:-sd ip2p golden cards demo baselines validity figures sensitivity}
@@ -22,15 +21,10 @@ for stage in $STAGES; do
       rm -rf ip2p/world/weights/sd.new && cp -r world-training/sd ip2p/world/weights/sd.new
       rm -rf ip2p/world/weights/sd && mv ip2p/world/weights/sd.new ip2p/world/weights/sd
     fi ;;
-  ip2p) say "world:ip2p: ship the finished run, evaluate it (issue-21 protocol), write its card"
-    # The run: `ip2p world train-ip2p --base world-training/sd --run-dir $RUN --steps $STEPS --no-ship`;
-    # the same command without --no-ship does these two calls after reloading the run.
-    $BIN/python -c "
-import json; from pathlib import Path
-from ip2p.world.ip2p_recipe import ship_run, write_card
-run = Path('$RUN'); step = json.loads((run / 'training_config.json').read_text())['final_step']
-assert step == $STEPS, f'the run is at step {step}, not $STEPS'
-ship_run(run); write_card()" ;;
+  ip2p) say "world:ip2p: its stages (trained already: nothing left to train), shipped, evaluated, its card"
+    # `ip2p world train-ip2p` trains the recipe's STAGES into $RUN/stage-<k> (each resumable; finished
+    # stages are skipped), then ships the last stage's export and writes the card with every stage.
+    $BIN/ip2p world train-ip2p --run-dir "$RUN" ;;
   golden) say "smoke golden of the CI gate"
     rm -rf runs/golden-smoke
     $BIN/ip2p regress --suite smoke --golden results/golden/world-ip2p-smoke.json --update-golden \
