@@ -175,19 +175,18 @@ def model_card(run: dict, results: dict) -> str:
                     f"{_fmt(r.get('l1_target'))} | {_fmt(r.get('lpips_target'))} | {_fmt(r.get('psnr_target'))} |")
     notes = "".join(f"\n- {n}" for n in results.get("notes", []))
     ours, ident = results["editors"]["world:ip2p"]["l1_target"], results["editors"]["identity"]["l1_target"]
+    a = results["editors"]["world:ip2p"]["l1_target_by_category"]
+    b = results["editors"]["identity"]["l1_target_by_category"]
+    wins = ", ".join(f"{c} {a[c]:.3f} vs {b[c]:.3f}" for c in a if a[c] < b[c]) or "none"
+    losses = ", ".join(f"{c} {a[c]:.3f} vs {b[c]:.3f}" for c in a if a[c] >= b[c])
     if ours < ident:
-        verdict = f"**world:ip2p beats the identity editor on L1 against the targets ({ours:.4f} < {ident:.4f}).**"
+        verdict = (f"**world:ip2p beats the identity editor on L1 against the targets ({ours:.4f} < {ident:.4f}).** "
+                   + (f"Not in every category: it loses on {losses} (`validation.png`: input | edited | target)."
+                      if losses else "It does so in every category."))
     else:
-        a = results["editors"]["world:ip2p"]["l1_target_by_category"]
-        b = results["editors"]["identity"]["l1_target_by_category"]
-        wins = ", ".join(f"{c} {a[c]:.3f} vs {b[c]:.3f}" for c in a if a[c] < b[c]) or "none"
         verdict = (f"**world:ip2p does NOT beat the identity editor on L1 against the targets ({ours:.4f} vs "
-                   f"{ident:.4f}).** It is under-trained (see `validation.png`: input | edited | target). It beats "
-                   f"identity on the categories that change the whole image ({wins}) and loses on the local edits, "
-                   f"where identity differs from the target only inside the edited region (L1 ~0.01): there the "
-                   f"VAE round trip alone costs 0.01-0.03 (the VAE card's edit round-trip figures) and copying of "
-                   f"the unedited regions is not yet exact. Image use grows with training: continue the recipe "
-                   f"with more steps, or on a GPU.")
+                   f"{ident:.4f}).** It beats identity on {wins}; it loses on {losses} (`validation.png`: "
+                   f"input | edited | target).")
     stages = run.get("previous_stages", []) + [run]
     recipe = "".join(_stage_block(r, i + 1, len(stages)) for i, r in enumerate(stages))
     total_wall = round(sum(r.get("wall_time_s") or 0 for r in stages), 1)
