@@ -38,7 +38,9 @@ for stage in $STAGES; do
     $BIN/ip2p plot results/runs/baselines --out reports/baselines/tradeoff
     $BIN/ip2p report results/runs/baselines --out reports/baselines/report.html ;;
   validity) say "validity on the baselines' edits (the same methods, settings and metric groups)"
-    $BIN/ip2p validity --analyse-only --items 192 --run results/runs/baselines --out reports/validity ;;
+    h() { sha256sum "ip2p/world/weights/$1/unet/diffusion_pytorch_model.safetensors" | cut -c1-12; }
+    $BIN/ip2p validity --analyse-only --items 192 --run results/runs/baselines --out reports/validity \
+      --label "Run on the retrained (second-generation) world models: world:ip2p (UNet sha256 $(h ip2p)...), world:sd (UNet sha256 $(h sd)...), world:clip, world:clip-guide; 192 world test items x 13 settings (the baselines suite's edits, \`results/runs/baselines\`)." ;;
   figures) say "world figures"; $BIN/ip2p world report ;;
   sensitivity) say "gate sensitivity"
     $BIN/python scripts/regress_sensitivity.py --suite smoke --golden results/golden/world-ip2p-smoke.json \
