@@ -120,6 +120,7 @@ def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> 
         "clip_top1_among_n": round(float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
         "reference_true_scenes_own_caption": round(float((fr * ft).sum(-1).mean()), 4),
         "reference_true_scenes_shuffled_caption": round(float((fr * ft[perm]).sum(-1).mean()), 4),
+        "reference_true_scenes_top1_among_n": round(float(((fr @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
         "n": n, "steps": 20, "guidance": 7.5, "sampler": "DDIM",
     }
 
