@@ -7,6 +7,7 @@ is worth committing goes to ``--out`` (default ``reports/demo/``):
 
     report.html           self-contained report (tables, figure, image grids)
     tradeoff.pdf / .png   the paper's figure for the world
+    edits.png             the first test item of each category: input, every setting's output, target
     aggregate.csv         means and bootstrap 95% intervals per setting and category
     results.parquet       every result row (one per work unit)
     manifest.json, spec.yaml   provenance of the run
@@ -105,6 +106,9 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
     figs = plot_tradeoff(agg, out / "tradeoff", method_names=method_names_of(run_dir),
                          title=f"Small world: image consistency vs. edit direction ({df['item_id'].nunique()} test items)")
     report = build_report(run_dir, out / "report.html", agg=agg, figure_png=figs["png"])
+    from bench.edit_grid import edit_grid
+
+    edit_grid(run_dir, df, out / "edits.png")
     import io
 
     buf = io.BytesIO()
