@@ -70,8 +70,9 @@ def report_command(
     run: Path = typer.Argument(..., help="run folder written by `ip2p sweep`"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run>/report.html)"),
     items: int = typer.Option(8, help="items shown in the image grid (>= 0)"),
+    edits_png: bool = typer.Option(True, help="also write edits.png beside the report (one item per category)"),
 ) -> None:
-    """One self-contained HTML report (tables, figure, image grids; images embedded)."""
+    """One self-contained HTML report (tables, figure, image grids; images embedded), and edits.png."""
     from bench.report import build_report
 
     if items < 0:
@@ -81,6 +82,11 @@ def report_command(
     _say_state(run, df)
     path = build_report(run, out, n_items=items)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if edits_png:
+        from bench.edit_grid import edit_grid
+
+        png = edit_grid(run, df, path.parent / "edits.png")
+        typer.echo(f"wrote {png}" if png else "no stored images: edits.png not written (sweep with save_images: true)")
 
 
 def _check_file_out(out: Optional[Path], hint: str, example: str) -> None:

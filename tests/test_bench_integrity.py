@@ -306,6 +306,7 @@ def test_partial_runs_say_so_and_a_dead_invocation_is_not_running_forever(tmp_pa
         assert "partial results: 8 of 12 units done (interrupted)" in r.output, (cmd, r.output)
     html = (run / "report.html").read_text()
     assert "8 of 12 units done (interrupted)" in html and "id='partial'" in html
+    assert (run / "edits.png").is_file()  # `ip2p report` writes the per-category figure beside the report
     run_sweep(parse_spec(grown), run, progress=False)
     assert (run_state(run).state, run_state(run).done) == ("complete", 12)
     r = CliRunner().invoke(app, ["aggregate", str(run)])

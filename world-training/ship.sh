@@ -36,9 +36,7 @@ for stage in $STAGES; do
     $BIN/ip2p sweep bench/suites/baselines.yaml --out results/runs/baselines --no-progress
     $BIN/ip2p aggregate results/runs/baselines --out reports/baselines
     $BIN/ip2p plot results/runs/baselines --out reports/baselines/tradeoff
-    $BIN/ip2p report results/runs/baselines --out reports/baselines/report.html
-    $BIN/python -c "from bench.edit_grid import edit_grid; from bench.store import load_results; \
-edit_grid('results/runs/baselines', load_results('results/runs/baselines'), 'reports/baselines/edits.png')" ;;
+    $BIN/ip2p report results/runs/baselines --out reports/baselines/report.html ;;  # + edits.png
   validity) say "validity on the baselines' edits (the same methods, settings and metric groups)"
     h() { sha256sum "ip2p/world/weights/$1/unet/diffusion_pytorch_model.safetensors" | cut -c1-12; }
     $BIN/ip2p validity --analyse-only --items 192 --run results/runs/baselines --out reports/validity \
