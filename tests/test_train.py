@@ -255,6 +255,11 @@ def test_training_on_from_an_instruct_pix2pix_folder_starts_from_its_weights(tin
         assert torch.allclose(w1[name], w2[name], atol=1e-6), name
     run = json.loads((second / "training_config.json").read_text())
     assert run["config"]["base"] == str(first) and run["config"]["lr_schedule"] == "cosine"
+    assert run["base_unet_in_channels"] == 8
+    card = (second / "README.md").read_text()  # the card says what was done, not the first stage's story
+    assert "trained on from its weights" in card and "widened" not in card
+    assert "cosine decay to 0 at step 1" in card and "constant" not in card
+    assert "widened to 8 channels" in (first / "README.md").read_text()
 
 
 def test_train_command_maps_every_option_to_its_config_field(monkeypatch):

@@ -120,3 +120,16 @@ class TrainConfig:
         if step > self.max_steps:
             raise SpecError(f"--steps {self.max_steps}: below the step of the checkpoint to resume ({ckpt}, step "
                             f"{step}); pass --steps {step} or more, or resume from an earlier checkpoint")
+
+
+def lr_schedule_text(cfg: dict) -> str:
+    """The lr schedule of a configuration (``TrainConfig.to_dict()`` or a stored run's "config"), in words."""
+    if cfg.get("lr_schedule", "constant") == "constant":
+        return f"constant after {cfg['lr_warmup_steps']} warm-up steps"
+    return f"{cfg['lr_schedule']} decay to 0 at step {cfg['max_steps']} after {cfg['lr_warmup_steps']} warm-up steps"
+
+
+def loss_text(cfg: dict) -> str:
+    """The training loss of a configuration, in words."""
+    return f"Min-SNR-{cfg['snr_gamma']} weighted eps MSE" if cfg.get("snr_gamma") else "eps MSE"
+

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ip2p.train.config import TrainConfig
+from ip2p.train.config import TrainConfig, loss_text, lr_schedule_text
 
 PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _STARTED = time.time()
@@ -49,7 +49,7 @@ def write_run_files(out: Path, cfg: TrainConfig, dataset, extra: dict | None = N
 
 
 def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_scheduler, *, step: int,
-                    frozen_hashes: dict | None = None) -> Path:
+                    frozen_hashes: dict | None = None, base_in_channels: int = 4) -> Path:
     """Write the pipeline into ``out`` (each component replaced by rename, so no half-written folder).
 
     The VAE, text encoder and tokenizer are re-read from the base; ``frozen_hashes`` (weights hashes
@@ -100,24 +100,28 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
     run.update({"final_step": step, "ema_weights_exported": bool(ema is not None),
                 "frozen_weights_hashes": frozen_hashes, "base_changed_during_training": changed,
                 "ema_updates": None if ema is None else ema.num_updates,
-                "wall_time_s_this_process": round(time.time() - _STARTED, 1)})
+                "wall_time_s_this_process": round(time.time() - _STARTED, 1), "base_unet_in_channels": base_in_channels})
     atomic_write_json(cfg_path, run)
     if not (out / "README.md").exists():
-        atomic_write_text(out / "README.md", model_card(cfg, step, ema is not None))
+        atomic_write_text(out / "README.md", model_card(cfg, step, ema is not None, base_in_channels))
     return out
 
 
-def model_card(cfg: TrainConfig, step: int, ema: bool) -> str:
+def model_card(cfg: TrainConfig, step: int, ema: bool, base_in_channels: int = 4) -> str:
     g = cfg.batch_size * cfg.grad_accum
+    base = ("UNet conv_in widened to 8 channels (new channels zero, bias copied)" if base_in_channels != 8 else
+            "an InstructPix2Pix UNet (8 input channels), trained on from its weights")
+    stop = f" (stopped at step {cfg.stop_at_step})" if cfg.stop_at_step else ""
     return f"""# InstructPix2Pix model (trained with `ip2p train`)
 
 A diffusers `StableDiffusionInstructPix2PixPipeline` folder (no safety checker). Load it with
 `StableDiffusionInstructPix2PixPipeline.from_pretrained(folder)` or `ip2p.load_editor(folder)`.
 
-- Base (text-to-image): `{cfg.base}`; UNet conv_in widened to 8 channels (new channels zero, bias copied).
+- Base: `{cfg.base}`; {base}.
 - Data: `{cfg.data}` (split {cfg.split or 'default'}, subset {cfg.subset}, CLIP filter {cfg.clip_filter}).
-- Steps: {step}; batch {cfg.batch_size} per process x accumulation {cfg.grad_accum} (= {g} per process);
-  lr {cfg.lr} (AdamW, constant after {cfg.lr_warmup_steps} warm-up steps); resolution {cfg.resolution};
+- Steps: {step} of a {cfg.max_steps}-step run{stop}; batch {cfg.batch_size} per process x accumulation {cfg.grad_accum} (= {g} per process);
+  lr {cfg.lr} (AdamW, {lr_schedule_text(cfg.to_dict())}); resolution {cfg.resolution};
+  timesteps {cfg.timestep_sampling}; loss {loss_text(cfg.to_dict())};
   conditioning dropout {cfg.cond_dropout}; precision {cfg.mixed_precision}; seed {cfg.seed}.
 - Weights: {'the EMA weights (decay min(' + str(cfg.ema_max_decay) + ', (1+n)/(10+n)))' if ema else 'the trained weights (no EMA)'}.
 - Full configuration: `training_config.json`; validation grids: `validation/`; logs: `logs/`.

@@ -162,6 +162,7 @@ class _Run:
     lr_scheduler: Any = None
     ema: EMA | None = None
     null_text: torch.Tensor | None = None
+    base_in_channels: int = 4  # the base UNet's input channels (8: an InstructPix2Pix base, not widened)
 
 
 def _make_accelerator(cfg: TrainConfig, out: Path):
@@ -183,6 +184,7 @@ def _load_models(cfg: TrainConfig, accelerator) -> tuple[_Run, torch.nn.Module]:
 
     tokenizer, text_encoder, vae, unet, noise_scheduler = load_base(cfg.base)
     frozen_hashes = {"vae": hash_state_dict(vae), "text_encoder": hash_state_dict(text_encoder)}
+    base_in_channels = int(unet.conv_in.in_channels)
     widen_conv_in(unet, 8)
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
@@ -194,7 +196,8 @@ def _load_models(cfg: TrainConfig, accelerator) -> tuple[_Run, torch.nn.Module]:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    run = _Run(cfg, accelerator, tokenizer, text_encoder, vae, noise_scheduler, weight_dtype, frozen_hashes)
+    run = _Run(cfg, accelerator, tokenizer, text_encoder, vae, noise_scheduler, weight_dtype, frozen_hashes,
+               base_in_channels=base_in_channels)
     return run, unet
 
 
@@ -390,7 +393,8 @@ def train(cfg: TrainConfig) -> Path:
     if main:
         if val_examples and (not cfg.validate_every or step % cfg.validate_every != 0):
             _validate(run, step, val_examples)
-        export_pipeline(out, cfg, run.trained, run.ema, run.noise_scheduler, step=step, frozen_hashes=run.frozen_hashes)
+        export_pipeline(out, cfg, run.trained, run.ema, run.noise_scheduler, step=step, frozen_hashes=run.frozen_hashes,
+                        base_in_channels=run.base_in_channels)
         if dataset.bad_rows.rows or samples.bad.rows:
             log.warning("bad rows: reader %s; during training %s", dataset.bad_rows.summary(), samples.bad.summary())
     accelerator.wait_for_everyone()

@@ -140,11 +140,10 @@ def _category_lines(results: dict) -> str:
 
 def _stage_block(run: dict, i: int, n: int) -> str:
     """The card's description of one training stage (a run of ``ip2p train``)."""
+    from ip2p.train.config import loss_text, lr_schedule_text
+
     cfg = run["config"]
-    sched = {"constant": f"constant after {cfg['lr_warmup_steps']} warm-up steps"}.get(
-        cfg.get("lr_schedule", "constant"), f"{cfg.get('lr_schedule')} decay to 0 at step {cfg['max_steps']} after "
-                                            f"{cfg['lr_warmup_steps']} warm-up steps")
-    loss = f"Min-SNR-{cfg['snr_gamma']} weighted eps MSE" if cfg.get("snr_gamma") else "eps MSE"
+    sched, loss = lr_schedule_text(cfg), loss_text(cfg)
     title = f"\n### Stage {i} of {n}\n" if n > 1 else ""
     return f"""{title}
 ```
