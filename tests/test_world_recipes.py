@@ -146,3 +146,22 @@ def test_ip2p_recipe_runs_its_stages_each_from_the_last_export_and_skips_finishe
     again = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages)
     assert again["previous_stages"] == run["previous_stages"] and again["final_step"] == 2
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained
+
+
+def test_vae_recipe_runs_its_phases_each_from_the_last_checkpoint(tmp_path, threads):
+    """`ip2p world train-vae` runs the phases in turn (phase k from phase k-1's last checkpoint), keeps
+    the earlier phases' records beside the last, and a rerun changes nothing."""
+    import json
+
+    from ip2p.world.vae_recipe import train_vae_phases
+
+    phases = (dict(steps=2, lr=1e-3, seed=0), dict(steps=2, lr=5e-4, seed=1))
+    kw = dict(batch=4, checkpoint_every=2, eval_n=12, bf16=False)
+    rec = train_vae_phases(tmp_path / "vae", run_dir=tmp_path / "run", phases=phases, **kw)
+    assert rec["config"]["init_checkpoint"] == str(tmp_path / "run" / "phase-1" / "checkpoint-2.pt")
+    first = json.loads((tmp_path / "vae" / "training-phase1.json").read_text())
+    assert first["config"]["seed"] == 0 and "init_checkpoint" not in first["config"]
+    assert _weights(tmp_path / "vae") != _weights(tmp_path / "run" / "phase-1" / "vae")  # phase 2 trained on
+    before = _weights(tmp_path / "vae")
+    train_vae_phases(tmp_path / "vae", run_dir=tmp_path / "run", phases=phases, **kw)
+    assert _weights(tmp_path / "vae") == before

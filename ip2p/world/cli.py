@@ -19,18 +19,26 @@ def build_tokenizer_cmd(out: Path = typer.Option(None, help="folder (default: th
 
 
 @world_app.command("train-vae")
-def train_vae_cmd(steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+def train_vae_cmd(steps: int = typer.Option(None, help="one phase of this many steps (default: the recipe's phases)"),
+                  batch: int = 32,
+                  lr: float = typer.Option(None, help="one phase's lr (default: the recipe's phases; 1e-3 alone)"),
+                  seed: int = typer.Option(None, help="one phase's seed (default: the recipe's phases; 0 alone)"),
                   run_dir: Path = typer.Option(Path("runs/world-vae"), help="checkpoints; a rerun resumes from here"),
                   bf16: bool = typer.Option(True, help="bfloat16 autocast for forward and backward"),
                   init_checkpoint: Path = typer.Option(None, help="start from this checkpoint's weights (a second phase)"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
     """Train the world's AutoencoderKL (64x64 <-> 16x16x4) on caption scenes and edit inputs/targets,
-    set its latent scale and make its posterior nearly deterministic; resumable."""
+    set its latent scale and make its posterior nearly deterministic; resumable. Without --steps,
+    --lr, --seed or --init-checkpoint: the recipe's phases (ip2p.world.vae_recipe.PHASES) in turn."""
     from ip2p.world import SD_DIR
-    from ip2p.world.vae_recipe import train_vae
+    from ip2p.world.vae_recipe import train_vae, train_vae_phases
 
-    rec = train_vae(out or SD_DIR / "vae", run_dir=run_dir, steps=steps, batch=batch, lr=lr, seed=seed, bf16=bf16,
-                    init_checkpoint=init_checkpoint)
+    out = out or SD_DIR / "vae"
+    if steps is None and lr is None and seed is None and init_checkpoint is None:
+        rec = train_vae_phases(out, run_dir=run_dir, batch=batch, bf16=bf16)
+    else:
+        rec = train_vae(out, run_dir=run_dir, steps=steps or 3000, batch=batch, lr=lr or 1e-3, seed=seed or 0,
+                        bf16=bf16, init_checkpoint=init_checkpoint)
     typer.echo(f"vae: round-trip L1 of test targets {rec['roundtrip_test_targets']['l1_mean']} "
                f"scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 

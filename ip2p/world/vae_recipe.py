@@ -191,3 +191,26 @@ def finish_vae(vae, out: Path, record: RunRecord, gen: torch.Generator, seed: in
     return record.save(out, parameters=n_params(vae), scaling_factor=scaling, posterior_std_before=std_before,
                        posterior_std_after=std_after, roundtrip_test_targets=figures,
                        roundtrip_train_targets=roundtrip_l1(vae, "train", n=eval_n))
+
+
+# The shipped VAE's phases, each from the previous phase's last checkpoint with its own optimiser,
+# cosine schedule, lr and seed (phase records: the VAE's training-phase<k>.json and training.json).
+PHASES = (dict(steps=3000, lr=8e-4, seed=0), dict(steps=1500, lr=3e-4, seed=1), dict(steps=1000, lr=1.5e-4, seed=2))
+
+
+def train_vae_phases(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"),
+                     phases: tuple[dict, ...] = PHASES, **kw) -> dict:
+    """Every phase in turn into ``run_dir/phase-<k>`` (each resumable; a finished phase is not trained
+    again), the last one saved into ``out`` with the earlier phases' records beside its own."""
+    from ip2p.util.io import atomic_write_json
+
+    run_dir, init, records = Path(run_dir), None, []
+    for k, phase in enumerate(phases, 1):
+        phase_dir = run_dir / f"phase-{k}"
+        last = k == len(phases)
+        records.append(train_vae(Path(out) if last else phase_dir / "vae", run_dir=phase_dir, init_checkpoint=init,
+                                 **phase, **kw))
+        init = phase_dir / f"checkpoint-{phase['steps']}.pt"
+    for k, rec in enumerate(records[:-1], 1):
+        atomic_write_json(Path(out) / f"training-phase{k}.json", rec)
+    return records[-1]
