@@ -16,7 +16,8 @@ say() { echo; echo "== $(date +%H:%M:%S) $*"; }
 for stage in $STAGES; do
   case $stage in
   sd) say "world:sd (second generation) into the package"
-    if ! cmp -s world-training/sd/vae/diffusion_pytorch_model.safetensors \
+    if [ ! -d world-training/sd ]; then echo "no world-training/sd: the shipped world:sd stays (ip2p world train-sd --out <folder> makes a new one)"
+    elif ! cmp -s world-training/sd/vae/diffusion_pytorch_model.safetensors \
          ip2p/world/weights/sd/vae/diffusion_pytorch_model.safetensors; then
       rm -rf ip2p/world/weights/sd.new && cp -r world-training/sd ip2p/world/weights/sd.new
       rm -rf ip2p/world/weights/sd && mv ip2p/world/weights/sd.new ip2p/world/weights/sd
