@@ -297,7 +297,8 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
     wall = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else None
     cfg = TrainConfig(out=str(run_dir), **recipe)
     done.update({"command": recipe_command(cfg), "wall_time_s": done.get("wall_time_s", wall)})
-    done.pop("previous_stages", None)  # a stage's own record (the last stage gets them back from train_ip2p)
+    for key in ("previous_stages", "recipe_command"):  # a stage's own record (train_ip2p sets both on the last)
+        done.pop(key, None)
     atomic_write_json(record, done)
     return done
 
