@@ -120,14 +120,10 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
         if p.is_file():
             p.chmod(0o644)
     print_table(agg, metrics=["clip_sim_direction", "clip_sim_image", "target_l1"])
-    from bench.aggregate import sweep_end_differences
-    from bench.plot import curves
+    from bench.aggregate import write_sweep_ends
 
-    knobs = {c["method"]: c["knob"] for c in curves(agg, method_names_of(run_dir)) if c["knob"]}
-    ends = sweep_end_differences(df, knobs)
+    ends = write_sweep_ends(df, agg, run_dir, out)
     if not ends.empty:
-        ends.to_csv(out / "sweep_ends.csv", index=False)
-        (out / "sweep_ends.csv").chmod(0o644)
         for r in ends.itertuples():
             print(f"{r.method}: {r.knob} {r._3:g} -> {r.to:g}, {r.metric} {r.mean_difference:+.4f} "
                   f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] over {r.n_items} items (paired)")

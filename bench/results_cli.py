@@ -24,8 +24,9 @@ def aggregate_command(
     category: str = typer.Option("(all)", help="category to print ('*' for every category)"),
     metrics: Optional[str] = typer.Option(None, help="comma-separated metric columns to print"),
 ) -> None:
-    """Mean and bootstrap 95% interval of every metric per setting (and per category)."""
-    from bench.aggregate import aggregate as agg_fn, metric_columns, print_table, write_aggregate
+    """Mean and bootstrap 95% interval of every metric per setting (and per category); with sweeps,
+    the paired differences between each sweep's ends (sweep_ends.csv)."""
+    from bench.aggregate import aggregate as agg_fn, metric_columns, print_table, write_aggregate, write_sweep_ends
     from bench.run_folder import check_output_folder
 
     check_n_boot(n_boot)
@@ -43,6 +44,8 @@ def aggregate_command(
     print_table(agg, category=None if category == "*" else category, metrics=names,
                 note=f"partial: {state.line()}" if state.partial else None)
     typer.echo(f"wrote {paths['csv']} and {paths['parquet']}")
+    if not write_sweep_ends(df, agg, run, out or run).empty:
+        typer.echo(f"wrote {Path(out or run) / 'sweep_ends.csv'} (paired differences between each sweep's ends)")
 
 
 def plot_command(

@@ -19,7 +19,7 @@ def test_demo_writes_report_figures_and_tables(tmp_path):
                    baselines=False, progress=False)
     assert res["rows"] == 2 * 4  # 2 items x 4 sI at sT 7.5 (baselines=False: InstructPix2Pix alone)
     for name in ("report.html", "tradeoff.pdf", "tradeoff.png", "aggregate.csv", "results.parquet",
-                 "manifest.json", "spec.yaml", "edits.png"):
+                 "manifest.json", "spec.yaml", "edits.png", "sweep_ends.csv"):
         assert (out / name).stat().st_size > 0, name
     agg = pd.read_csv(out / "aggregate.csv")
     rows = pd.read_parquet(out / "results.parquet")

@@ -12,6 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -147,6 +148,7 @@ def test_corrupt_stored_images_are_named_and_repaired_with_identical_rows(tmp_pa
 
     agg = CliRunner().invoke(app, ["aggregate", str(run)])
     assert agg.exit_code == 0 and out_rel in agg.output and in_rel in agg.output, agg.output
+    assert not (run / "sweep_ends.csv").exists()  # no CLIP metrics: no sweep ends to write
     from bench.report import build_report
 
     html = build_report(run).read_text()
@@ -307,6 +309,8 @@ def test_partial_runs_say_so_and_a_dead_invocation_is_not_running_forever(tmp_pa
     html = (run / "report.html").read_text()
     assert "8 of 12 units done (interrupted)" in html and "id='partial'" in html
     assert (run / "edits.png").is_file()  # `ip2p report` writes the per-category figure beside the report
+    ends = pd.read_csv(run / "sweep_ends.csv")  # `ip2p aggregate`: the sweep's paired end-to-end differences
+    assert set(ends["metric"]) == {"clip_sim_direction", "clip_sim_image"} and (ends["n_items"] == 2).all()
     run_sweep(parse_spec(grown), run, progress=False)
     assert (run_state(run).state, run_state(run).done) == ("complete", 12)
     r = CliRunner().invoke(app, ["aggregate", str(run)])
