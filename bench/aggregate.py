@@ -191,20 +191,3 @@ def sweep_end_differences(df: pd.DataFrame, curve_knobs: dict[str, str],
                         "n_items": int(np.isfinite(diff).sum()), "mean_difference": mean, "ci_low": low, "ci_high": high,
                         "separated": bool(low > 0 or high < 0)})
     return pd.DataFrame(out)
-
-
-def write_sweep_ends(df: pd.DataFrame, agg: pd.DataFrame, run_dir: str | Path, out_folder: str | Path) -> pd.DataFrame:
-    """``sweep_end_differences`` along each method's curve knob (as the figure draws it), written to
-    ``out_folder/sweep_ends.csv`` (readable by all) when any sweep has two ends; returned."""
-    from pathlib import Path
-
-    from bench.plot import curves, method_names_of
-
-    knobs = {c["method"]: c["knob"] for c in curves(agg, method_names_of(Path(run_dir))) if c["knob"]}
-    ends = sweep_end_differences(df, knobs)
-    if not ends.empty:
-        path = Path(out_folder) / "sweep_ends.csv"
-        ends.to_csv(path, index=False)
-        path.chmod(0o644)
-    return ends
-

@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
         if p.is_file():
             p.chmod(0o644)
     print_table(agg, metrics=["clip_sim_direction", "clip_sim_image", "target_l1"])
-    from bench.aggregate import write_sweep_ends
+    from bench.sweep_ends import write_sweep_ends
 
     ends = write_sweep_ends(df, agg, run_dir, out)
     if not ends.empty:

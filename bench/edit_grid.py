@@ -18,13 +18,6 @@ def _settings(d: pd.DataFrame) -> list:
     return list(cols.itertuples(index=False))
 
 
-def _load(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB").copy()
-
-
 def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per_category: int = 1,
               label_knobs: bool = True) -> Path | None:
     """Write ``out_png`` (the edits of ``per_category`` item(s) per category); None when no row has images."""
@@ -34,6 +27,8 @@ def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per
     import matplotlib.pyplot as plt
 
     from bench.aggregate import knob_label, varying_knobs
+    from ip2p.errors import ImageReadError
+    from ip2p.util.io import load_pil
 
     run_dir, out_png = Path(run_dir), Path(out_png)
     d = df[(df["seed"] == df["seed"].min()) & df["output_image"].notna()]
@@ -57,8 +52,12 @@ def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if isinstance(rel, str) and (run_dir / rel).is_file():
-                ax.imshow(_load(run_dir / rel), interpolation="nearest")
+            try:
+                img = load_pil(run_dir / rel, what="stored image") if isinstance(rel, str) else None
+            except ImageReadError:  # missing or corrupt: the report names it; here a mark in its cell
+                img = None
+            if img is not None:
+                ax.imshow(img, interpolation="nearest")
             else:
                 ax.text(0.5, 0.5, "-", ha="center", va="center", transform=ax.transAxes)
             if r == 0:

@@ -26,7 +26,8 @@ def aggregate_command(
 ) -> None:
     """Mean and bootstrap 95% interval of every metric per setting (and per category); with sweeps,
     the paired differences between each sweep's ends (sweep_ends.csv)."""
-    from bench.aggregate import aggregate as agg_fn, metric_columns, print_table, write_aggregate, write_sweep_ends
+    from bench.aggregate import aggregate as agg_fn, metric_columns, print_table, write_aggregate
+    from bench.sweep_ends import write_sweep_ends
     from bench.run_folder import check_output_folder
 
     check_n_boot(n_boot)

@@ -39,6 +39,9 @@ def test_one_row_per_category_with_the_stored_pixels(tmp_path):
 
 
 def test_missing_images_are_dashes_and_no_images_is_no_figure(tmp_path):
-    df = _run(tmp_path, ["add"], missing={"images/0-0.png"})
-    assert edit_grid(tmp_path, df, tmp_path / "g.png").is_file()
+    df = _run(tmp_path, ["add", "move"], missing={"images/0-0.png"})
+    (tmp_path / "images" / "1-0.png").write_bytes(b"\x89PNG not an image")  # corrupt
+    colours = {tuple(int(v) for v in c) for c in np.asarray(Image.open(edit_grid(tmp_path, df, tmp_path / "g.png"))
+                                                               .convert("RGB")).reshape(-1, 3)}
+    assert _colour(0, 1) in colours and _colour(1, 1) in colours  # the readable images are drawn
     assert edit_grid(tmp_path, df.assign(output_image=None), tmp_path / "none.png") is None
