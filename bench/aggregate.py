@@ -99,6 +99,13 @@ def knob_label(knobs_json: str, varying: list[str] | None = None) -> str:
                     else f"{short.get(n, n)}={k[n]}" for n in names) or "default"
 
 
+def settings_in_spec_order(df: pd.DataFrame) -> list:
+    """The run's settings (method_index, setting_index, method, knobs) as named tuples, in spec order."""
+    cols = (df[["method_index", "setting_index", "method", "knobs"]].drop_duplicates()
+            .sort_values(["method_index", "setting_index"]))
+    return list(cols.itertuples(index=False))
+
+
 def varying_knobs(agg: pd.DataFrame) -> dict[str, list[str]]:
     """method -> the knobs whose value differs between its settings (the ones worth showing)."""
     out = {}

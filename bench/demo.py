@@ -105,7 +105,10 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
     shutil.copyfile(run_dir / "aggregate.csv", out / "aggregate.csv")
     figs = plot_tradeoff(agg, out / "tradeoff", method_names=method_names_of(run_dir),
                          title=f"Small world: image consistency vs. edit direction ({df['item_id'].nunique()} test items)")
-    report = build_report(run_dir, out / "report.html", agg=agg, figure_png=figs["png"])
+    from bench.sweep_ends import curve_sweep_ends, write_sweep_ends
+
+    ends = curve_sweep_ends(df, agg, run_dir)
+    report = build_report(run_dir, out / "report.html", agg=agg, figure_png=figs["png"], ends=ends)
     from bench.edit_grid import edit_grid
 
     edit_grid(run_dir, df, out / "edits.png")
@@ -120,10 +123,7 @@ def run_demo(out: str | Path = "reports/demo", *, run_dir: str | Path = "results
         if p.is_file():
             p.chmod(0o644)
     print_table(agg, metrics=["clip_sim_direction", "clip_sim_image", "target_l1"])
-    from bench.sweep_ends import write_sweep_ends
-
-    ends = write_sweep_ends(df, agg, run_dir, out)
-    if not ends.empty:
+    if write_sweep_ends(ends, out):
         for r in ends.itertuples():
             print(f"{r.method}: {r.knob} {r._3:g} -> {r.to:g}, {r.metric} {r.mean_difference:+.4f} "
                   f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] over {r.n_items} items (paired)")

@@ -12,12 +12,6 @@ from pathlib import Path
 import pandas as pd
 
 
-def _settings(d: pd.DataFrame) -> list:
-    cols = (d[["method_index", "setting_index", "method", "knobs"]].drop_duplicates()
-            .sort_values(["method_index", "setting_index"]))
-    return list(cols.itertuples(index=False))
-
-
 def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per_category: int = 1,
               label_knobs: bool = True) -> Path | None:
     """Write ``out_png`` (the edits of ``per_category`` item(s) per category); None when no row has images."""
@@ -26,7 +20,7 @@ def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.aggregate import knob_label, varying_knobs
+    from bench.aggregate import knob_label, settings_in_spec_order, varying_knobs
     from ip2p.errors import ImageReadError
     from ip2p.util.io import load_pil
 
@@ -37,7 +31,7 @@ def edit_grid(run_dir: str | Path, df: pd.DataFrame, out_png: str | Path, *, per
     items = d.drop_duplicates("item_id").sort_values("item_index")
     if items["category"].notna().any():
         items = items.groupby("category", sort=False).head(per_category)
-    settings = _settings(d)
+    settings = settings_in_spec_order(d)
     vary = varying_knobs(df[["method", "knobs"]].drop_duplicates()) if label_knobs else {}
     has_target = "target_image" in d and d["target_image"].notna().any()
     out_by = {(r.item_id, r.method, r.knobs): r.output_image for r in d.itertuples()}

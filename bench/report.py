@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.aggregate import ALL, knob_label, varying_knobs
+from bench.aggregate import ALL, knob_label, settings_in_spec_order, varying_knobs
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -73,15 +73,14 @@ def _table(agg: pd.DataFrame, category: str, metrics: list[str], table_id: str) 
 
 
 def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int, bad_files: dict[str, str] | None = None) -> str:
-    settings = (df[["method_index", "setting_index", "method", "knobs"]].drop_duplicates()
-                .sort_values(["method_index", "setting_index"]))
+    settings = settings_in_spec_order(df)
     seed0 = df["seed"].min()
     d = df[df["seed"] == seed0]
     items = d.drop_duplicates("item_id").sort_values("item_index").head(n_items)
     has_target = d["target_image"].notna().any() if "target_image" in d else False
     vary = varying_knobs(df[["method", "knobs"]].drop_duplicates())
     head = "<th>input</th><th>instruction</th>" + "".join(
-        f"<th>{_e(s.method)}<br>{_e(knob_label(s.knobs, vary.get(s.method)))}</th>" for s in settings.itertuples())
+        f"<th>{_e(s.method)}<br>{_e(knob_label(s.knobs, vary.get(s.method)))}</th>" for s in settings)
     if has_target:
         head += "<th>target</th>"
     out_by = {(r.item_id, r.method, r.knobs): r.output_image for r in d.itertuples()}
@@ -105,20 +104,15 @@ def _grid(run_dir: Path, df: pd.DataFrame, n_items: int, max_side: int, bad_file
         text = (f"<td class='text'><b>{_e(it.instruction)}</b><br>{_e(it.input_caption)} &rarr; "
                 f"{_e(it.output_caption)}{cat}<br><small>{_e(it.item_id)}</small></td>")
         cells = [img(it.input_image), text]
-        cells += [img(out_by.get((it.item_id, s.method, s.knobs))) for s in settings.itertuples()]
+        cells += [img(out_by.get((it.item_id, s.method, s.knobs))) for s in settings]
         if has_target:
             cells.append(img(it.target_image))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _sweep_ends(run_dir: Path, df: pd.DataFrame, agg: pd.DataFrame) -> str:
-    """A table of each method's paired difference between the ends of its curve (``sweep_end_differences``)."""
-    from bench.aggregate import sweep_end_differences
-    from bench.plot import curves, method_names_of
-
-    knobs = {c["method"]: c["knob"] for c in curves(agg, method_names_of(run_dir)) if c["knob"]}
-    ends = sweep_end_differences(df, knobs)
+def _sweep_ends(ends: pd.DataFrame) -> str:
+    """A table of each method's paired difference between the ends of its curve (``curve_sweep_ends``)."""
     if ends.empty:
         return ""
     rows = "".join(
@@ -133,8 +127,10 @@ def _sweep_ends(run_dir: Path, df: pd.DataFrame, agg: pd.DataFrame) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.DataFrame | None = None,
-                 figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256) -> Path:
-    """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``)."""
+                 figure_png: str | Path | None = None, n_items: int = 8, max_side: int = 256,
+                 ends: pd.DataFrame | None = None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``<run>/report.html``); ``agg`` and ``ends``
+    (``bench.sweep_ends.curve_sweep_ends``) when the caller has them already."""
     from bench.aggregate import aggregate, metric_columns
     from bench.store import bad_stored_images, current_rows, load_results, run_state
     from ip2p.errors import SpecError
@@ -154,9 +150,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, agg: pd.
         spec_yaml = ""
     parts = _head(run_dir, manifest, df, state, bad)
     parts += _figure(run_dir, agg, state, figure_png)
-    ends = _sweep_ends(run_dir, df, agg)
-    if ends:
-        parts.append("<h2>Ends of each sweep, paired</h2>" + ends)
+    from bench.sweep_ends import curve_sweep_ends
+
+    table = _sweep_ends(curve_sweep_ends(df, agg, run_dir) if ends is None else ends)
+    if table:
+        parts.append("<h2>Ends of each sweep, paired</h2>" + table)
     parts += _results(agg, metric_columns(df))
     parts.append("<h2>Edits</h2><p>Seed "
                  f"{int(df['seed'].min())}; columns are the settings in spec order.</p>")

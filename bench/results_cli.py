@@ -27,7 +27,7 @@ def aggregate_command(
     """Mean and bootstrap 95% interval of every metric per setting (and per category); with sweeps,
     the paired differences between each sweep's ends (sweep_ends.csv)."""
     from bench.aggregate import aggregate as agg_fn, metric_columns, print_table, write_aggregate
-    from bench.sweep_ends import write_sweep_ends
+    from bench.sweep_ends import curve_sweep_ends, write_sweep_ends
     from bench.run_folder import check_output_folder
 
     check_n_boot(n_boot)
@@ -45,8 +45,9 @@ def aggregate_command(
     print_table(agg, category=None if category == "*" else category, metrics=names,
                 note=f"partial: {state.line()}" if state.partial else None)
     typer.echo(f"wrote {paths['csv']} and {paths['parquet']}")
-    if not write_sweep_ends(df, agg, run, out or run).empty:
-        typer.echo(f"wrote {Path(out or run) / 'sweep_ends.csv'} (paired differences between each sweep's ends)")
+    ends_csv = write_sweep_ends(curve_sweep_ends(df, agg, run), out or run)
+    if ends_csv:
+        typer.echo(f"wrote {ends_csv} (paired differences between each sweep's ends)")
 
 
 def plot_command(

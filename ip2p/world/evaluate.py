@@ -105,6 +105,12 @@ def sd_samples(sd_folder: str | Path, captions: list[str], steps: int = 20, guid
     return out.images
 
 
+def _top1(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
+    """How often each image's own caption (same index) is the nearest of all the captions."""
+    hits = (image_features @ text_features.t()).argmax(1) == torch.arange(len(image_features))
+    return round(float(hits.float().mean()), 3)
+
+
 @torch.no_grad()
 def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> dict:
     real, caps, _ = eval_caption_items(n)
@@ -117,10 +123,10 @@ def evaluate_sd(sd_folder: str | Path, clip_folder: str | Path, n: int = 32) -> 
     return {
         "clip_score_own_caption": round(float(own.mean()), 4),
         "clip_score_shuffled_caption": round(float(shuffled.mean()), 4),
-        "clip_top1_among_n": round(float(((fi @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
+        "clip_top1_among_n": _top1(fi, ft),
         "reference_true_scenes_own_caption": round(float((fr * ft).sum(-1).mean()), 4),
         "reference_true_scenes_shuffled_caption": round(float((fr * ft[perm]).sum(-1).mean()), 4),
-        "reference_true_scenes_top1_among_n": round(float(((fr @ ft.t()).argmax(1) == torch.arange(n)).float().mean()), 3),
+        "reference_true_scenes_top1_among_n": _top1(fr, ft),
         "n": n, "steps": 20, "guidance": 7.5, "sampler": "DDIM",
     }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ip2p.train.config import TrainConfig
+from ip2p.train.config import TrainConfig, loss_text, lr_schedule_text
 from ip2p.util.io import atomic_write_json
 from ip2p.world import WEIGHTS_DIR
 from ip2p.world.cards import render_card
@@ -140,8 +140,6 @@ def _category_lines(results: dict) -> str:
 
 def _stage_block(run: dict, i: int, n: int) -> str:
     """The card's description of one training stage (a run of ``ip2p train``)."""
-    from ip2p.train.config import loss_text, lr_schedule_text
-
     cfg = run["config"]
     sched, loss = lr_schedule_text(cfg), loss_text(cfg)
     title = f"\n### Stage {i} of {n}\n" if n > 1 else ""
@@ -282,19 +280,19 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
 
     run_dir = Path(run_dir)
     target = recipe.get("stop_at_step") or recipe["max_steps"]
-    record = run_dir / "training_config.json"
+    record, wall_file = run_dir / "training_config.json", run_dir / "wall.json"
     done = json.loads(record.read_text()) if record.exists() else None
+    wall = json.loads(wall_file.read_text())["wall_time_s"] if wall_file.exists() else None
     if done is None or done.get("final_step") != target or not (run_dir / "unet").is_dir():
         resume = "latest" if any((run_dir / "checkpoints").glob("*")) else None
         t0 = time.time()
         train(TrainConfig(out=str(run_dir), resume=resume, time_limit_minutes=time_limit_minutes, **recipe))
-        prior = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else 0.0
-        atomic_write_json(run_dir / "wall.json", {"wall_time_s": round(prior + time.time() - t0, 1)})
+        wall = round((wall or 0.0) + time.time() - t0, 1)
+        atomic_write_json(wall_file, {"wall_time_s": wall})
         done = json.loads(record.read_text())
         if done["final_step"] < target:
             print(f"{run_dir}: stopped at step {done['final_step']} of {target}; rerun the same command to continue")
             return None
-    wall = json.loads((run_dir / "wall.json").read_text())["wall_time_s"] if (run_dir / "wall.json").exists() else None
     cfg = TrainConfig(out=str(run_dir), **recipe)
     done.update({"command": recipe_command(cfg), "wall_time_s": done.get("wall_time_s", wall)})
     for key in ("previous_stages", "recipe_command"):  # a stage's own record (train_ip2p sets both on the last)

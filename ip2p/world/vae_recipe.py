@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ip2p.world.recipe import SD_DIR, RunRecord, caption_batch, latest_checkpoint, n_params, save_checkpoint, setup
+from ip2p.world.recipe import (SD_DIR, RunRecord, caption_batch, latest_checkpoint, load_record, n_params,
+                               save_checkpoint, setup)
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -207,10 +208,13 @@ def train_vae_phases(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/worl
     run_dir, init, records = Path(run_dir), None, []
     for k, phase in enumerate(phases, 1):
         phase_dir = run_dir / f"phase-{k}"
-        last = k == len(phases)
-        records.append(train_vae(Path(out) if last else phase_dir / "vae", run_dir=phase_dir, init_checkpoint=init,
-                                 **phase, **kw))
-        init = phase_dir / f"checkpoint-{phase['steps']}.pt"
+        init_next = phase_dir / f"checkpoint-{phase['steps']}.pt"
+        if k < len(phases) and (phase_dir / "vae" / "training.json").is_file() and init_next.is_file():
+            records.append(load_record(phase_dir / "vae"))  # finished: its evaluation is not redone
+        else:
+            records.append(train_vae(Path(out) if k == len(phases) else phase_dir / "vae", run_dir=phase_dir,
+                                     init_checkpoint=init, **phase, **kw))
+        init = init_next
     for k, rec in enumerate(records[:-1], 1):
         atomic_write_json(Path(out) / f"training-phase{k}.json", rec)
     return records[-1]
