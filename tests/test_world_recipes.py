@@ -165,3 +165,26 @@ def test_vae_recipe_runs_its_phases_each_from_the_last_checkpoint(tmp_path, thre
     before = _weights(tmp_path / "vae")
     train_vae_phases(tmp_path / "vae", run_dir=tmp_path / "run", phases=phases, **kw)
     assert _weights(tmp_path / "vae") == before
+
+
+def test_recipes_refuse_a_device_they_cannot_train_on_before_any_work(tmp_path):
+    """`--device cuda` without that GPU is a clear error before anything is written (no silent CPU run);
+    the CPU and a visible GPU pass; a GPU stage's command drops --cpu."""
+    from ip2p.train.config import TrainConfig
+    from ip2p.world import ip2p_recipe
+    from ip2p.world.recipe import check_device
+    from ip2p.world.sd_recipe import train_sd
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one index past the visible GPUs, on any machine
+    assert check_device("cpu") == "cpu"
+    for bad, words in ((missing, "no such CUDA device"), ("mps", "'cpu' or 'cuda'")):
+        with pytest.raises(ValueError, match=words):
+            check_device(bad)
+    with pytest.raises(ValueError, match="no such CUDA device"):
+        train_sd(tmp_path / "sd", run_dir=tmp_path / "sd-run", steps=1, device=missing)
+    with pytest.raises(ValueError, match="no such CUDA device"):
+        ip2p_recipe.train_ip2p(tmp_path / "ip2p-run", ship=False, device=missing)
+    assert not (tmp_path / "sd-run").exists() and not (tmp_path / "ip2p-run").exists()
+    gpu = TrainConfig(out=str(tmp_path / "o"), **dict(ip2p_recipe.RECIPE, cpu=False))
+    assert "--cpu" not in ip2p_recipe.recipe_command(gpu).split()
+    assert "--cpu" in ip2p_recipe.recipe_command(TrainConfig(out=str(tmp_path / "o"), **ip2p_recipe.RECIPE)).split()

@@ -47,14 +47,15 @@ def train_vae_cmd(steps: int = typer.Option(None, help="one phase of this many s
 def train_sd_cmd(steps: int = 2000, batch: int = 32, lr: float = 1e-3, n_images: int = 16384, seed: int = 0,
                  run_dir: Path = typer.Option(Path("runs/world-sd"), help="checkpoints; a rerun resumes from here"),
                  time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long"),
-                 out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)")) -> None:
+                 out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)"),
+                 device: str = typer.Option("cpu", help="cpu, or cuda to train on a GPU")) -> None:
     """Train the world's text encoder + UNet on world captions (needs the VAE and tokenizer in --out);
     save a StableDiffusionPipeline folder when done; resumable."""
     from ip2p.world import SD_DIR
     from ip2p.world.sd_recipe import train_sd
 
     rec = train_sd(out or SD_DIR, run_dir=run_dir, steps=steps, batch=batch, lr=lr, n_images=n_images, seed=seed,
-                   time_limit_minutes=time_limit_minutes)
+                   time_limit_minutes=time_limit_minutes, device=device)
     if rec is not None:
         typer.echo(f"sd: final loss {rec['final_loss']:.4f} in {rec['wall_time_s']} s")
 
@@ -64,12 +65,13 @@ def train_ip2p_cmd(steps: int = typer.Option(None, help="one stage of this many 
                    run_dir: Path = typer.Option(Path("runs/world-ip2p"), help="checkpoints; a rerun resumes"),
                    time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long"),
                    base: str = typer.Option(None, help="text-to-image base (default world:sd)"),
-                   ship: bool = typer.Option(True, help="copy into weights/ip2p and write the card when done")) -> None:
+                   ship: bool = typer.Option(True, help="copy into weights/ip2p and write the card when done"),
+                   device: str = typer.Option("cpu", help="cpu, or cuda to train on a GPU")) -> None:
     """Train world:ip2p from world:sd with the project's trainer, stage by stage (each resumable; finished
     stages are skipped); ship and evaluate it when done."""
     from ip2p.world.ip2p_recipe import train_ip2p
 
-    res = train_ip2p(run_dir, steps=steps, time_limit_minutes=time_limit_minutes, base=base, ship=ship)
+    res = train_ip2p(run_dir, steps=steps, time_limit_minutes=time_limit_minutes, base=base, ship=ship, device=device)
     if res is not None:
         typer.echo("world:ip2p shipped; evaluation written to its card" if ship else
                    f"world:ip2p trained; its pipeline is in {run_dir} (not shipped: --no-ship)")

@@ -26,6 +26,7 @@ from ip2p.util.io import atomic_write_json
 from ip2p.world import WEIGHTS_DIR
 from ip2p.world.cards import render_card
 from ip2p.world.cards import write_card as write_world_card
+from ip2p.world.recipe import check_device
 
 SHIP_DIR = WEIGHTS_DIR / "ip2p"
 RUN_DIR = Path("runs/world-ip2p")
@@ -59,7 +60,7 @@ def recipe_command(cfg: TrainConfig) -> str:
              "--flip" if cfg.flip else "--no-flip", f"--seed {cfg.seed}", "--ema" if cfg.ema else "--no-ema",
              f"--ema-max-decay {cfg.ema_max_decay}", f"--checkpoint-every {cfg.checkpoint_every}",
              f"--checkpoints-keep {cfg.checkpoints_keep}", f"--validate-every {cfg.validate_every}",
-             f"--val-examples {cfg.val_examples}", "--no-verify-images", "--cpu"]
+             f"--val-examples {cfg.val_examples}", "--no-verify-images"] + (["--cpu"] if cfg.cpu else [])
     if cfg.stop_at_step is not None:
         opts.append(f"--stop-at-step {cfg.stop_at_step}")
     return "ip2p train " + " ".join(opts)
@@ -303,17 +304,20 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
 
 def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_minutes: float | None = None,
                ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20, base: str | None = None,
-               ship: bool = True, stages: tuple[dict, ...] = STAGES) -> dict | None:
+               ship: bool = True, stages: tuple[dict, ...] = STAGES, device: str = "cpu") -> dict | None:
     """Train every stage (each resuming, finished ones skipped), then ship and evaluate the last.
     ``steps`` or ``base``: one stage of that length, from that base, into ``run_dir`` itself.
+    ``device`` "cuda": the trainer on the GPU (the recipe's ``cpu=True`` dropped), same recipe otherwise.
 
     Returns the evaluation (the last stage's record with ``ship=False``), or None when the time limit
     stopped a stage first (rerun to continue)."""
+    device = check_device(device)
     run_dir = Path(run_dir)
     t0 = time.time()
     single = steps is not None or base is not None
-    plan = ([(run_dir, dict(RECIPE, max_steps=steps or RECIPE["max_steps"], base=base or RECIPE["base"]))] if single else
-            [(run_dir / f"stage-{k}", dict(RECIPE, **stage, base=RECIPE["base"] if k == 1 else str(run_dir / f"stage-{k - 1}")))
+    recipe = dict(RECIPE, cpu=device == "cpu")
+    plan = ([(run_dir, dict(recipe, max_steps=steps or recipe["max_steps"], base=base or recipe["base"]))] if single else
+            [(run_dir / f"stage-{k}", dict(recipe, **stage, base=recipe["base"] if k == 1 else str(run_dir / f"stage-{k - 1}")))
              for k, stage in enumerate(stages, 1)])
     records = []
     for stage_dir, recipe in plan:
@@ -325,7 +329,7 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
     last_dir, run = plan[-1][0], records[-1]
     run["previous_stages"] = records[:-1]
     run["recipe_command"] = ("ip2p world train-ip2p" + (f" --steps {steps}" if steps else "")
-                             + (f" --base {base}" if base else ""))
+                             + (f" --base {base}" if base else "") + (f" --device {device}" if device != "cpu" else ""))
     atomic_write_json(last_dir / "training_config.json", run)
     if not ship:
         return run

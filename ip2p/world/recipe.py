@@ -36,7 +36,24 @@ def setup(seed: int, threads: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def hardware() -> str:
+def check_device(device: str) -> str:
+    """``device`` when a recipe can train there ("cpu", or "cuda"/"cuda:<k>" with that GPU visible);
+    a clear error otherwise (no silent fall-back to the CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: the world's recipes train on 'cpu' or 'cuda'")
+    if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: no such CUDA device is visible (torch.cuda.device_count() = "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 0})")
+    return str(dev)
+
+
+def hardware(device: str | torch.device = "cpu") -> str:
+    """Where a recipe ran: the CPU threads, or the GPU's name when ``device`` is a CUDA device."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     return f"{torch.get_num_threads()} CPU threads ({os.cpu_count()} cores visible, {cpu}), torch {torch.__version__}"
 
@@ -62,8 +79,9 @@ def caption_batch(split: str, start: int, n: int, seed: int = 0, rng: np.random.
 class RunRecord:
     """Times a recipe and writes what it did to ``training.json`` in the model folder."""
 
-    def __init__(self, command: str, **config):
+    def __init__(self, command: str, device: str | torch.device = "cpu", **config):
         self.command = command
+        self.device = device
         self.config = config
         self.t0 = time.time()
 
@@ -72,7 +90,7 @@ class RunRecord:
             "command": self.command,
             "config": self.config,
             "wall_time_s": round(time.time() - self.t0, 1),
-            "hardware": hardware(),
+            "hardware": hardware(self.device),
             **results,
         }
         atomic_write_json(Path(folder) / "training.json", rec)

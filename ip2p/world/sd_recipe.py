@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ip2p.world.recipe import SD_DIR, RunRecord, latest_checkpoint, n_params, save_checkpoint, setup
+from ip2p.world.recipe import SD_DIR, RunRecord, check_device, latest_checkpoint, n_params, save_checkpoint, setup
 from ip2p.data.world.scenes import N_CAPTION_PHRASINGS, caption
 from ip2p.data.world.examples import caption_scene
 from ip2p.data.world.scenes import render
@@ -106,12 +106,13 @@ def encode_dataset(vae, n: int, seed: int, batch: int = 256):
     from ip2p.data.world.examples import to_tensor
 
     scenes = [caption_scene("train", i, seed) for i in range(n)]
+    device = next(vae.parameters()).device
     means, stds = [], []
     for s in tqdm(range(0, n, batch), desc="encode latents"):
         x = torch.stack([to_tensor(render(sc)) for sc in scenes[s:s + batch]]) * 2 - 1
-        post = vae.encode(x).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(x.to(device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds), scenes
 
 
@@ -144,11 +145,11 @@ def paraphrase_loss(text_encoder, ids: torch.Tensor, eos_id: int, temperature: f
     halves of ``ids``: phrasings of one edit close, of different edits apart."""
     h = text_encoder(ids)[0].float()
     first_eos = (ids == eos_id).int().argmax(1)
-    keep = (torch.arange(ids.shape[1])[None] <= first_eos[:, None]).float()[..., None]
+    keep = (torch.arange(ids.shape[1], device=ids.device)[None] <= first_eos[:, None]).float()[..., None]
     z = F.normalize((h * keep).sum(1) / keep.sum(1), dim=-1)
     za, zb = z.chunk(2)
     logits = za @ zb.t() / temperature
-    target = torch.arange(len(za))
+    target = torch.arange(len(za), device=za.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
@@ -186,29 +187,32 @@ class SDRun:
     gen: torch.Generator
     rng: np.random.Generator
     scale: float
-    latents: tuple  # (posterior means, stds, scenes) of the caption pool
+    latents: tuple  # (posterior means, stds, scenes) of the caption pool, on the CPU
+    device: torch.device = torch.device("cpu")  # of the models; every random draw stays on the CPU
 
     @property
     def params(self) -> list:
         return list(self.unet.parameters()) + list(self.text_encoder.parameters())
 
 
-def _build_run(out: Path, run_dir: Path, *, steps: int, lr: float, n_images: int, seed: int, gen) -> SDRun:
+def _build_run(out: Path, run_dir: Path, *, steps: int, lr: float, n_images: int, seed: int, gen,
+               device: str | torch.device = "cpu") -> SDRun:
     from diffusers import DDPMScheduler
 
     from ip2p.models import load_tokenizer, load_vae
 
     tokenizer = load_tokenizer(out / "tokenizer")
-    vae = load_vae(out / "vae").requires_grad_(False)
-    text_encoder = build_text_encoder(tokenizer)
-    unet = build_unet(text_encoder.config.hidden_size)
+    device = torch.device(device)
+    vae = load_vae(out / "vae").requires_grad_(False).to(device)
+    text_encoder = build_text_encoder(tokenizer).to(device)
+    unet = build_unet(text_encoder.config.hidden_size).to(device)
     ema = [copy.deepcopy(m).requires_grad_(False) for m in (unet, text_encoder)]
     opt = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()), lr=lr, weight_decay=1e-2)
     noise_sched = DDPMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in (
         "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")})
     return SDRun(tokenizer, vae, text_encoder, unet, ema, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps)),
                  noise_sched, gen, np.random.default_rng(seed), float(vae.config.scaling_factor),
-                 _latents(vae, run_dir, n_images, seed))
+                 _latents(vae, run_dir, n_images, seed), device)
 
 
 def _resume(run: SDRun, run_dir: Path) -> tuple[int, float]:
@@ -241,13 +245,15 @@ def _train_step(run: SDRun, step: int, *, batch: int, caption_dropout: float, em
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, run.noise_sched.config.num_train_timesteps, (batch,), generator=gen)
     zt = run.noise_sched.add_noise(z0, noise, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    dev = run.device
+    zt, t, noise, ids = zt.to(dev), t.to(dev), noise.to(dev), ids.to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         pred = run.unet(zt, t, run.text_encoder(ids)[0]).sample
     loss = F.mse_loss(pred.float(), noise)
     if paraphrase_weight > 0:
         pa, pb = paraphrase_pairs(rng, paraphrase_batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss + paraphrase_weight * paraphrase_loss(run.text_encoder, tokenize(run.tokenizer, pa + pb),
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss + paraphrase_weight * paraphrase_loss(run.text_encoder, tokenize(run.tokenizer, pa + pb).to(dev),
                                                               run.tokenizer.eos_token_id)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -268,9 +274,9 @@ def _export(run: SDRun, out: Path) -> None:
 
     from ip2p.util.io import replacing_dir
 
-    unet, text_encoder = run.ema
+    unet, text_encoder = (m.to("cpu") for m in run.ema)  # export is the run's last act
     pipe = StableDiffusionPipeline(
-        vae=run.vae, text_encoder=text_encoder, tokenizer=run.tokenizer, unet=unet, scheduler=build_scheduler(),
+        vae=run.vae.to("cpu"), text_encoder=text_encoder, tokenizer=run.tokenizer, unet=unet, scheduler=build_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     with replacing_dir(out, start_from_existing=True) as tmp:  # one swap: the old pipeline or the new
@@ -281,20 +287,23 @@ def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: i
              lr: float = 1e-3, n_images: int = 16384, caption_dropout: float = 0.1, ema_decay: float = 0.999,
              seed: int = 0, checkpoint_every: int = 250, bf16: bool = True, threads: int | None = None,
              time_limit_minutes: float | None = None, paraphrase_weight: float = 0.1,
-             paraphrase_batch: int = 16) -> dict | None:
+             paraphrase_batch: int = 16, device: str = "cpu") -> dict | None:
     """Train (or resume) world:sd; save the pipeline into ``out`` when ``steps`` are done.
 
     With ``time_limit_minutes`` the run checkpoints and returns None at the first step past the
-    limit; rerunning the same command continues it."""
+    limit; rerunning the same command continues it. ``device`` ("cuda" on a GPU) holds the models;
+    every random draw stays on the CPU's generators, so the batches are the CPU run's."""
+    device = check_device(device)
     gen = setup(seed, threads)
     out, run_dir = Path(out), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = RunRecord(f"ip2p world train-sd --steps {steps} --batch {batch} --lr {lr} --n-images {n_images} "
-                       f"--run-dir {run_dir}", steps=steps, batch=batch, lr=lr, n_images=n_images,
+                       f"--run-dir {run_dir}" + (f" --device {device}" if device != "cpu" else ""), device=device,
+                       steps=steps, batch=batch, lr=lr, n_images=n_images,
                        caption_dropout=caption_dropout, ema_decay=ema_decay, seed=seed, bf16_autocast=bf16,
                        paraphrase_weight=paraphrase_weight, paraphrase_batch=paraphrase_batch,
                        text_config=TEXT_CONFIG, unet_config=UNET_CONFIG, scheduler=SCHEDULER_CONFIG)
-    run = _build_run(out, run_dir, steps=steps, lr=lr, n_images=n_images, seed=seed, gen=gen)
+    run = _build_run(out, run_dir, steps=steps, lr=lr, n_images=n_images, seed=seed, gen=gen, device=device)
     start, prior_wall = _resume(run, run_dir)
     t_run = time.time()
     record.t0 -= prior_wall
