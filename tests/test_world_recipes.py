@@ -188,3 +188,39 @@ def test_recipes_refuse_a_device_they_cannot_train_on_before_any_work(tmp_path):
     gpu = TrainConfig(out=str(tmp_path / "o"), **dict(ip2p_recipe.RECIPE, cpu=False))
     assert "--cpu" not in ip2p_recipe.recipe_command(gpu).split()
     assert "--cpu" in ip2p_recipe.recipe_command(TrainConfig(out=str(tmp_path / "o"), **ip2p_recipe.RECIPE)).split()
+
+
+def test_ip2p_recipe_trains_its_world_sd_base_first_when_the_shipped_world_sd_is_another_run(tmp_path, monkeypatch,
+                                                                                              threads):
+    """Stage 1 starts from world:sd only while the shipped world:sd is the recipe's base (BASE_SD); a
+    longer world:sd shipped later makes the recipe train that base into <run>/sd-base first (once), so
+    the chain still reproduces the shipped world:ip2p."""
+    import json
+
+    from ip2p.world import SD_DIR, ip2p_recipe
+
+    assert ip2p_recipe.base_sd_matches(SD_DIR)  # the shipped world:sd is stage 1's base
+    other = tmp_path / "sd-other"
+    for part in ("vae", "tokenizer"):
+        shutil.copytree(SD_DIR / part, other / part)
+    (other / "unet").mkdir()
+    rec = json.loads((SD_DIR / "unet" / "training.json").read_text())
+    rec["config"]["steps"] = 3200
+    (other / "unet" / "training.json").write_text(json.dumps(rec))
+    base_sd = dict(steps=2, batch=2, n_images=8, bf16=False, checkpoint_every=100)
+    assert not ip2p_recipe.base_sd_matches(other, base_sd)
+    for k, v in dict(batch_size=2, resolution=64, data_options={"n": 8}, val_examples=0, checkpoint_every=1,
+                     report_to="none", progress=False, mixed_precision="no").items():
+        monkeypatch.setitem(ip2p_recipe.RECIPE, k, v)
+    stages = (dict(max_steps=1), dict(max_steps=1))
+    run_dir = tmp_path / "run"
+    run = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages, sd_dir=other, base_sd=base_sd)
+    sd_base = run_dir / "sd-base"
+    assert json.loads((sd_base / "unet" / "training.json").read_text())["config"]["steps"] == 2
+    assert run["previous_stages"][0]["config"]["base"] == str(sd_base)
+    assert f"--base {sd_base}" in run["previous_stages"][0]["command"]
+    assert run["config"]["base"] == str(run_dir / "stage-1")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")}
+    again = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages, sd_dir=other, base_sd=base_sd)
+    assert again["previous_stages"] == run["previous_stages"]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained

@@ -10,7 +10,9 @@ exported EMA weights, with a fresh optimiser and its own warm-up and cosine sche
 A run stopped by ``--time-limit-minutes`` (or killed) continues from its newest checkpoint when the
 same command runs again: the trainer resumes bit for bit, and each cosine schedule is a function of
 its stage's ``max_steps`` alone, so the weights equal those of one uninterrupted run.
-``--steps`` or ``--base`` train one stage of that length (or from that base) instead.
+``--steps`` or ``--base`` train one stage of that length (or from that base) instead. Stage 1 starts
+from world:sd while the shipped world:sd is the text-to-image recipe's 2,000-step run (``BASE_SD``);
+after a longer world:sd is shipped, the recipe trains that base first (``<run-dir>/sd-base``).
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ import torch
 
 from ip2p.train.config import TrainConfig, loss_text, lr_schedule_text
 from ip2p.util.io import atomic_write_json
-from ip2p.world import WEIGHTS_DIR
+from ip2p.world import SD_DIR, WEIGHTS_DIR
 from ip2p.world.cards import render_card
 from ip2p.world.cards import write_card as write_world_card
-from ip2p.world.recipe import check_device
+from ip2p.world.recipe import check_device, load_record
 
 SHIP_DIR = WEIGHTS_DIR / "ip2p"
 RUN_DIR = Path("runs/world-ip2p")
@@ -47,6 +49,49 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 # stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
 # session 8; ``stop_at_step`` reproduces that stop exactly).
 STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500))
+
+# The world:sd that stage 1 starts from: the text-to-image recipe (``ip2p world train-sd``) with these
+# arguments, i.e. the world:sd shipped with the second generation. When the shipped world:sd is
+# another run (a longer one), ``train_ip2p`` first trains this base into ``<run_dir>/sd-base``, so
+# the chain of stages still reproduces the shipped world:ip2p.
+BASE_SD = dict(steps=2000)
+
+
+def base_sd_matches(sd_dir: Path = SD_DIR, base_sd: dict = BASE_SD) -> bool:
+    """Whether the world:sd in ``sd_dir`` was made by the text-to-image recipe with ``base_sd``: its
+    training record's config equals the recipe's defaults overridden by ``base_sd`` on every key the
+    two share."""
+    import inspect
+
+    from ip2p.world.sd_recipe import train_sd
+
+    config = load_record(Path(sd_dir) / "unet").get("config")
+    if not config:
+        return False
+    want = {k: p.default for k, p in inspect.signature(train_sd).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    want.update(base_sd)
+    want["bf16_autocast"] = want.pop("bf16", True)
+    return all(config[k] == v for k, v in want.items() if k in config)
+
+
+def _base_sd(run_dir: Path, sd_dir: Path, base_sd: dict, device: str, time_limit_minutes: float | None) -> str | None:
+    """Stage 1's base: ``RECIPE["base"]`` (world:sd) when the shipped world:sd is the recipe's base,
+    else ``<run_dir>/sd-base``, trained here first (resumable; None when the time limit stopped it)."""
+    from ip2p.world.sd_recipe import train_sd
+
+    if base_sd_matches(sd_dir, base_sd):
+        return RECIPE["base"]
+    out = run_dir / "sd-base"
+    if not (out / "unet" / "training.json").exists():
+        for part in ("vae", "tokenizer"):
+            if not (out / part).exists():
+                shutil.copytree(Path(sd_dir) / part, out / part)
+        print(f"world:sd in {sd_dir} is not stage 1's base ({base_sd}): training that base into {out}")
+        if train_sd(out, run_dir=run_dir / "sd-base-run", device=device, time_limit_minutes=time_limit_minutes,
+                    **base_sd) is None:
+            return None
+    return str(out)
 
 
 def recipe_command(cfg: TrainConfig) -> str:
@@ -274,6 +319,16 @@ def write_card(ship_dir: Path = SHIP_DIR, n: int = 192, steps: int = 20) -> dict
     return results
 
 
+def _stage_done(run_dir: Path, recipe: dict) -> dict | None:
+    """The stage's training record when ``run_dir`` holds its finished export, else None."""
+    record = Path(run_dir) / "training_config.json"
+    done = json.loads(record.read_text()) if record.exists() else None
+    target = recipe.get("stop_at_step") or recipe["max_steps"]
+    if done is None or done.get("final_step") != target or not (Path(run_dir) / "unet").is_dir():
+        return None
+    return done
+
+
 def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) -> dict | None:
     """One run of the trainer (resuming when ``run_dir`` has checkpoints); its record with the
     command that reproduces it, or None when the time limit stopped it first."""
@@ -282,9 +337,9 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
     run_dir = Path(run_dir)
     target = recipe.get("stop_at_step") or recipe["max_steps"]
     record, wall_file = run_dir / "training_config.json", run_dir / "wall.json"
-    done = json.loads(record.read_text()) if record.exists() else None
+    done = _stage_done(run_dir, recipe)
     wall = json.loads(wall_file.read_text())["wall_time_s"] if wall_file.exists() else None
-    if done is None or done.get("final_step") != target or not (run_dir / "unet").is_dir():
+    if done is None:
         resume = "latest" if any((run_dir / "checkpoints").glob("*")) else None
         t0 = time.time()
         train(TrainConfig(out=str(run_dir), resume=resume, time_limit_minutes=time_limit_minutes, **recipe))
@@ -304,10 +359,13 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
 
 def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_minutes: float | None = None,
                ship_dir: Path = SHIP_DIR, eval_n: int = 192, eval_steps: int = 20, base: str | None = None,
-               ship: bool = True, stages: tuple[dict, ...] = STAGES, device: str = "cpu") -> dict | None:
+               ship: bool = True, stages: tuple[dict, ...] = STAGES, device: str = "cpu",
+               sd_dir: Path = SD_DIR, base_sd: dict = BASE_SD) -> dict | None:
     """Train every stage (each resuming, finished ones skipped), then ship and evaluate the last.
     ``steps`` or ``base``: one stage of that length, from that base, into ``run_dir`` itself.
     ``device`` "cuda": the trainer on the GPU (the recipe's ``cpu=True`` dropped), same recipe otherwise.
+    Stage 1 starts from world:sd when ``sd_dir`` holds the recipe's base (``BASE_SD``), else from that
+    base trained first into ``<run_dir>/sd-base`` (``_base_sd``).
 
     Returns the evaluation (the last stage's record with ``ship=False``), or None when the time limit
     stopped a stage first (rerun to continue)."""
@@ -320,8 +378,18 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
             [(run_dir / f"stage-{k}", dict(recipe, **stage, base=recipe["base"] if k == 1 else str(run_dir / f"stage-{k - 1}")))
              for k, stage in enumerate(stages, 1)])
     records = []
-    for stage_dir, recipe in plan:
+    for k, (stage_dir, recipe) in enumerate(plan, 1):
         left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
+        if not single and k == 1:  # stage 1's base: world:sd, or the recipe's base trained first
+            done = _stage_done(stage_dir, recipe)
+            if done is not None:  # finished: the base it was trained from (world:sd while that is the base)
+                recipe["base"] = (RECIPE["base"] if base_sd_matches(Path(sd_dir), base_sd)
+                                  else done.get("config", {}).get("base", recipe["base"]))
+            else:
+                recipe["base"] = _base_sd(run_dir, Path(sd_dir), base_sd, device, left)
+                if recipe["base"] is None:
+                    return None
+                left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
         rec = _train_stage(stage_dir, recipe, left)
         if rec is None:
             return None
