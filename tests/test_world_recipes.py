@@ -199,14 +199,18 @@ def test_ip2p_recipe_trains_its_world_sd_base_first_when_the_shipped_world_sd_is
 
     from ip2p.world import SD_DIR, ip2p_recipe
 
-    assert ip2p_recipe.base_sd_matches(SD_DIR)  # the shipped world:sd is stage 1's base
+    rec = json.loads((SD_DIR / "unet" / "training.json").read_text())
+    for steps, matches in ((ip2p_recipe.BASE_SD["steps"], True), (ip2p_recipe.BASE_SD["steps"] + 1, False)):
+        (tmp_path / f"sd-{steps}" / "unet").mkdir(parents=True)
+        (tmp_path / f"sd-{steps}" / "unet" / "training.json").write_text(
+            json.dumps(dict(rec, config=dict(rec["config"], steps=steps))))
+        assert ip2p_recipe.base_sd_matches(tmp_path / f"sd-{steps}") is matches
+    assert not ip2p_recipe.base_sd_matches(tmp_path)  # no record: not the base
     other = tmp_path / "sd-other"
     for part in ("vae", "tokenizer"):
         shutil.copytree(SD_DIR / part, other / part)
     (other / "unet").mkdir()
-    rec = json.loads((SD_DIR / "unet" / "training.json").read_text())
-    rec["config"]["steps"] = 3200
-    (other / "unet" / "training.json").write_text(json.dumps(rec))
+    (other / "unet" / "training.json").write_text(json.dumps(dict(rec, config=dict(rec["config"], steps=3200))))
     base_sd = dict(steps=2, batch=2, n_images=8, bf16=False, checkpoint_every=100)
     assert not ip2p_recipe.base_sd_matches(other, base_sd)
     for k, v in dict(batch_size=2, resolution=64, data_options={"n": 8}, val_examples=0, checkpoint_every=1,

@@ -76,12 +76,12 @@ def base_sd_matches(sd_dir: Path = SD_DIR, base_sd: dict = BASE_SD) -> bool:
 
 
 def _base_sd(run_dir: Path, sd_dir: Path, base_sd: dict, device: str, time_limit_minutes: float | None) -> str | None:
-    """Stage 1's base: ``RECIPE["base"]`` (world:sd) when the shipped world:sd is the recipe's base,
+    """Stage 1's base: world:sd when the shipped world:sd is the recipe's base,
     else ``<run_dir>/sd-base``, trained here first (resumable; None when the time limit stopped it)."""
     from ip2p.world.sd_recipe import train_sd
 
     if base_sd_matches(sd_dir, base_sd):
-        return RECIPE["base"]
+        return "world:sd"
     out = run_dir / "sd-base"
     if not (out / "unet" / "training.json").exists():
         for part in ("vae", "tokenizer"):
@@ -234,9 +234,10 @@ def model_card(run: dict, results: dict) -> str:
     recipe = "".join(_stage_block(r, i + 1, len(stages)) for i, r in enumerate(stages))
     total_wall = round(sum(r.get("wall_time_s") or 0 for r in stages), 1)
     vae_line = ("- VAE: " + run["vae_note"] + "\n") if run.get("vae_note") else ""
-    intro = """A diffusers `StableDiffusionInstructPix2PixPipeline` folder (64x64 images, 16x16x4 latents),
-trained by this project's trainer (`ip2p train`) from `world:sd` on the world's training edits.
-Load with `ip2p.load_editor("world:ip2p")` or
+    intro = f"""A diffusers `StableDiffusionInstructPix2PixPipeline` folder (64x64 images, 16x16x4 latents),
+trained by this project's trainer (`ip2p train`) on the world's training edits, from the world's
+text-to-image model as its recipe makes it in {BASE_SD['steps']:,} steps (`ip2p world train-sd --steps {BASE_SD['steps']}`,
+stage 1's base). Load with `ip2p.load_editor("world:ip2p")` or
 `StableDiffusionInstructPix2PixPipeline.from_pretrained(<this folder>)`."""
     recipe_text = f"""{recipe}
 {vae_line}- Total: {sum(r.get('final_step') or 0 for r in stages)} optimiser steps, {total_wall} s of wall time.
@@ -351,6 +352,7 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
             return None
     cfg = TrainConfig(out=str(run_dir), **recipe)
     done.update({"command": recipe_command(cfg), "wall_time_s": done.get("wall_time_s", wall)})
+    done["config"]["base"] = cfg.base  # where this recipe keeps the base now (the same weights)
     for key in ("previous_stages", "recipe_command"):  # a stage's own record (train_ip2p sets both on the last)
         done.pop(key, None)
     atomic_write_json(record, done)
@@ -380,10 +382,12 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
     records = []
     for k, (stage_dir, recipe) in enumerate(plan, 1):
         left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
-        if not single and k == 1:  # stage 1's base: world:sd, or the recipe's base trained first
+        if not single and k == 1 and recipe["base"] == "world:sd":  # world:sd, or the recipe's base trained first
             done = _stage_done(stage_dir, recipe)
             if done is not None:  # finished: the base it was trained from (world:sd while that is the base)
-                recipe["base"] = (RECIPE["base"] if base_sd_matches(Path(sd_dir), base_sd)
+                sd_base = run_dir / "sd-base"
+                recipe["base"] = ("world:sd" if base_sd_matches(Path(sd_dir), base_sd)
+                                  else str(sd_base) if base_sd_matches(sd_base, base_sd)
                                   else done.get("config", {}).get("base", recipe["base"]))
             else:
                 recipe["base"] = _base_sd(run_dir, Path(sd_dir), base_sd, device, left)
