@@ -3,14 +3,14 @@
 # regenerate everything that stands on the world's models. Each stage resumes or redoes if rerun.
 #   bash world-training/ship.sh                         # every stage, in order
 #   bash world-training/ship.sh golden demo             # only these stages
-# Stages: sd ip2p golden cards demo baselines validity figures sensitivity
+# Stages: sd ip2p golden cards demo baselines validity figures ablation sensitivity
 # RUN (default runs/world-ip2p) holds world:ip2p's stages, stage-1 ... stage-<n> (ip2p_recipe.STAGES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/world-ip2p}
 BIN=.venv/bin
 export OMP_WAIT_POLICY=PASSIVE
-STAGES=${*:-sd ip2p golden cards demo baselines validity figures sensitivity}
+STAGES=${*:-sd ip2p golden cards demo baselines validity figures ablation sensitivity}
 say() { echo; echo "== $(date +%H:%M:%S) $*"; }
 
 for stage in $STAGES; do
@@ -31,7 +31,7 @@ for stage in $STAGES; do
     $BIN/ip2p regress --suite smoke --golden results/golden/world-ip2p-smoke.json --update-golden \
       --out runs/golden-smoke --no-progress ;;
   cards) say "the other cards"; $BIN/ip2p world cards ;;
-  demo) say "demo"; $BIN/ip2p demo --out reports/demo ;;
+  demo) say "demo (a fresh run folder: the old one holds edits of other weights)"; $BIN/ip2p demo --fresh --out reports/demo ;;
   baselines) say "baselines (192 items; resumes from the demo's run)"
     rm -rf results/runs/baselines && cp -r results/runs/demo-world results/runs/baselines
     $BIN/ip2p sweep bench/suites/baselines.yaml --out results/runs/baselines --no-progress
@@ -43,10 +43,13 @@ for stage in $STAGES; do
     $BIN/ip2p validity --analyse-only --items 192 --run results/runs/baselines --out reports/validity \
       --label "Run on the retrained (second-generation) world models: world:ip2p (UNet sha256 $(h ip2p)...), world:sd (UNet sha256 $(h sd)...), world:clip, world:clip-guide; 192 world test items x 13 settings (the baselines suite's edits, \`results/runs/baselines\`)." ;;
   figures) say "world figures"; $BIN/ip2p world report ;;
+  ablation) say "data ablation (pairs from world:sd, variants fine-tuned from world:ip2p; a fresh run folder)"
+    rm -rf results/runs/ablation-world
+    $BIN/ip2p ablate bench/ablations/world.yaml --out results/runs/ablation-world --report reports/ablation ;;
   sensitivity) say "gate sensitivity"
     $BIN/python scripts/regress_sensitivity.py --suite smoke --golden results/golden/world-ip2p-smoke.json \
       --noise 0.002,0.005,0.01,0.02 --faults | tee reports/gate-sensitivity.txt ;;
-  *) echo "unknown stage: $stage (stages: sd ip2p golden cards demo baselines validity figures sensitivity)" >&2; exit 2 ;;
+  *) echo "unknown stage: $stage (stages: sd ip2p golden cards demo baselines validity figures ablation sensitivity)" >&2; exit 2 ;;
   esac
 done
 say done
