@@ -48,7 +48,7 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 # The stages of the shipped world:ip2p (second generation), each a run of RECIPE from the previous
 # stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
 # session 8; ``stop_at_step`` reproduces that stop exactly).
-STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500))
+STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500), dict(max_steps=7000))
 
 # The world:sd that stage 1 starts from: the text-to-image recipe (``ip2p world train-sd``) with these
 # arguments, i.e. the world:sd shipped with the second generation. When the shipped world:sd is
@@ -184,6 +184,15 @@ def _category_lines(results: dict) -> str:
     return "\n".join(f"- {c}: {a[c]:.4f} / {b[c]:.4f}" for c in a)
 
 
+def _base_note(base: str, i: int) -> str:
+    """What a stage's base is, for the card."""
+    if i > 1:
+        return " (the previous stage's exported EMA weights)"
+    if base == "world:sd" or Path(base).name == "sd-base":
+        return f" (world:sd as `ip2p world train-sd --steps {BASE_SD['steps']}` makes it)"
+    return ""
+
+
 def _stage_block(run: dict, i: int, n: int) -> str:
     """The card's description of one training stage (a run of ``ip2p train``)."""
     cfg = run["config"]
@@ -195,7 +204,7 @@ def _stage_block(run: dict, i: int, n: int) -> str:
 ```
 (`{run.get('recipe_command', 'ip2p world train-ip2p')}` runs it.)
 
-- Base: `{cfg['base']}`{" (the previous stage's exported EMA weights)" if i > 1 else ""}.
+- Base: `{cfg['base']}`{_base_note(cfg['base'], i)}.
 - Steps: {run.get('final_step')} optimiser steps, batch {cfg['batch_size']} x accumulation {cfg['grad_accum']},
   AdamW lr {cfg['lr']} ({sched}), weight decay {cfg['weight_decay']},
   grad-norm clip {cfg['max_grad_norm']}, conditioning dropout {cfg['cond_dropout']}, resolution {cfg['resolution']},
