@@ -75,22 +75,27 @@ def base_sd_matches(sd_dir: Path = SD_DIR, base_sd: dict = BASE_SD) -> bool:
     return all(config[k] == v for k, v in want.items() if k in config)
 
 
-def _base_sd(run_dir: Path, sd_dir: Path, base_sd: dict, device: str, time_limit_minutes: float | None) -> str | None:
-    """Stage 1's base: world:sd when the shipped world:sd is the recipe's base,
-    else ``<run_dir>/sd-base``, trained here first (resumable; None when the time limit stopped it)."""
+def _base_sd(run_dir: Path, sd_dir: Path, base_sd: dict, device: str, time_limit_minutes: float | None,
+             done: dict | None = None) -> str | None:
+    """Stage 1's base: world:sd when the shipped world:sd is the recipe's base, else ``<run_dir>/sd-base``,
+    trained here first unless stage 1 is already ``done`` (then the base its record names); None when
+    the time limit stopped that training."""
     from ip2p.world.sd_recipe import train_sd
 
     if base_sd_matches(sd_dir, base_sd):
         return "world:sd"
     out = run_dir / "sd-base"
-    if not (out / "unet" / "training.json").exists():
-        for part in ("vae", "tokenizer"):
-            if not (out / part).exists():
-                shutil.copytree(Path(sd_dir) / part, out / part)
-        print(f"world:sd in {sd_dir} is not stage 1's base ({base_sd}): training that base into {out}")
-        if train_sd(out, run_dir=run_dir / "sd-base-run", device=device, time_limit_minutes=time_limit_minutes,
-                    **base_sd) is None:
-            return None
+    if base_sd_matches(out, base_sd):
+        return str(out)
+    if done is not None:
+        return done.get("config", {}).get("base", "world:sd")
+    for part in ("vae", "tokenizer"):
+        if not (out / part).exists():
+            shutil.copytree(Path(sd_dir) / part, out / part)
+    print(f"world:sd in {sd_dir} is not stage 1's base ({base_sd}): training that base into {out}")
+    if train_sd(out, run_dir=run_dir / "sd-base-run", device=device, time_limit_minutes=time_limit_minutes,
+                **base_sd) is None:
+        return None
     return str(out)
 
 
@@ -392,17 +397,10 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
     for k, (stage_dir, recipe) in enumerate(plan, 1):
         left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
         if not single and k == 1 and recipe["base"] == "world:sd":  # world:sd, or the recipe's base trained first
-            done = _stage_done(stage_dir, recipe)
-            if done is not None:  # finished: the base it was trained from (world:sd while that is the base)
-                sd_base = run_dir / "sd-base"
-                recipe["base"] = ("world:sd" if base_sd_matches(Path(sd_dir), base_sd)
-                                  else str(sd_base) if base_sd_matches(sd_base, base_sd)
-                                  else done.get("config", {}).get("base", recipe["base"]))
-            else:
-                recipe["base"] = _base_sd(run_dir, Path(sd_dir), base_sd, device, left)
-                if recipe["base"] is None:
-                    return None
-                left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
+            recipe["base"] = _base_sd(run_dir, Path(sd_dir), base_sd, device, left, done=_stage_done(stage_dir, recipe))
+            if recipe["base"] is None:
+                return None
+            left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
         rec = _train_stage(stage_dir, recipe, left)
         if rec is None:
             return None
