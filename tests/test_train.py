@@ -238,6 +238,25 @@ def test_time_limit_stops_at_a_step_and_exports(tiny_sd, tmp_path):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_a_run_resumed_after_its_time_limit_rewrites_its_card_but_not_a_measured_one(tiny_sd, tmp_path):
+    """World:ip2p's stage 5 stopped by a time limit at step 5,430 and resumed to 7,000: the card must
+    say the step the export holds, while a card with measurements is never overwritten."""
+    from ip2p.train import TrainConfig, train
+
+    kw = dict(base=str(tiny_sd), data="world:train", data_options={"n": 4}, out=str(tmp_path / "t"), max_steps=3,
+              batch_size=1, resolution=32, val_examples=0, progress=False, report_to="none", checkpoint_every=1)
+    out = train(TrainConfig(time_limit_minutes=0.0, **kw))
+    assert "Steps: 1 of a 3-step run" in (out / "README.md").read_text()
+    train(TrainConfig(resume="latest", **kw))
+    card = (out / "README.md").read_text()
+    assert "Steps: 3 of a 3-step run" in card and "Steps: 1 of" not in card
+    assert json.loads((out / "training_config.json").read_text())["final_step"] == 3
+    measured = card.replace("Not measured yet.", "edit success 0.86 (192 items)")
+    (out / "README.md").write_text(measured)
+    train(TrainConfig(resume="latest", **dict(kw, max_steps=4)))
+    assert (out / "README.md").read_text() == measured
+
+
 def test_training_on_from_an_instruct_pix2pix_folder_starts_from_its_weights(tiny_sd, tmp_path):
     """A second stage (`--base` an exported InstructPix2Pix folder, as world:ip2p's stage 2) keeps the
     8-channel conv_in and every trained weight instead of widening a text-to-image UNet again."""

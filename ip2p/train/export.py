@@ -102,9 +102,21 @@ def export_pipeline(out: str | Path, cfg: TrainConfig, trained_unet, ema, noise_
                 "ema_updates": None if ema is None else ema.num_updates,
                 "wall_time_s_this_process": round(time.time() - _STARTED, 1), "base_unet_in_channels": base_in_channels})
     atomic_write_json(cfg_path, run)
-    if not (out / "README.md").exists():
-        atomic_write_text(out / "README.md", model_card(cfg, step, ema is not None, base_in_channels))
+    card = out / "README.md"
+    if not card.exists() or _is_unmeasured_stub(card.read_text(errors="replace")):
+        # A run resumed after a time limit exports again: its stub must say the step it reached now.
+        # A card someone measured or wrote is theirs and stays.
+        atomic_write_text(card, model_card(cfg, step, ema is not None, base_in_channels))
     return out
+
+
+_CARD_HEAD = "# InstructPix2Pix model (trained with `ip2p train`)"
+_CARD_UNMEASURED = "## Evaluation\n\nNot measured yet.\n"
+
+
+def _is_unmeasured_stub(text: str) -> bool:
+    """True for a card ``model_card`` wrote and nothing measured since (safe to rewrite)."""
+    return text.startswith(_CARD_HEAD) and text.endswith(_CARD_UNMEASURED)
 
 
 def model_card(cfg: TrainConfig, step: int, ema: bool, base_in_channels: int = 4) -> str:
@@ -112,7 +124,7 @@ def model_card(cfg: TrainConfig, step: int, ema: bool, base_in_channels: int = 4
     base = ("UNet conv_in widened to 8 channels (new channels zero, bias copied)" if base_in_channels != 8 else
             "an InstructPix2Pix UNet (8 input channels), trained on from its weights")
     stop = f" (stopped at step {cfg.stop_at_step})" if cfg.stop_at_step else ""
-    return f"""# InstructPix2Pix model (trained with `ip2p train`)
+    return f"""{_CARD_HEAD}
 
 A diffusers `StableDiffusionInstructPix2PixPipeline` folder (no safety checker). Load it with
 `StableDiffusionInstructPix2PixPipeline.from_pretrained(folder)` or `ip2p.load_editor(folder)`.
