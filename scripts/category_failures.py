@@ -1,0 +1,56 @@
+"""Why does world:ip2p fail on one category? Edits that category's items among the first ``--n``
+world test items exactly as issue 21's protocol does (20 steps, sI 1.5, sT 7.5, seed = item index,
+resize none), prints per item the exact edit success and its two parts (the share of the input-to-
+target distance closed inside the edit mask; the mean change outside it) and writes a grid: inputs,
+edits, targets, one column per item.
+
+    python scripts/category_failures.py --category background --out world-training/ip2p/stage5/background-failures.png
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--category", required=True)
+    ap.add_argument("--editor", default="world:ip2p")
+    ap.add_argument("--n", type=int, default=192, help="first n world test items (the protocol's 192)")
+    ap.add_argument("--out", type=Path, required=True, help="PNG: inputs / edits / targets")
+    args = ap.parse_args()
+
+    import torch
+    import torchvision
+
+    import ip2p
+    from ip2p.data.world.examples import make_example
+    from ip2p.metrics.success import TAU_OUTSIDE, RHO_INSIDE, edit_success
+    from ip2p.protocol import EditRequest
+    from ip2p.world.evaluate import EDIT_PROTOCOL
+
+    items = [(i, e) for i in range(args.n) if (e := make_example("test", i)).category == args.category]
+    if not items:
+        raise SystemExit(f"--category {args.category!r}: no such category among the first {args.n} test items")
+    editor = ip2p.load_editor(args.editor, resize=None)
+    knobs = {"image_guidance_scale": 1.5, "guidance_scale": 7.5, "num_inference_steps": 20}
+    outs = editor.run([EditRequest(image=e.input_image, instruction=e.instruction, input_caption=e.input_caption,
+                                   output_caption=e.output_caption, seed=i, item_id=e.item_id, knobs=knobs)
+                       for i, e in items])
+    out = torch.stack(outs).float().clamp(0, 1)
+    inp, tgt = (torch.stack([getattr(e, k) for _, e in items]) for k in ("input_image", "target_image"))
+    cols = edit_success(inp, out, tgt, torch.stack([e.mask for _, e in items]))
+    print(f"{args.editor}, {args.category}: protocol {EDIT_PROTOCOL['sampler']}, 20 steps, sI 1.5, sT 7.5; "
+          f"success = closed >= {1 - RHO_INSIDE} and outside <= {TAU_OUTSIDE}")
+    for j, (i, e) in enumerate(items):
+        print(f"item {i:4d}  success {cols['edit_success'][j]:.0f}  closed {cols['edit_inside_closed'][j]:6.2f}  "
+              f"outside {cols['edit_outside_l1'][j]:.3f}  {e.instruction}")
+    s = cols["edit_success"]
+    print(f"success {float(s[~torch.isnan(s)].mean()):.3f} over {len(items)} items")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torchvision.utils.save_image(torch.cat([inp, out, tgt]), args.out, nrow=len(items))
+    print(f"grid (rows: input, edit, target): {args.out}")
+
+
+if __name__ == "__main__":
+    main()
