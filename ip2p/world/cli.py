@@ -44,7 +44,7 @@ def train_vae_cmd(steps: int = typer.Option(None, help="one phase of this many s
 
 
 @world_app.command("train-sd")
-def train_sd_cmd(steps: int = 3200, batch: int = 32, lr: float = 1e-3, n_images: int = 16384, seed: int = 0,
+def train_sd_cmd(steps: int = 8000, batch: int = 32, lr: float = 1e-3, n_images: int = 16384, seed: int = 0,
                  run_dir: Path = typer.Option(Path("runs/world-sd"), help="checkpoints; a rerun resumes from here"),
                  time_limit_minutes: float = typer.Option(None, help="checkpoint and stop after this long"),
                  out: Path = typer.Option(None, help="pipeline folder (default: the shipped sd)"),

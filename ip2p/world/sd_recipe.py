@@ -283,7 +283,7 @@ def _export(run: SDRun, out: Path) -> None:
         pipe.save_pretrained(str(tmp))
 
 
-def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: int = 3200, batch: int = 32,
+def train_sd(out: Path = SD_DIR, run_dir: Path = Path("runs/world-sd"), steps: int = 8000, batch: int = 32,
              lr: float = 1e-3, n_images: int = 16384, caption_dropout: float = 0.1, ema_decay: float = 0.999,
              seed: int = 0, checkpoint_every: int = 250, bf16: bool = True, threads: int | None = None,
              time_limit_minutes: float | None = None, paraphrase_weight: float = 0.1,
