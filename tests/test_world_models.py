@@ -111,13 +111,19 @@ def test_guide_clip_differs_and_works():
 
 
 def test_text_to_image_matches_its_captions(metric_clip):
-    """Samples (DDIM 20 steps, guidance 7.5) from the shipped diffusers folder fit their own captions."""
+    """Samples (20 steps, guidance 7.5) from the shipped diffusers folder, with the scheduler it ships
+    (the recipe's DDIM; SD's PNDM drew textured scenes: own-caption score 0.49 vs 0.91 at n=32), fit
+    their own captions."""
     path = _need("sd", "unet/config.json")
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from ip2p.world.sd_recipe import build_scheduler
+
     pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
     assert pipe.unet.dtype == torch.float32 and pipe.unet.config.in_channels == 4
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(pipe.scheduler.config) == public(build_scheduler().config)
     pipe.set_progress_bar_config(disable=True)
     _, caps, _ = eval_caption_items(16)
     gens = [torch.Generator().manual_seed(i) for i in range(16)]
@@ -127,7 +133,7 @@ def test_text_to_image_matches_its_captions(metric_clip):
     fi, ft = metric_clip.encode_images(imgs.clamp(0, 1)), metric_clip.encode_texts(caps)
     own = (fi * ft).sum(-1).mean()
     shuffled = (fi * ft.roll(1, 0)).sum(-1).mean()
-    assert own - shuffled >= 0.05, (float(own), float(shuffled))
+    assert own - shuffled >= 0.5, (float(own), float(shuffled))  # 0.91 vs 0.06 at n=32 (the card)
 
 
 SHIPPED_WEIGHT_FILES = {

@@ -91,13 +91,18 @@ def build_unet(cross_attention_dim: int):
 
 
 def build_scheduler():
-    """SD's PNDM scheduler configuration, including ``clip_sample: false`` as SD's file has it: a
-    DDIM/DDPM scheduler made ``from_config`` would otherwise clip predicted latents to [-1, 1]."""
-    from diffusers import PNDMScheduler
+    """The sampler world:sd ships with: DDIM on SD's noise schedule (1000 steps, scaled_linear
+    0.00085..0.012, epsilon, ``set_alpha_to_one: false``, ``steps_offset: 1``, ``clip_sample: false``
+    as SD's file has it; DDIM would otherwise clip predicted latents to [-1, 1]). Not SD's PNDM:
+    with PNDM's linear multistep at 20 steps the 8,000-step world:sd draws textured noise around
+    its shapes (and SDEdit on it, which uses the model's own scheduler, turns to mush from strength
+    0.5), while DDIM on the same weights draws the clean scenes its card measures
+    (``world-training/README.md``, "world:sd's scheduler")."""
+    from diffusers import DDIMScheduler
 
-    sched = PNDMScheduler(**SCHEDULER_CONFIG)
-    sched.register_to_config(clip_sample=False)
-    return sched
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "set_alpha_to_one",
+            "steps_offset")
+    return DDIMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in keys})
 
 
 @torch.no_grad()
