@@ -301,7 +301,7 @@ def _targets_section(r: dict) -> str:
     lines.append(f"| **all** | {ed['edit_success']:.2f} / {ident['edit_success']:.2f} / {orc['edit_success']:.2f} | "
                  f"{ed['l1_target']:.4f} | {ident['l1_target']:.4f} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |")
     lines += ["", f"VAE round trip of the test targets: L1 {r['vae_roundtrip']['l1_mean']}.", "",
-              "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in r["targets"].items()) + "."]
+              "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in sorted(r["targets"].items())) + "."]
     return "\n".join(lines)
 
 
