@@ -97,7 +97,7 @@ def build_scheduler():
     with PNDM's linear multistep at 20 steps the 8,000-step world:sd draws textured noise around
     its shapes (and SDEdit on it, which uses the model's own scheduler, turns to mush from strength
     0.5), while DDIM on the same weights draws the clean scenes its card measures
-    (``world-training/README.md``, "world:sd's scheduler")."""
+    (``world-training/README.md``, "world:sd, and its scheduler")."""
     from diffusers import DDIMScheduler
 
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "set_alpha_to_one",
