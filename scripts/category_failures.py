@@ -23,26 +23,21 @@ def main() -> None:
     import torch
     import torchvision
 
-    import ip2p
     from ip2p.data.world.examples import make_example
     from ip2p.metrics.success import TAU_OUTSIDE, RHO_INSIDE, edit_success
-    from ip2p.protocol import EditRequest
-    from ip2p.world.evaluate import EDIT_PROTOCOL
+    from ip2p.world.evaluate import EDIT_PROTOCOL as P, _edit_all
 
-    items = [(i, e) for i in range(args.n) if (e := make_example("test", i)).category == args.category]
-    if not items:
+    found = [(i, e) for i in range(args.n) if (e := make_example("test", i)).category == args.category]
+    if not found:
         raise SystemExit(f"--category {args.category!r}: no such category among the first {args.n} test items")
-    editor = ip2p.load_editor(args.editor, resize=None)
-    knobs = {"image_guidance_scale": 1.5, "guidance_scale": 7.5, "num_inference_steps": 20}
-    outs = editor.run([EditRequest(image=e.input_image, instruction=e.instruction, input_caption=e.input_caption,
-                                   output_caption=e.output_caption, seed=i, item_id=e.item_id, knobs=knobs)
-                       for i, e in items])
-    out = torch.stack(outs).float().clamp(0, 1)
-    inp, tgt = (torch.stack([getattr(e, k) for _, e in items]) for k in ("input_image", "target_image"))
-    cols = edit_success(inp, out, tgt, torch.stack([e.mask for _, e in items]))
-    print(f"{args.editor}, {args.category}: protocol {EDIT_PROTOCOL['sampler']}, 20 steps, sI 1.5, sT 7.5; "
+    index, items = (list(x) for x in zip(*found))
+    out = _edit_all(args.editor, items, P["steps"], P["image_guidance_scale"], P["guidance_scale"], seeds=index)
+    inp, tgt = (torch.stack([getattr(e, k) for e in items]) for k in ("input_image", "target_image"))
+    cols = edit_success(inp, out, tgt, torch.stack([e.mask for e in items]))
+    print(f"{args.editor}, {args.category}: protocol {P['sampler']}, {P['steps']} steps, sI {P['image_guidance_scale']}, "
+          f"sT {P['guidance_scale']}; "
           f"success = closed >= {1 - RHO_INSIDE} and outside <= {TAU_OUTSIDE}")
-    for j, (i, e) in enumerate(items):
+    for j, (i, e) in enumerate(found):
         print(f"item {i:4d}  success {cols['edit_success'][j]:.0f}  closed {cols['edit_inside_closed'][j]:6.2f}  "
               f"outside {cols['edit_outside_l1'][j]:.3f}  {e.instruction}")
     s = cols["edit_success"]

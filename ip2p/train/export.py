@@ -138,7 +138,4 @@ A diffusers `StableDiffusionInstructPix2PixPipeline` folder (no safety checker).
 - Weights: {'the EMA weights (decay min(' + str(cfg.ema_max_decay) + ', (1+n)/(10+n)))' if ema else 'the trained weights (no EMA)'}.
 - Full configuration: `training_config.json`; validation grids: `validation/`; logs: `logs/`.
 
-## Evaluation
-
-Not measured yet.
-"""
+{_CARD_UNMEASURED}"""

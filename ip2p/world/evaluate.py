@@ -161,18 +161,21 @@ EDIT_PROTOCOL = dict(n=192, steps=20, image_guidance_scale=1.5, guidance_scale=7
 
 
 def _edit_all(folder: str | Path, items, steps: int, image_guidance: float, text_guidance: float,
-              batch: int = 32) -> torch.Tensor:
+              batch: int = 32, seeds: list[int] | None = None) -> torch.Tensor:
+    """Edited images of ``items``; item k's seed is ``seeds[k]`` (default k: the protocol's "0 + item
+    index" when ``items`` are the first n test items)."""
     import ip2p
     from ip2p.protocol import EditRequest
 
+    seeds = list(range(len(items))) if seeds is None else seeds
     editor = ip2p.load_editor(str(folder), resize=None)
     outs = []
     for s in range(0, len(items), batch):
         outs += editor.run([EditRequest(
             image=e.input_image, instruction=e.instruction, input_caption=e.input_caption,
-            output_caption=e.output_caption, seed=i, item_id=e.item_id,
+            output_caption=e.output_caption, seed=seed, item_id=e.item_id,
             knobs={"image_guidance_scale": image_guidance, "guidance_scale": text_guidance,
-                   "num_inference_steps": steps}) for i, e in enumerate(items[s:s + batch], start=s)])
+                   "num_inference_steps": steps}) for e, seed in zip(items[s:s + batch], seeds[s:s + batch])])
     return torch.stack(outs).float().clamp(0, 1)
 
 

@@ -44,7 +44,6 @@ SCHEDULER_CONFIG = dict(
     beta_schedule="scaled_linear",
     prediction_type="epsilon",
     set_alpha_to_one=False,
-    skip_prk_steps=True,
     steps_offset=1,
 )
 
@@ -100,9 +99,7 @@ def build_scheduler():
     (``world-training/README.md``, "world:sd, and its scheduler")."""
     from diffusers import DDIMScheduler
 
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "set_alpha_to_one",
-            "steps_offset")
-    return DDIMScheduler(clip_sample=False, **{k: SCHEDULER_CONFIG[k] for k in keys})
+    return DDIMScheduler(clip_sample=False, **SCHEDULER_CONFIG)
 
 
 @torch.no_grad()
