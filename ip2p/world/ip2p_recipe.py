@@ -47,9 +47,10 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 
 # The stages of the shipped world:ip2p (second generation), each a run of RECIPE from the previous
 # stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
-# session 8; ``stop_at_step`` reproduces that stop exactly).
+# session 8; ``stop_at_step`` reproduces that stop exactly). Stage 7 is 5,000 steps: what fit in session 12
+# after stage 6.
 STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500), dict(max_steps=7000),
-          dict(max_steps=7000))
+          dict(max_steps=7000), dict(max_steps=7000), dict(max_steps=5000))
 
 # The world:sd that stage 1 starts from: the text-to-image recipe (``ip2p world train-sd``) with these
 # arguments, i.e. the world:sd shipped with the second generation. When the shipped world:sd is
