@@ -2,7 +2,7 @@
 decodes through world:sd's VAE can output is the VAE round trip of the exact target; this prints, per
 category of the first ``--n`` world test items, its L1 to the target beside identity's (the input)
 and the paired difference (round trip - identity) with the 95% bootstrap interval issue 21's
-protocol uses (``ip2p.world.evaluate.evaluate_edits``). Where that margin is small, an editor that
+protocol uses (``ip2p.world.evaluate.latent_ceiling``). Where that margin is small, an editor that
 misses the target in one item of sixteen loses the category to identity.
 
     python scripts/latent_ceiling.py [--n 192] [--out ceiling.json]
@@ -21,30 +21,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the table as JSON")
     args = ap.parse_args()
 
-    import numpy as np
-    import torch
-
-    from ip2p.data.world.examples import make_example
     from ip2p.models import load_vae, resolve_source
-    from ip2p.util.stats import bootstrap_ci
+    from ip2p.world.evaluate import latent_ceiling
 
-    items = [make_example("test", i) for i in range(args.n)]
-    inp, tgt = (torch.stack([getattr(e, k) for e in items]) for k in ("input_image", "target_image"))
-    vae = load_vae(Path(resolve_source(args.vae)) / "vae")
-    with torch.no_grad():
-        rec = torch.cat([vae.decode(vae.encode(tgt[i:i + 64] * 2 - 1).latent_dist.mode()).sample
-                         for i in range(0, args.n, 64)])
-    rec = ((rec + 1) / 2).clamp(0, 1)
-    l1_rt, l1_id = ((x - tgt).abs().flatten(1).mean(1).double().numpy() for x in (rec, inp))
-    cats = [e.category for e in items]
-    table = {}
+    table = latent_ceiling(load_vae(Path(resolve_source(args.vae)) / "vae"), args.n)
     print(f"{'category':16s} {'identity':>9s} {'round trip':>10s}  paired (round trip - identity) [95%]")
-    for c in sorted(set(cats)) + ["all"]:
-        idx = [i for i, k in enumerate(cats) if c in ("all", k)]
-        mean, lo, hi = bootstrap_ci(l1_rt[idx] - l1_id[idx], n_boot=2000, rng=np.random.default_rng(0))
-        table[c] = {"identity": round(float(l1_id[idx].mean()), 5), "roundtrip": round(float(l1_rt[idx].mean()), 5),
-                    "paired": [round(mean, 5), round(lo, 5), round(hi, 5)], "n": len(idx)}
-        print(f"{c:16s} {l1_id[idx].mean():9.4f} {l1_rt[idx].mean():10.4f}  {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    for c, row in table.items():
+        mean, lo, hi = row["paired"]
+        print(f"{c:16s} {row['identity']:9.4f} {row['roundtrip']:10.4f}  {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     if args.out:
         args.out.write_text(json.dumps({"n": args.n, "vae": args.vae, "categories": table}, indent=1) + "\n")
 

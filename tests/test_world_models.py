@@ -73,6 +73,23 @@ def test_vae_reconstructs_test_scenes():
     assert 0.7 < float(z.std()) < 1.4
 
 
+
+def test_latent_ceiling_is_the_vae_round_trip_beside_identity():
+    """The floor under a latent editor: the round trip of the exact targets is nearer them than the
+    input is overall, and each row's paired mean is its round trip minus identity over its items."""
+    from ip2p.models import load_vae
+    from ip2p.world import CATEGORIES
+    from ip2p.world.evaluate import latent_ceiling
+
+    table = latent_ceiling(load_vae(_need("sd", "vae/config.json") / "vae"), n=24)
+    assert set(table) == set(CATEGORIES) | {"all"}  # the first 24 test items cycle through all 12
+    assert table["all"]["n"] == 24 and sum(r["n"] for c, r in table.items() if c != "all") == 24
+    assert table["all"]["roundtrip"] <= 0.006 < table["all"]["identity"]
+    for row in table.values():
+        mean, lo, hi = row["paired"]
+        assert lo <= mean <= hi
+        assert mean == pytest.approx(row["roundtrip"] - row["identity"], abs=2e-5)
+
 def test_metric_clip_retrieval_and_zero_shot(metric_clip):
     imgs, caps, scenes = eval_caption_items(64)
     fi = metric_clip.encode_images(imgs)

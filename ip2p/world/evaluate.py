@@ -231,6 +231,32 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
     return res, edited
 
 
+@torch.no_grad()
+def latent_ceiling(vae, n: int = 192) -> dict[str, dict]:
+    """Per category of the first ``n`` world test items (and "all"): the L1 to the exact target of
+    the target's VAE round trip (posterior mode), the best any editor that decodes through ``vae``
+    can output, beside identity's, and their paired difference (round trip - identity) as [mean,
+    low, high] with the protocol's 95% bootstrap interval."""
+    import numpy as np
+
+    from ip2p.data.world.examples import make_example
+    from ip2p.util.stats import bootstrap_ci
+
+    items = [make_example("test", i) for i in range(n)]
+    inp, tgt = (torch.stack([getattr(e, k) for e in items]) for k in ("input_image", "target_image"))
+    rec = torch.cat([vae.decode(vae.encode(tgt[i:i + 64] * 2 - 1).latent_dist.mode()).sample for i in range(0, n, 64)])
+    rt = (((rec + 1) / 2).clamp(0, 1) - tgt).abs().flatten(1).mean(1).double().numpy()
+    ident = (inp - tgt).abs().flatten(1).mean(1).double().numpy()
+    cats = [e.category for e in items]
+    out = {}
+    for c in sorted(set(cats)) + ["all"]:
+        idx = [i for i, k in enumerate(cats) if c in ("all", k)]
+        mean, lo, hi = bootstrap_ci(rt[idx] - ident[idx], n_boot=2000, rng=np.random.default_rng(0))
+        out[c] = {"roundtrip": round(float(rt[idx].mean()), 5), "identity": round(float(ident[idx].mean()), 5),
+                  "paired": [round(mean, 5), round(lo, 5), round(hi, 5)], "n": len(idx)}
+    return out
+
+
 def edit_targets_met(res: dict) -> dict[str, bool]:
     """Issue 21's targets, each true or false, from ``evaluate_edits``'s figures."""
     ed, ident = res["editors"]["editor"], res["editors"]["identity"]
