@@ -90,16 +90,20 @@ def training_batch(step: int, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+def roundtrip_l1_per_item(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """``[N]``: L1 (images in [0, 1]) of each image's VAE round trip (posterior mode)."""
+    rec = torch.cat([vae.decode(vae.encode(images[i:i + batch] * 2 - 1).latent_dist.mode()).sample
+                     for i in range(0, len(images), batch)])
+    return (((rec + 1) / 2).clamp(0, 1) - images).abs().flatten(1).mean(1)
+
+
 def roundtrip_l1(vae, split: str = "test", n: int = 192, batch: int = 64) -> dict:
     """Mean L1 (images in [0, 1]) of the VAE round trip (posterior mode) of the *targets* of ``n``
     world edits of ``split``, overall and per category: the floor under a latent editor's error."""
     from ip2p.data.world.examples import make_example
 
     items = [make_example(split, i) for i in range(n)]
-    tgt = torch.stack([e.target_image for e in items])
-    rec = torch.cat([vae.decode(vae.encode(tgt[i:i + batch] * 2 - 1).latent_dist.mode()).sample
-                     for i in range(0, n, batch)])
-    per = (((rec + 1) / 2).clamp(0, 1) - tgt).abs().flatten(1).mean(1)
+    per = roundtrip_l1_per_item(vae, torch.stack([e.target_image for e in items]), batch)
     cats = sorted({e.category for e in items})
     return {"split": split, "n": n, "l1_mean": round(float(per.mean()), 5),
             "l1_by_category": {c: round(float(per[[i for i, e in enumerate(items) if e.category == c]].mean()), 5)
