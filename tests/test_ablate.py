@@ -56,13 +56,15 @@ def test_spec_errors_name_the_field(tmp_path):
         load_ablation_spec(_spec(tmp_path, variants=[{"name": "a", "size": 1}, {"name": "a", "size": 2}]))
     with pytest.raises(SpecError, match=r"filter\.thresholds"):
         load_ablation_spec(_spec(tmp_path, filter={"thresholds": {"min_everything": 1}}))
+    with pytest.raises(SpecError, match=r"variants\[0\]\.name: 'ref' is used twice \(or .* a label in references\)"):
+        load_ablation_spec(_spec(tmp_path, variants=[{"name": "ref", "size": 1}], references={"ref": "world:ip2p"}))
     spec, _ = load_ablation_spec(_spec(tmp_path, variants=[], grid={"size": [5, 50], "filter": [True, False]}))
     assert [v.name for v in spec.all_variants()] == ["gen-5-filtered", "gen-5-unfiltered", "gen-50-filtered",
                                                       "gen-50-unfiltered"]
 
 
 def test_ablation_runs_resumes_after_a_kill_and_redoes_nothing(tmp_path):
-    spec = _spec(tmp_path)
+    spec = _spec(tmp_path, references={"ref-ip2p": "world:ip2p"})
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "IP2P_PAIRS_KILL_AFTER": "pair:3"}
     r = subprocess.run([sys.executable, "-m", "ip2p.cli", "ablate", str(spec), "--out", str(out)], env=env,
@@ -72,7 +74,8 @@ def test_ablation_runs_resumes_after_a_kill_and_redoes_nothing(tmp_path):
 
     res = run_ablation(spec, out, report=tmp_path / "report")
     rows = {r["model"]: r for r in res["rows"]}
-    assert set(rows) == {"base", "gen-2-filtered", "gen-2-unfiltered", "world-2"}
+    assert set(rows) == {"base", "ref-ip2p", "gen-2-filtered", "gen-2-unfiltered", "world-2"}
+    assert rows["ref-ip2p"]["source"] == "(reference: world:ip2p)" and rows["base"]["source"] == "(base model)"
     for r in rows.values():
         assert -1 <= r["clip_sim_direction"] <= 1 and -1 <= r["clip_sim_image"] <= 1 and r["points"] == 2
     # the variants' data: filter on = at most one pair per prompt (max_per_prompt 1), read by the official reader
@@ -100,9 +103,25 @@ def test_ablation_runs_resumes_after_a_kill_and_redoes_nothing(tmp_path):
     assert again["rows"] == res["rows"]
 
     # changing a variant's recipe is refused, not mixed in
-    spec2 = _spec(tmp_path, train={"max_steps": 3, "batch_size": 2, "resolution": 64, "flip": False, "progress": False})
+    spec2 = _spec(tmp_path, references={"ref-ip2p": "world:ip2p"}, train={"max_steps": 3, "batch_size": 2, "resolution": 64, "flip": False, "progress": False})
     with pytest.raises(SpecError, match="trained with other settings"):
         run_ablation(spec2, out)
+
+
+def test_reference_models_are_swept_beside_the_variants_and_the_base_left_out(tmp_path):
+    # an ablation trained from a text-to-image base (world:sd) cannot sweep its base as an editor; the
+    # shipped editor is a reference curve under its own label instead
+    from bench.ablate import sweep_spec
+
+    spec, base_dir = load_ablation_spec(_spec(tmp_path, base="world:sd", include_base=False,
+                                              references={"world-ip2p": "world:ip2p"}))
+    models = {v.name: tmp_path / "models" / v.name for v in spec.all_variants()}
+    methods = sweep_spec(spec, base_dir, models)["methods"]
+    assert [(m["label"], m["model"]) for m in methods] == [("world-ip2p", "world:ip2p")] + [
+        (name, str(path)) for name, path in models.items()]
+    assert all(m["name"] == "instructpix2pix" and m["grid"] == {"image_guidance_scale": [1.0, 1.5]} for m in methods)
+    with_base, _ = load_ablation_spec(_spec(tmp_path, references={"world-ip2p": "world:ip2p"}))
+    assert [m["label"] for m in sweep_spec(with_base, base_dir, models)["methods"]][:2] == ["base", "world-ip2p"]
 
 
 def test_a_variant_larger_than_the_pool_is_a_clear_error(tmp_path):

@@ -27,7 +27,8 @@ an error (rename the variant or delete its folder), never a silent mix.
 Spec (YAML)::
 
     name: world-ablation
-    base: world:ip2p                 # what each variant fine-tunes (ip2p train --base)
+    base: world:sd                   # what each variant is trained from (ip2p train --base): a
+                                     # text-to-image model (4 image channels added) or an editor
     pairs: {model: world:sd, prompts: world:triplets, limit: 400, n_per_prompt: 8, steps: 10,
             seed: 0, batch_size: 32}
     filter: {clip: {model: world:clip, pretrained: null},
@@ -37,7 +38,8 @@ Spec (YAML)::
       - {name: world-100, source: world, size: 100}
     train: {steps: 200, batch_size: 16, resolution: 64, flip: false}   # TrainConfig fields
     sweep: ablation_sweep.yaml       # harness spec (relative to this file); methods[0] is the template
-    include_base: true               # also sweep the base model, as a reference curve
+    include_base: false              # also sweep the base model (when it is an editor) as a curve
+    references: {world-ip2p: world:ip2p}   # label -> model: other editors swept beside the variants
 """
 from __future__ import annotations
 

@@ -175,6 +175,8 @@ def sweep_spec(spec: AblationSpec, base_dir: Path, models: dict[str, Path]) -> d
     methods = []
     if spec.include_base:
         methods.append({**template, "label": "base", "model": spec.base})
+    for label, model in spec.references.items():
+        methods.append({**template, "label": label, "model": model})
     for name, model_dir in models.items():
         methods.append({**template, "label": name, "model": str(model_dir)})
     harness["methods"] = methods
@@ -213,7 +215,7 @@ def run_ablation(spec_path: str | Path, out: str | Path, *, report: str | Path |
     write_aggregate(agg, out / "sweep")
     figs = plot_tradeoff(agg, out / "ablation", title=f"{spec.name}: one curve per training-data variant "
                                                       f"({df['item_id'].nunique()} test items)")
-    rows = ablation_table(agg, variants, data, pool_report, timings.data)
+    rows = ablation_table(agg, variants, data, pool_report, timings.data, spec.references)
     _write_table(rows, out)
     paired = paired_differences(df, comparisons(variants))
     _write_paired(paired, out, df["item_id"].nunique())

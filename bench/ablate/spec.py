@@ -68,6 +68,7 @@ class AblationSpec(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     sweep: str
     include_base: bool = True
+    references: dict[str, str] = Field(default_factory=dict)  # label -> model, swept beside the variants
     device: str | None = None
 
     def all_variants(self) -> list[VariantSpec]:
@@ -102,8 +103,9 @@ def load_ablation_spec(path: str | Path) -> tuple[AblationSpec, Path]:
         raise SpecError(f"{p}: variants: none given (list variants or a grid)")
     seen = set()
     for i, v in enumerate(variants):
-        if v.name in seen or v.name == "base":
-            raise SpecError(f"{p}: variants[{i}].name: {v.name!r} is used twice (or is the reserved name 'base')")
+        if v.name in seen or v.name == "base" or v.name in spec.references:
+            raise SpecError(f"{p}: variants[{i}].name: {v.name!r} is used twice (or is the reserved name 'base', "
+                            f"or a label in references)")
         from ip2p.util.paths import UnsafePathError, check_relative_name
 
         try:  # it names the variant's data and model folders
@@ -112,6 +114,9 @@ def load_ablation_spec(path: str | Path) -> tuple[AblationSpec, Path]:
         except UnsafePathError as e:
             raise SpecError(f"{p}: {e}") from None
         seen.add(v.name)
+    for label in spec.references:
+        if label == "base" and spec.include_base:
+            raise SpecError(f"{p}: references.base: 'base' labels the base model's curve (include_base); use another label")
     from ip2p.data.filtering import ClipFilter
     from ip2p.train.config import TrainConfig
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from bench.ablate.spec import VariantSpec
 
 
-def ablation_table(agg, variants, data, pool_report, timings) -> list[dict]:
-    """One row per model: its data, and the mean CLIP directional / image similarity over its curve."""
+def ablation_table(agg, variants, data, pool_report, timings, references: dict[str, str] | None = None) -> list[dict]:
+    """One row per model: its data, and the mean CLIP directional / image similarity over its curve
+    (``references``: label -> model of the reference curves, shown as their model)."""
     from bench.aggregate import ALL
 
     sub = agg[agg["category"] == ALL]
@@ -18,7 +19,8 @@ def ablation_table(agg, variants, data, pool_report, timings) -> list[dict]:
         v = info.get(label)
         out.append({
             "model": label,
-            "source": v.source if v else "(base model)",
+            "source": v.source if v else (f"(reference: {references[label]})" if label in (references or {})
+                                          else "(base model)"),
             "pairs": data[label][2] if v else None,
             "filter": (v.filter if v.source == "generated" else None) if v else None,
             "train_s": timings.get(f"train:{label}"),
