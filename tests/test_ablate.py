@@ -131,8 +131,10 @@ def test_a_variant_larger_than_the_pool_is_a_clear_error(tmp_path):
         run_ablation(spec, tmp_path / "run")
 
 
-def test_paired_differences_pair_items_and_settings():
+def test_paired_differences_pair_items_and_settings(tmp_path):
     import pandas as pd
+
+    from bench.ablate.tables import _write_paired
 
     from bench.ablate import VariantSpec, comparisons, paired_differences
 
@@ -141,12 +143,18 @@ def test_paired_differences_pair_items_and_settings():
         for setting in range(3):
             base = 0.1 * item + 0.01 * setting
             rows.append({"method": "small", "item_id": f"i{item}", "seed": 0, "setting_index": setting,
-                         "clip_sim_direction": base, "clip_sim_image": base})
+                         "clip_sim_direction": base, "clip_sim_image": base, "edit_success": 0.0})
             rows.append({"method": "large", "item_id": f"i{item}", "seed": 0, "setting_index": setting,
-                         "clip_sim_direction": base + 0.05, "clip_sim_image": base - 0.02 * (item % 2)})
+                         "clip_sim_direction": base + 0.05, "clip_sim_image": base - 0.02 * (item % 2),
+                         "edit_success": float(item % 2 == 0)})
     out = paired_differences(pd.DataFrame(rows), [("q", "large", "small")])[0]
     assert out["clip_sim_direction"] == "+0.0500 [+0.0500, +0.0500]"  # item spread cancels in a paired difference
     assert out["clip_sim_image"].startswith("-0.0080 [")
+    assert out["edit_success"].startswith("+0.6000 [") and "target_l1" not in out  # a metric not computed is left out
+    _write_paired([out], tmp_path, 5)
+    head, _, row = (tmp_path / "ablation_paired.md").read_text().splitlines()[:3]
+    assert head == "| question | a | b | clip_sim_direction a - b | clip_sim_image a - b | edit_success a - b |"
+    assert row.endswith(f"| {out['edit_success']} |")
     vs = [VariantSpec(name=f"g{s}{f}", size=s, filter=f) for s in (5, 50) for f in (True, False)]
     assert [q for q, _, _ in comparisons(vs)] == ["no filter vs filter, 5 pairs", "no filter vs filter, 50 pairs",
                                                    "50 vs 5 pairs, filter on", "50 vs 5 pairs, filter off"]

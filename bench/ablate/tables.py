@@ -28,6 +28,7 @@ def ablation_table(agg, variants, data, pool_report, timings, references: dict[s
             "clip_sim_image": round(float(g["clip_sim_image_mean"].mean()), 4),
             "points": len(g),
             **({"target_l1": round(float(g["target_l1_mean"].mean()), 4)} if "target_l1_mean" in g else {}),
+            **({"edit_success": round(float(g["edit_success_mean"].mean()), 4)} if "edit_success_mean" in g else {}),
         })
     return out
 
@@ -48,15 +49,22 @@ def comparisons(variants: list[VariantSpec]) -> list[tuple[str, str, str]]:
     return out
 
 
-def paired_differences(df, pairs: list[tuple[str, str, str]], metrics=("clip_sim_direction", "clip_sim_image")) -> list[dict]:
+PAIRED_METRICS = ("clip_sim_direction", "clip_sim_image", "edit_success", "target_l1")
+
+
+def paired_differences(df, pairs: list[tuple[str, str, str]], metrics=PAIRED_METRICS) -> list[dict]:
     """Mean of ``a - b`` per metric with a bootstrap 95% interval over test items: both models see the
-    same items, seeds and settings, so each item's difference (averaged over the settings) is paired."""
+    same items, seeds and settings, so each item's difference (averaged over the settings) is paired.
+    Metrics the sweep did not compute (the world's edit success and L1 to the exact target need its
+    truth) are left out."""
     from bench.aggregate import _rng_for, bootstrap_ci
 
     rows = []
     for question, a, b in pairs:
         row = {"question": question, "a": a, "b": b}
         for m in metrics:
+            if m not in df:
+                continue
             per = df[df["method"].isin([a, b])].pivot_table(index=["item_id", "seed", "setting_index"],
                                                             columns="method", values=m)
             if a not in per or b not in per:
@@ -86,9 +94,9 @@ def _write_table(rows: list[dict], out: Path) -> None:
 def _write_paired(rows: list[dict], out: Path, n_items: int) -> None:
     from ip2p.util.io import atomic_write_text
 
-    lines = ["| question | a | b | clip_sim_direction a - b | clip_sim_image a - b |", "|---|---|---|---|---|"]
+    metrics = [m for m in PAIRED_METRICS if any(m in r for r in rows)]
+    lines = ["| question | a | b | " + " | ".join(f"{m} a - b" for m in metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for r in rows:
-        lines.append(f"| {r['question']} | {r['a']} | {r['b']} | {r.get('clip_sim_direction', '')} | "
-                     f"{r.get('clip_sim_image', '')} |")
+        lines.append(f"| {r['question']} | {r['a']} | {r['b']} | " + " | ".join(r.get(m, "") for m in metrics) + " |")
     atomic_write_text(out / "ablation_paired.md", "\n".join(lines) + f"\n\nMean paired difference over {n_items} test "
                       "items (each item averaged over the sweep's settings), bootstrap 95% interval over items.\n")
