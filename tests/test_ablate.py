@@ -88,7 +88,8 @@ def test_ablation_runs_resumes_after_a_kill_and_redoes_nothing(tmp_path):
     assert pool_rows == 6  # the killed pool was completed without duplicates
     assert [r["question"] for r in res["paired"]] == ["no filter vs filter, 2 pairs"]
     for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "ablation_paired.md", "timings.json",
-                 "filter_table.md", "spec.yaml", "sweep_spec.yaml", "sweep_manifest.json", "pool_generation.json"):
+                 "filter_table.md", "spec.yaml", "sweep_spec.yaml", "sweep_manifest.json", "pool_generation.json",
+                 "edits.png"):
         assert (tmp_path / "report" / name).is_file(), name
     for v in ("gen-2-filtered", "gen-2-unfiltered", "world-2"):
         assert (out / "models" / v / "unet" / "config.json").is_file()

@@ -184,6 +184,15 @@ def sweep_spec(spec: AblationSpec, base_dir: Path, models: dict[str, Path]) -> d
     return harness
 
 
+def _edits_png(df, out: Path) -> Path | None:
+    """``edits.png``: every model's edit of the first test item of each category, at the middle setting of
+    the sweep's grid (every model is swept on the same grid), beside the input and the target."""
+    from bench.edit_grid import edit_grid
+
+    settings = sorted(df["setting_index"].unique())
+    return edit_grid(out / "sweep", df[df["setting_index"] == settings[len(settings) // 2]], out / "edits.png")
+
+
 def run_ablation(spec_path: str | Path, out: str | Path, *, report: str | Path | None = None) -> dict:
     """Every stage of the module docstring; returns the table rows."""
     from bench.aggregate import aggregate, write_aggregate
@@ -215,6 +224,7 @@ def run_ablation(spec_path: str | Path, out: str | Path, *, report: str | Path |
     write_aggregate(agg, out / "sweep")
     figs = plot_tradeoff(agg, out / "ablation", title=f"{spec.name}: one curve per training-data variant "
                                                       f"({df['item_id'].nunique()} test items)")
+    _edits_png(df, out)
     rows = ablation_table(agg, variants, data, pool_report, timings.data, spec.references)
     _write_table(rows, out)
     paired = paired_differences(df, comparisons(variants))
@@ -225,7 +235,7 @@ def run_ablation(spec_path: str | Path, out: str | Path, *, report: str | Path |
         rep = Path(report)
         rep.mkdir(parents=True, exist_ok=True)
         for name in ("ablation.png", "ablation.pdf", "ablation_table.md", "ablation_table.csv", "ablation_paired.md",
-                     "timings.json", "spec.yaml", "sweep_spec.yaml"):
+                     "timings.json", "spec.yaml", "sweep_spec.yaml") + (("edits.png",) if (out / "edits.png").is_file() else ()):
             shutil.copyfile(out / name, rep / name)
         shutil.copyfile(out / "sweep" / "aggregate.csv", rep / "aggregate.csv")
         shutil.copyfile(out / "sweep" / "manifest.json", rep / "sweep_manifest.json")  # versions, commit, hashes
