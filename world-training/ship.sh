@@ -43,7 +43,7 @@ for stage in $STAGES; do
     $BIN/ip2p validity --analyse-only --items 192 --run results/runs/baselines --out reports/validity \
       --label "Run on the retrained (second-generation) world models: world:ip2p (UNet sha256 $(h ip2p)...), world:sd (UNet sha256 $(h sd)...), world:clip, world:clip-guide; 192 world test items x 13 settings (the baselines suite's edits, \`results/runs/baselines\`)." ;;
   figures) say "world figures"; $BIN/ip2p world report ;;
-  ablation) say "data ablation (pairs from world:sd, variants fine-tuned from world:ip2p; a fresh run folder)"
+  ablation) say "data ablation (pairs from world:sd, variants trained from world:sd, about 2 h on 2 cores; a fresh run folder)"
     rm -rf results/runs/ablation-world
     $BIN/ip2p ablate bench/ablations/world.yaml --out results/runs/ablation-world --report reports/ablation ;;
   sensitivity) say "gate sensitivity"
