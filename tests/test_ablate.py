@@ -58,6 +58,9 @@ def test_spec_errors_name_the_field(tmp_path):
         load_ablation_spec(_spec(tmp_path, filter={"thresholds": {"min_everything": 1}}))
     with pytest.raises(SpecError, match=r"variants\[0\]\.name: 'ref' is used twice \(or .* a label in references\)"):
         load_ablation_spec(_spec(tmp_path, variants=[{"name": "ref", "size": 1}], references={"ref": "world:ip2p"}))
+    with pytest.raises(SpecError, match=r"references\.base: 'base' labels the base model's curve"):
+        load_ablation_spec(_spec(tmp_path, references={"base": "world:ip2p"}))
+    assert load_ablation_spec(_spec(tmp_path, include_base=False, references={"base": "world:ip2p"}))[0].references
     spec, _ = load_ablation_spec(_spec(tmp_path, variants=[], grid={"size": [5, 50], "filter": [True, False]}))
     assert [v.name for v in spec.all_variants()] == ["gen-5-filtered", "gen-5-unfiltered", "gen-50-filtered",
                                                       "gen-50-unfiltered"]
