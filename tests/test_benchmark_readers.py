@@ -4,6 +4,7 @@ EditWorld without output captions, and the official InstructPix2Pix layout as it
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 import torch
@@ -53,6 +54,21 @@ def test_magicbrush_release_zip_with_its_password(tmp_path):
     assert str(z) in ds[0].source or "edit_sessions.json" in ds[0].source
     with pytest.raises(DataRowError, match="zip_password"):
         open_dataset(f"magicbrush:{z}", on_bad_row="skip", zip_password="wrong")
+    # ZipCrypto checks one byte of the password: 1 wrong password in 256 passes it and then fails to
+    # inflate (zlib.error) or its CRC. Find such a password for this zip; it too must be named.
+    with zipfile.ZipFile(z) as zf:
+        member = next(n for n in zf.namelist() if n.endswith("edit_sessions.json"))
+        lucky = None
+        for k in range(20000):
+            try:
+                with zf.open(member, pwd=f"wrong{k}".encode()):
+                    lucky = f"wrong{k}"
+                    break
+            except RuntimeError:
+                continue
+    assert lucky is not None
+    with pytest.raises(DataRowError, match="zip_password"):
+        open_dataset(f"magicbrush:{z}", on_bad_row="skip", zip_password=lucky)
 
 
 def test_emu_edit_rows_keyed_by_split_task_idx(tmp_path):

@@ -37,6 +37,7 @@ import json
 import os
 import posixpath
 import zipfile
+import zlib
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -95,7 +96,9 @@ class ReleaseFiles:
         if self._zip is not None:
             try:
                 return self._zip.read(self._path(rel))
-            except (RuntimeError, NotImplementedError, zipfile.BadZipFile) as e:
+            # a wrong password passes ZipCrypto's one-byte check 1 time in 256; the bytes it then
+            # decrypts fail inflation (zlib.error) or the CRC check (BadZipFile)
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as e:
                 raise DataRowError(f"{self.describe(rel)}: cannot read it from the zip ({e}); give the right zip_password "
                                    "option (the release's is on MagicBrush's README), or extract the zip and pass the folder") from e
         return Path(self._path(rel)).read_bytes()
