@@ -3,15 +3,10 @@ so each area (editing, training, the world, the harness) owns its own commands.
 The program starts in `ip2p.launch.run` (or the same guard below, under `python -m ip2p.cli`)."""
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m ip2p.cli`: load the module itself under the guard of `ip2p.launch.run`
-    from ip2p.errors import exit_interrupted as _exit_interrupted
+if __name__ == "__main__":  # `python -m ip2p.cli`: the same guarded entry point as the `ip2p` command
+    from ip2p.launch import run as _run
 
-    try:
-        from ip2p.cli import main as _main
-
-        _main()
-    except KeyboardInterrupt:
-        _exit_interrupted()
+    _run()
     raise SystemExit(0)
 
 import errno

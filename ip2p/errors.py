@@ -7,14 +7,6 @@ INTERRUPT_LINE = "interrupted (SIGINT): stopped; rerun the same command to resum
 INTERRUPTED = 130
 
 
-def exit_interrupted() -> None:
-    """End the program as a Ctrl-C ends it: the one line on stderr, exit status 130."""
-    import sys
-
-    sys.stderr.write(INTERRUPT_LINE + "\n")
-    sys.exit(INTERRUPTED)
-
-
 class Ip2pError(Exception):
     """Base class: the CLI prints these as one clear line and exits with status 2."""
 

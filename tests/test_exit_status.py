@@ -35,13 +35,18 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> tuple[int, str]:
     """SIGINT to ``proc`` once ``ready()`` holds (or it ended); (exit status, stderr)."""
-    t0 = time.time()
-    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"ended before the interrupt: {proc.communicate()}"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err
+    try:
+        t0 = time.time()
+        while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"ended before the interrupt: {proc.communicate()}"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+    finally:  # a failed case (a hang after the interrupt included) leaves no command running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _one_interrupt_line(err: str) -> None:
@@ -191,3 +196,26 @@ def test_version_through_each_entry_point(tmp_path, entry):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == __version__
+
+
+def test_a_ctrl_c_that_lands_in_a_finaliser_still_ends_the_command(tmp_path):
+    """Python swallows an exception raised in a finaliser (a ``__del__``; the ``regex`` module's runs
+    while the tokenizer loads) with an "Exception ignored" message and goes on: a Ctrl-C landing
+    there would leave the command running. The entry point's guard ends it: one line, status 130."""
+    code = (
+        "import time\n"
+        "import ip2p.cli\n"
+        "class Finaliser:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt  # the Ctrl-C, delivered while the finaliser runs\n"
+        "def command():\n"
+        "    Finaliser()\n"
+        "    time.sleep(20)\n"
+        "    print('went on')\n"
+        "ip2p.cli.main = command\n"
+        "from ip2p.launch import run\n"
+        "run()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    _one_interrupt_line(r.stderr)
+    assert "went on" not in r.stdout
