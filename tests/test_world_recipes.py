@@ -148,6 +148,42 @@ def test_ip2p_recipe_runs_its_stages_each_from_the_last_export_and_skips_finishe
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained
 
 
+def test_ip2p_recipe_continues_from_the_shipped_weights_without_the_earlier_stages_folders(tmp_path, monkeypatch,
+                                                                                           threads):
+    """On a machine with none of the run folders (a fresh checkout), a chain one stage longer than the
+    shipped world:ip2p trains only the new stage, from the shipped weights (bit for bit), and keeps the
+    shipped stages' records; a chain the shipped record does not match is trained from the start."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ip2p.train.tiny import make_tiny_sd
+    from ip2p.world import ip2p_recipe
+
+    base = make_tiny_sd(tmp_path / "sd", seed=0)
+    for k, v in dict(base=str(base), batch_size=2, resolution=32, data_options={"n": 16}, val_examples=0,
+                     checkpoint_every=1, report_to="none", progress=False, mixed_precision="no").items():
+        monkeypatch.setitem(ip2p_recipe.RECIPE, k, v)
+    stages = (dict(max_steps=2), dict(max_steps=3, stop_at_step=2))
+    first = ip2p_recipe.train_ip2p(tmp_path / "old-run", ship=False, stages=stages)
+    ship = ip2p_recipe.ship_run(tmp_path / "old-run" / "stage-2", tmp_path / "shipped")
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    longer = (*stages, dict(max_steps=2))
+    assert len(ip2p_recipe.shipped_chain(ship, longer)) == 2
+    assert ip2p_recipe.shipped_chain(ship, (dict(max_steps=3), *stages[1:])) == []  # stage 1 ran another schedule
+
+    run_dir = tmp_path / "fresh"
+    run = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=longer, ship_dir=ship)
+    assert not (run_dir / "stage-1").exists()  # the shipped export of stage 2 stands on it
+    assert (run_dir / "stage-2" / unet).read_bytes() == (ship / unet).read_bytes()
+    assert [r["final_step"] for r in run["previous_stages"]] == [2, 2] and run["final_step"] == 2
+    assert run["previous_stages"][0] == first["previous_stages"][0]
+    assert run["config"]["base"] == str(run_dir / "stage-2")
+    new, old = load_file(str(run_dir / "stage-3" / unet)), load_file(str(ship / unet))
+    assert any(not torch.equal(new[k], old[k]) for k in old)  # stage 3 trained on
+    assert json.loads((ship / "training_config.json").read_text())["final_step"] == 2  # the shipped folder untouched
+
+
 def test_vae_recipe_runs_its_phases_each_from_the_last_checkpoint(tmp_path, threads):
     """`ip2p world train-vae` runs the phases in turn (phase k from phase k-1's last checkpoint), keeps
     the earlier phases' records beside the last, and a rerun changes nothing."""

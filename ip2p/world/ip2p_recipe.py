@@ -336,14 +336,48 @@ def write_card(ship_dir: Path = SHIP_DIR, n: int = 192, steps: int = 20) -> dict
     return results
 
 
+def _target(recipe: dict) -> int:
+    """The step a stage ends at (``stop_at_step`` reproduces a stage that was stopped early)."""
+    return recipe.get("stop_at_step") or recipe["max_steps"]
+
+
 def _stage_done(run_dir: Path, recipe: dict) -> dict | None:
     """The stage's training record when ``run_dir`` holds its finished export, else None."""
     record = Path(run_dir) / "training_config.json"
     done = json.loads(record.read_text()) if record.exists() else None
-    target = recipe.get("stop_at_step") or recipe["max_steps"]
+    target = _target(recipe)
     if done is None or done.get("final_step") != target or not (Path(run_dir) / "unet").is_dir():
         return None
     return done
+
+
+def shipped_chain(ship_dir: Path, stages: tuple[dict, ...]) -> list[dict]:
+    """The training records of stages 1..n when the shipped folder is the export of stage n of
+    ``stages`` (each earlier record ending at its stage's step), else []. A longer chain continues from
+    the shipped weights on a machine that has none of the earlier stages' folders."""
+    record = Path(ship_dir) / "training_config.json"
+    if not record.exists():
+        return []
+    run = json.loads(record.read_text())
+    chain = [*run.get("previous_stages", []), {k: v for k, v in run.items() if k not in ("previous_stages", "recipe_command")}]
+    if len(chain) > len(stages) or any(r.get("final_step") != _target(st) or r["config"].get("max_steps") != st["max_steps"]
+                                       for r, st in zip(chain, stages)):
+        return []
+    return chain
+
+
+def _seed_from_shipped(stage_dir: Path, ship_dir: Path, record: dict) -> None:
+    """``stage_dir`` becomes the shipped export (the same weights, bit for bit) with its stage's record."""
+    from ip2p.util.io import replacing_dir
+
+    with replacing_dir(stage_dir) as tmp:
+        for name in SHIPPED:
+            src = Path(ship_dir) / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        atomic_write_json(tmp / "training_config.json", record)
 
 
 def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) -> dict | None:
@@ -352,7 +386,7 @@ def _train_stage(run_dir: Path, recipe: dict, time_limit_minutes: float | None) 
     from ip2p.train.trainer import train
 
     run_dir = Path(run_dir)
-    target = recipe.get("stop_at_step") or recipe["max_steps"]
+    target = _target(recipe)
     record, wall_file = run_dir / "training_config.json", run_dir / "wall.json"
     done = _stage_done(run_dir, recipe)
     wall = json.loads(wall_file.read_text())["wall_time_s"] if wall_file.exists() else None
@@ -380,6 +414,8 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
                ship: bool = True, stages: tuple[dict, ...] = STAGES, device: str = "cpu",
                sd_dir: Path = SD_DIR, base_sd: dict = BASE_SD) -> dict | None:
     """Train every stage (each resuming, finished ones skipped), then ship and evaluate the last.
+    Stages up to the one the shipped weights are the export of (``shipped_chain``) are not retrained
+    when their folders are missing: the last of them is seeded from the shipped folder.
     ``steps`` or ``base``: one stage of that length, from that base, into ``run_dir`` itself.
     ``device`` "cuda": the trainer on the GPU (the recipe's ``cpu=True`` dropped), same recipe otherwise.
     Stage 1 starts from world:sd when ``sd_dir`` holds the recipe's base (``BASE_SD``), else from that
@@ -395,8 +431,15 @@ def train_ip2p(run_dir: Path = RUN_DIR, steps: int | None = None, time_limit_min
     plan = ([(run_dir, dict(recipe, max_steps=steps or recipe["max_steps"], base=base or recipe["base"]))] if single else
             [(run_dir / f"stage-{k}", dict(recipe, **stage, base=recipe["base"] if k == 1 else str(run_dir / f"stage-{k - 1}")))
              for k, stage in enumerate(stages, 1)])
+    # Stages the shipped weights already stand on need no folder: the chain continues from them.
+    shipped = [] if single else shipped_chain(ship_dir, stages)
     records = []
     for k, (stage_dir, recipe) in enumerate(plan, 1):
+        if k <= len(shipped) and _stage_done(stage_dir, recipe) is None:
+            if k < len(shipped):  # a later shipped stage's export stands on this one
+                records.append(shipped[k - 1])
+                continue
+            _seed_from_shipped(stage_dir, ship_dir, shipped[-1])
         left = None if time_limit_minutes is None else max(0.0, time_limit_minutes - (time.time() - t0) / 60)
         if not single and k == 1 and recipe["base"] == "world:sd":  # world:sd, or the recipe's base trained first
             recipe["base"] = _base_sd(run_dir, Path(sd_dir), base_sd, device, left, done=_stage_done(stage_dir, recipe))
