@@ -90,6 +90,32 @@ def test_latent_ceiling_is_the_vae_round_trip_beside_identity():
         assert lo <= mean <= hi
         assert mean == pytest.approx(row["roundtrip"] - row["identity"], abs=2e-5)
 
+def test_compare_editors_pairs_items_and_names_the_worse_editor(tmp_path):
+    """Two stages compared: the same editor against itself differs by nothing; an editor whose noise
+    prediction is scaled up (over-shooting every step) is the worse one, with its L1 higher overall
+    and the items it loses counted on its side."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ip2p.world.evaluate import compare_editors
+
+    shipped = _need("ip2p", "unet/diffusion_pytorch_model.safetensors")
+    broken = tmp_path / "broken"
+    shutil.copytree(shipped, broken)
+    f = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    w = load_file(str(f))
+    w["conv_out.weight"], w["conv_out.bias"] = w["conv_out.weight"] * 3, w["conv_out.bias"] * 3
+    save_file(w, str(f))
+    same = compare_editors(shipped, shipped, n=12, steps=4)
+    assert same["all"]["paired_l1_b_minus_a"] == [0.0, 0.0, 0.0] and same["all"]["a_wins"] == same["all"]["b_wins"] == 0
+    worse = compare_editors(shipped, broken, n=12, steps=4)
+    assert set(worse) == set(same) and worse["all"]["n"] == 12
+    mean, lo, hi = worse["all"]["paired_l1_b_minus_a"]
+    assert 0 < lo <= mean <= hi
+    assert worse["all"]["success_b"] < worse["all"]["success_a"] and worse["all"]["a_wins"] > worse["all"]["b_wins"]
+
+
 def test_metric_clip_retrieval_and_zero_shot(metric_clip):
     imgs, caps, scenes = eval_caption_items(64)
     fi = metric_clip.encode_images(imgs)
