@@ -1,6 +1,6 @@
 """The `ip2p` command line. Sub-packages add their commands through `register(app)` hooks,
 so each area (editing, training, the world, the harness) owns its own commands.
-The program starts in `ip2p.launch.run` (or the same guard below, under `python -m ip2p.cli`)."""
+The program starts in `ip2p.launch.run` (also under `python -m ip2p.cli`, below)."""
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m ip2p.cli`: the same guarded entry point as the `ip2p` command
