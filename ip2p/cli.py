@@ -3,10 +3,15 @@ so each area (editing, training, the world, the harness) owns its own commands.
 The program starts in `ip2p.launch.run` (also under `python -m ip2p.cli`, below)."""
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m ip2p.cli`: the same guarded entry point as the `ip2p` command
-    from ip2p.launch import run as _run
+if __name__ == "__main__":  # `python -m ip2p.cli`: the same guard as the `ip2p` command (ip2p.launch)
+    from ip2p.errors import run_guarded as _run_guarded
 
-    _run()
+    def _load_main():
+        from ip2p.cli import main
+
+        return main
+
+    _run_guarded(_load_main)
     raise SystemExit(0)
 
 import errno
