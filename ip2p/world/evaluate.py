@@ -186,6 +186,16 @@ def _per_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _protocol_items(n: int) -> tuple[list, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``n`` world test items (all 12 categories cycle): items, categories, inputs,
+    exact targets, true edit masks."""
+    from ip2p.data.world.examples import make_example
+
+    items = [make_example("test", i) for i in range(n)]
+    inp, tgt, masks = (torch.stack([getattr(e, k) for e in items]) for k in ("input_image", "target_image", "mask"))
+    return items, [e.category for e in items], inp, tgt, masks
+
+
 def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guidance: float = 1.5,
                    text_guidance: float = 7.5, vae_folder: str | Path | None = None) -> tuple[dict, torch.Tensor]:
     """The issue-21 figures of the editor in ``folder`` on the first ``n`` world:test items (all 12
@@ -193,15 +203,10 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
     the editor, identity and the exact target (oracle), per category; the paired difference of L1
     (editor - identity) per category with a 95% bootstrap interval over items; the VAE round trip of
     the targets. Returns (figures, edited images)."""
-    from ip2p.data.world.examples import make_example
     from ip2p.metrics.success import edit_success
     from ip2p.world.vae_recipe import roundtrip_l1
 
-    items = [make_example("test", i) for i in range(n)]
-    cats = [e.category for e in items]
-    inp = torch.stack([e.input_image for e in items])
-    tgt = torch.stack([e.target_image for e in items])
-    masks = torch.stack([e.mask for e in items])
+    items, cats, inp, tgt, masks = _protocol_items(n)
     edited = _edit_all(folder, items, steps, image_guidance, text_guidance)
     res: dict = {"protocol": dict(EDIT_PROTOCOL, n=n, steps=steps, image_guidance_scale=image_guidance,
                                   guidance_scale=text_guidance), "editors": {}, "paired_l1_minus_identity": {}}
@@ -245,12 +250,9 @@ def compare_editors(a: str | Path, b: str | Path, n: int = 192, steps: int = 20,
     protocol: per category and "all", the paired L1 difference to the exact target (b - a) as [mean,
     low, high] with the protocol's 95% bootstrap interval, each one's edit success, and the items
     that only b edits successfully ("b_wins") or only a ("a_wins")."""
-    from ip2p.data.world.examples import make_example
     from ip2p.metrics.success import edit_success
 
-    items = [make_example("test", i) for i in range(n)]
-    cats = [e.category for e in items]
-    inp, tgt, masks = (torch.stack([getattr(e, k) for e in items]) for k in ("input_image", "target_image", "mask"))
+    items, cats, inp, tgt, masks = _protocol_items(n)
     l1, ok = {}, {}
     for name, folder in (("a", a), ("b", b)):
         out = _edit_all(folder, items, steps, image_guidance, text_guidance)

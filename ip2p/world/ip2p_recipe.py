@@ -306,17 +306,21 @@ def _targets_section(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _copy_pipeline(src: Path, dst: Path) -> None:
+    """The pipeline parts of ``src`` (``SHIPPED``: no checkpoints or logs) into ``dst``."""
+    for name in SHIPPED:
+        if (Path(src) / name).is_dir():
+            shutil.copytree(Path(src) / name, dst / name)
+        elif (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, dst / name)
+
+
 def ship_run(run_dir: Path, ship_dir: Path = SHIP_DIR) -> Path:
     """Copy the pipeline parts of a run into the shipped folder (no checkpoints or logs)."""
     from ip2p.util.io import replacing_dir
 
     with replacing_dir(ship_dir) as tmp:
-        for name in SHIPPED:
-            src = run_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
+        _copy_pipeline(run_dir, tmp)
         grids = sorted((run_dir / "validation").glob("step-*.png"))
         if grids:
             shutil.copy2(grids[-1], tmp / "validation.png")
@@ -371,12 +375,7 @@ def _seed_from_shipped(stage_dir: Path, ship_dir: Path, record: dict) -> None:
     from ip2p.util.io import replacing_dir
 
     with replacing_dir(stage_dir) as tmp:
-        for name in SHIPPED:
-            src = Path(ship_dir) / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
+        _copy_pipeline(ship_dir, tmp)
         atomic_write_json(tmp / "training_config.json", record)
 
 
