@@ -26,8 +26,7 @@ def run_guarded(load_main) -> None:
     try:
         load_main()()
     except KeyboardInterrupt:
-        sys.stderr.write(INTERRUPT_LINE + "\n")
-        end_process(INTERRUPTED)
+        _end_interrupted()
     except SystemExit as e:
         if e.code == INTERRUPTED:  # the CLI printed the line
             end_process(INTERRUPTED)
@@ -49,10 +48,14 @@ def end_process(code: int) -> None:
     os._exit(code)
 
 
+def _end_interrupted() -> None:
+    sys.stderr.write(INTERRUPT_LINE + "\n")
+    end_process(INTERRUPTED)
+
+
 def _interrupt_in_finaliser(unraisable) -> None:
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        sys.stderr.write(INTERRUPT_LINE + "\n")
-        end_process(INTERRUPTED)
+        _end_interrupted()
     sys.__unraisablehook__(unraisable)
 
 

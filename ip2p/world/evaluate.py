@@ -185,7 +185,6 @@ def _per_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
     return {c: round(v, 5) for c, v in mean_by_category(values.double(), cats).items()}
 
 
-@torch.no_grad()
 def _protocol_items(n: int) -> tuple[list, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` world test items (all 12 categories cycle): items, categories, inputs,
     exact targets, true edit masks."""
@@ -196,6 +195,7 @@ def _protocol_items(n: int) -> tuple[list, list[str], torch.Tensor, torch.Tensor
     return items, [e.category for e in items], inp, tgt, masks
 
 
+@torch.no_grad()
 def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guidance: float = 1.5,
                    text_guidance: float = 7.5, vae_folder: str | Path | None = None) -> tuple[dict, torch.Tensor]:
     """The issue-21 figures of the editor in ``folder`` on the first ``n`` world:test items (all 12
@@ -244,6 +244,7 @@ def _paired_by_category(diff, cats: list[str]) -> dict[str, tuple[float, float, 
     return out
 
 
+@torch.no_grad()
 def compare_editors(a: str | Path, b: str | Path, n: int = 192, steps: int = 20, image_guidance: float = 1.5,
                     text_guidance: float = 7.5) -> dict[str, dict]:
     """Two editors (e.g. two training stages) on the same first ``n`` world test items under the
