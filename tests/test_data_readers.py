@@ -230,6 +230,20 @@ def test_world_adapter_matches_generator_and_is_lazy():
         open_dataset("world:test", split="train", n=2)
 
 
+def test_world_adapter_passes_night_p_to_its_lazy_images():
+    from ip2p.data.world.examples import world_examples
+
+    ds = list(open_dataset("world:train", n=40, night_p=0.5))
+    ref = list(world_examples("train", n=40, night_p=0.5))
+    assert sum(e.metadata["input_scene"]["night"] for e in ref) > 10
+    for got, want in zip(ds, ref):
+        assert got.metadata["input_scene"] == want.metadata["input_scene"]
+        assert torch.equal(got.load_input(), want.input_image) and torch.equal(got.load_target(), want.target_image)
+    for bad in ("often", 2.0):
+        with pytest.raises(DataRowError, match="night_p"):
+            list(open_dataset("world:train", n=2, night_p=bad))
+
+
 def test_unknown_kind_and_path_errors(tmp_path):
     with pytest.raises(DataRowError, match="unknown dataset kind 'nope'"):
         open_dataset("nope:x")

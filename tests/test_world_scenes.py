@@ -33,6 +33,25 @@ def test_examples_are_deterministic_and_prefix_stable():
     assert [e.instruction for e in other] != [e.instruction for e in b]
 
 
+def test_night_p_draws_more_night_inputs_and_changes_nothing_else():
+    def night(e):
+        return e.metadata["input_scene"]["night"]
+
+    base = list(world_examples("train", 300, categories=["add", "remove", "move"]))
+    more = list(world_examples("train", 300, categories=["add", "remove", "move"], night_p=0.3))
+    share = sum(map(night, base)) / 300, sum(map(night, more)) / 300
+    assert 0.04 < share[0] < 0.17 and 0.2 < share[1] < 0.42
+    assert all("night_p" not in e.metadata for e in base) and all(e.metadata["night_p"] == 0.3 for e in more)
+    # only the night flag's draw changes: an item drawn by day under both is the same item
+    day = [(a, b) for a, b in zip(base, more) if not night(a) and not night(b)]
+    assert len(day) > 150
+    for a, b in day:
+        assert a.instruction == b.instruction and torch.equal(a.input_image, b.input_image)
+        assert torch.equal(a.target_image, b.target_image)
+    with pytest.raises(ValueError, match="night_p"):
+        make_example("train", 0, night_p=1.5)
+
+
 def test_example_fields_and_exact_masks():
     for e in world_examples("val", 48):
         x, y, m = e.load_input(), e.load_target(), e.load_mask()

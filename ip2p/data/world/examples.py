@@ -20,6 +20,9 @@ _SPLIT_BASE = {"train": 0, "val": 1 << 40, "test": 2 << 40}
 _MAX_ITEMS = 1 << 24  # items per (split, seed) stream
 _MAX_SEED = 1 << 15
 _STREAMS = {"edits": 0, "captions": 1}
+# The share of editing inputs drawn at night (every split's default; a training run may draw more of
+# these rarer scenes with ``night_p``: only the night flags change, every other draw stays the same).
+NIGHT_P = 0.1
 
 
 def _check_split(split: str) -> None:
@@ -59,8 +62,18 @@ def scene_to_dict(scene: Scene) -> dict:
     }
 
 
-def make_example(split: str, index: int, seed: int = 0, category: str | None = None) -> EditExample:
-    """Item ``index`` of ``split``; its category cycles through CATEGORIES unless given."""
+def _check_night_p(night_p: float) -> float:
+    night_p = float(night_p)
+    if not 0.0 <= night_p <= 1.0:
+        raise ValueError(f"world night_p must be a probability in [0, 1], got {night_p}")
+    return night_p
+
+
+def make_example(split: str, index: int, seed: int = 0, category: str | None = None,
+                 night_p: float = NIGHT_P) -> EditExample:
+    """Item ``index`` of ``split``; its category cycles through CATEGORIES unless given. ``night_p``:
+    the chance that the input scene is drawn at night (the world's default for every split)."""
+    night_p = _check_night_p(night_p)
     s = scene_seed(split, index, seed)
     rng = np.random.default_rng(s)
     if category is None:
@@ -68,7 +81,7 @@ def make_example(split: str, index: int, seed: int = 0, category: str | None = N
     if category not in CATEGORIES:
         raise ValueError(f"unknown world category {category!r} for item {split}-{index:06d}; known: {CATEGORIES}")
     for _ in range(1000):
-        scene = random_scene(rng, night_p=0.1)
+        scene = random_scene(rng, night_p=night_p)
         edit = make_edit(scene, category, rng, allow_held_out=split != "train")
         if edit is not None:
             break
@@ -93,6 +106,7 @@ def make_example(split: str, index: int, seed: int = 0, category: str | None = N
             "template": edit.template,
             "held_out_phrasing": edit.held_out,
             "caption_phrasing": phrasing,
+            **({} if night_p == NIGHT_P else {"night_p": night_p}),
             "input_scene": scene_to_dict(scene),
             "target_scene": scene_to_dict(edit.target),
         },
@@ -101,14 +115,16 @@ def make_example(split: str, index: int, seed: int = 0, category: str | None = N
 
 
 def world_examples(
-    split: str, n: int | None = None, seed: int = 0, categories: Iterable[str] | None = None
+    split: str, n: int | None = None, seed: int = 0, categories: Iterable[str] | None = None,
+    night_p: float = NIGHT_P,
 ) -> Iterator[EditExample]:
     """Editing examples of ``split`` (``n`` of them, or endless when None), deterministic.
 
     With ``categories`` given, items cycle through those categories only (in the given order);
-    item ids and scene seeds stay those of the underlying stream.
+    item ids and scene seeds stay those of the underlying stream. ``night_p``: see ``make_example``.
     """
     _check_split(split)
+    night_p = _check_night_p(night_p)
     cats = list(categories) if categories is not None else None
     if cats is not None:
         bad = [c for c in cats if c not in CATEGORIES]
@@ -117,7 +133,7 @@ def world_examples(
     i = 0
     while n is None or i < n:
         cat = None if cats is None else cats[i % len(cats)]
-        yield make_example(split, i, seed, cat)
+        yield make_example(split, i, seed, cat, night_p)
         i += 1
 
 

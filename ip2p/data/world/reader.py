@@ -3,7 +3,8 @@
 ``open_dataset("world:train", n=5000, seed=0, categories="add,remove")`` yields the examples of
 ``ip2p.data.world.examples.world_examples(split, n=n, seed=seed, categories=categories)`` (64x64, with
 exact targets and masks) after the usual row checks. ``n`` defaults to 10,000 for train and
-1,000 for val and test (the generator itself is endless). ``world`` alone takes the split from the
+1,000 for val and test (the generator itself is endless). ``night_p`` (default the world's 0.1) is
+the share of input scenes drawn at night: a training run may draw more of these rarer scenes. ``world`` alone takes the split from the
 ``split`` argument (default train).
 
 Texts and metadata are kept; images are regenerated on demand from (split, index, seed,
@@ -25,17 +26,19 @@ DEFAULT_N = {"train": 10_000, "val": 1_000, "test": 1_000}
 class _WorldImage:
     """Picklable lazy image of one world item: regenerates the item, returns one of its tensors."""
 
-    def __init__(self, split: str, index: int, seed: int, category: str | None, attr: str):
+    def __init__(self, split: str, index: int, seed: int, category: str | None, attr: str, night_p: float):
         self.split, self.index, self.seed, self.category, self.attr = split, index, seed, category, attr
+        self.night_p = night_p
 
     def __call__(self):
         from ip2p.data.world.examples import make_example
 
-        return getattr(make_example(self.split, self.index, self.seed, self.category), self.attr)
+        return getattr(make_example(self.split, self.index, self.seed, self.category, self.night_p), self.attr)
 
 
 def read_world(location: str, *, split: str | None, bad: BadRowLog, n: int | None = None, seed: int = 0,
-               categories: str | Sequence[str] | None = None, lazy: bool = True) -> Iterator[EditExample]:
+               categories: str | Sequence[str] | None = None, night_p: float | None = None,
+               lazy: bool = True) -> Iterator[EditExample]:
     if location and split is not None and split != location:
         raise DataRowError(f"dataset 'world:{location}' names split {location!r} but split={split!r} was also given")
     name = location or split or "train"
@@ -48,9 +51,16 @@ def read_world(location: str, *, split: str | None, bad: BadRowLog, n: int | Non
     if isinstance(categories, str):
         categories = [c.strip() for c in categories.split(",") if c.strip()]
     n = DEFAULT_N[name] if n is None else int(n)
+    try:
+        night_p = world_dataset.NIGHT_P if night_p is None else float(night_p)
+    except (TypeError, ValueError) as e:
+        raise DataRowError(f"world:{name}: option night_p must be a number in [0, 1], got {night_p!r}") from e
+    if not 0.0 <= night_p <= 1.0:
+        raise DataRowError(f"world:{name}: option night_p must be a number in [0, 1], got {night_p}")
     cats = list(categories) if categories else None
     lazy = lazy and hasattr(world_dataset, "make_example")
-    for i, ex in enumerate(world_dataset.world_examples(name, n=n, seed=int(seed), categories=cats)):
+    for i, ex in enumerate(world_dataset.world_examples(name, n=n, seed=int(seed), categories=cats,
+                                                                 night_p=night_p)):
         src = ex.source or f"world:{name} item {ex.item_id}"
         if not isinstance(ex.instruction, str) or not ex.instruction.strip():
             bad.report(src, "instruction", "empty text")
@@ -61,9 +71,9 @@ def read_world(location: str, *, split: str | None, bad: BadRowLog, n: int | Non
         ex.source = src
         if lazy:  # same item, regenerated on demand (category as world_examples chose it)
             cat = None if cats is None else cats[i % len(cats)]
-            ex.input_image = _WorldImage(name, i, int(seed), cat, "input_image")
-            ex.target_image = _WorldImage(name, i, int(seed), cat, "target_image")
-            ex.mask = _WorldImage(name, i, int(seed), cat, "mask")
+            ex.input_image = _WorldImage(name, i, int(seed), cat, "input_image", night_p)
+            ex.target_image = _WorldImage(name, i, int(seed), cat, "target_image", night_p)
+            ex.mask = _WorldImage(name, i, int(seed), cat, "mask", night_p)
         yield ex
 
 
