@@ -1,7 +1,8 @@
 """Is one world:ip2p better than another? Both edit the same first ``--n`` world test items under
 issue 21's protocol (20 steps, sI 1.5, sT 7.5); per category, the paired L1 difference to the exact
 target (b - a) with the protocol's 95% bootstrap interval, each one's edit success and the items only
-one of them edits right (``ip2p.world.evaluate.compare_editors``). Used to decide whether a new
+one of them edits right, and the same over items whose input is drawn at night and by day
+(``ip2p.world.evaluate.compare_editors``). Used to decide whether a new
 training stage is shipped (world-training/ip2p/stage8/).
 
     python scripts/compare_stages.py A B [--n 192] [--out compare.json]

@@ -114,6 +114,12 @@ def test_compare_editors_pairs_items_and_names_the_worse_editor(tmp_path):
     mean, lo, hi = worse["all"]["paired_l1_b_minus_a"]
     assert 0 < lo <= mean <= hi
     assert worse["all"]["success_b"] < worse["all"]["success_a"] and worse["all"]["a_wins"] > worse["all"]["b_wins"]
+    # the items split by their input's time of day: the two rows partition the items
+    night, day = worse["input: night"], worse["input: day"]
+    assert night["n"] >= 1 and night["n"] + day["n"] == 12
+    assert night["a_wins"] + day["a_wins"] == worse["all"]["a_wins"]
+    assert (night["n"] * night["paired_l1_b_minus_a"][0] + day["n"] * day["paired_l1_b_minus_a"][0]) / 12 == \
+        pytest.approx(mean, abs=1e-4)
 
 
 def test_metric_clip_retrieval_and_zero_shot(metric_clip):

@@ -250,7 +250,9 @@ def compare_editors(a: str | Path, b: str | Path, n: int = 192, steps: int = 20,
     """Two editors (e.g. two training stages) on the same first ``n`` world test items under the
     protocol: per category and "all", the paired L1 difference to the exact target (b - a) as [mean,
     low, high] with the protocol's 95% bootstrap interval, each one's edit success, and the items
-    that only b edits successfully ("b_wins") or only a ("a_wins")."""
+    that only b edits successfully ("b_wins") or only a ("a_wins"). Then the same over the items
+    whose input scene is drawn at night ("input: night") and by day ("input: day"): night inputs are
+    the world's rarer scenes (``NIGHT_P``)."""
     from ip2p.metrics.success import edit_success
 
     items, cats, inp, tgt, masks = _protocol_items(n)
@@ -259,13 +261,17 @@ def compare_editors(a: str | Path, b: str | Path, n: int = 192, steps: int = 20,
         out = _edit_all(folder, items, steps, image_guidance, text_guidance)
         l1[name] = (out - tgt).abs().flatten(1).mean(1).double().numpy()
         ok[name] = edit_success(inp, out, tgt, masks)["edit_success"].numpy()
+    diff = l1["b"] - l1["a"]
+    lit = ["input: night" if e.metadata["input_scene"]["night"] else "input: day" for e in items]
     table = {}
-    for c, (mean, lo, hi, k) in _paired_by_category(l1["b"] - l1["a"], cats).items():
-        idx = [i for i, x in enumerate(cats) if c in ("all", x)]
-        sa, sb = ok["a"][idx], ok["b"][idx]
-        table[c] = {"paired_l1_b_minus_a": [round(mean, 5), round(lo, 5), round(hi, 5)], "n": k,
-                    "success_a": round(float(sa.mean()), 4), "success_b": round(float(sb.mean()), 4),
-                    "b_wins": int(((sb == 1) & (sa == 0)).sum()), "a_wins": int(((sa == 1) & (sb == 0)).sum())}
+    for labels, rows in ((cats, _paired_by_category(diff, cats)),
+                         (lit, {k: v for k, v in _paired_by_category(diff, lit).items() if k != "all"})):
+        for c, (mean, lo, hi, k) in rows.items():
+            idx = [i for i, x in enumerate(labels) if c in ("all", x)]
+            sa, sb = ok["a"][idx], ok["b"][idx]
+            table[c] = {"paired_l1_b_minus_a": [round(mean, 5), round(lo, 5), round(hi, 5)], "n": k,
+                        "success_a": round(float(sa.mean()), 4), "success_b": round(float(sb.mean()), 4),
+                        "b_wins": int(((sb == 1) & (sa == 0)).sum()), "a_wins": int(((sa == 1) & (sb == 0)).sum())}
     return table
 
 
