@@ -200,7 +200,8 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
                    text_guidance: float = 7.5, vae_folder: str | Path | None = None) -> tuple[dict, torch.Tensor]:
     """The issue-21 figures of the editor in ``folder`` on the first ``n`` world:test items (all 12
     categories cycle): L1 to the exact target and exact edit success (``ip2p.metrics.success``) for
-    the editor, identity and the exact target (oracle), per category; the paired difference of L1
+    the editor, identity and the exact target (oracle), per category (success also by the
+    instruction's phrasing, trained or held out, and by the input scene's time of day); the paired difference of L1
     (editor - identity) per category with a 95% bootstrap interval over items; the VAE round trip of
     the targets. Returns (figures, edited images)."""
     from ip2p.metrics.success import edit_success
@@ -215,11 +216,14 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
         l1[name] = (out - tgt).abs().flatten(1).mean(1)
         s = edit_success(inp, out, tgt, masks)["edit_success"]
         phrasing = ["held-out phrasing" if e.metadata["held_out_phrasing"] else "trained phrasing" for e in items]
+        when = ["night input" if e.metadata["input_scene"]["night"] else "day input" for e in items]
         res["editors"][name] = {"l1_target": round(float(l1[name].mean()), 5),
                                 "l1_target_by_category": _per_category(l1[name], cats),
                                 "edit_success": round(float(s[~torch.isnan(s)].mean()), 4),
                                 "edit_success_by_category": _per_category(s, cats),
-                                "edit_success_by_phrasing": _per_category(s, phrasing)}
+                                "edit_success_by_phrasing": _per_category(s, phrasing),
+                                "edit_success_by_input": _per_category(s, when)}
+    res["items_by_input"] = {k: when.count(k) for k in sorted(set(when))}
     for c, (mean, lo, hi, k) in _paired_by_category((l1["editor"] - l1["identity"]).numpy(), cats).items():
         res["paired_l1_minus_identity"][c] = {"mean": round(mean, 5), "low": round(lo, 5), "high": round(hi, 5),
                                               "n": k, "excludes_0": bool(hi < 0 or lo > 0)}

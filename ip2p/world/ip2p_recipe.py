@@ -50,7 +50,8 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 # session 8; ``stop_at_step`` reproduces that stop exactly). Stage 7 is 5,000 steps: what fit in session 12
 # after stage 6.
 STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500), dict(max_steps=7000),
-          dict(max_steps=7000), dict(max_steps=7000), dict(max_steps=5000))
+          dict(max_steps=7000), dict(max_steps=7000), dict(max_steps=5000),
+          dict(max_steps=6000, lr=2e-4, data_options=dict(RECIPE["data_options"], night_p=0.3)))
 
 # The world:sd that stage 1 starts from: the text-to-image recipe (``ip2p world train-sd``) with these
 # arguments, i.e. the world:sd shipped with the second generation. When the shipped world:sd is
@@ -301,6 +302,12 @@ def _targets_section(r: dict) -> str:
     d = r["paired_l1_minus_identity"]["all"]
     lines.append(f"| **all** | {ed['edit_success']:.2f} / {ident['edit_success']:.2f} / {orc['edit_success']:.2f} | "
                  f"{ed['l1_target']:.4f} | {ident['l1_target']:.4f} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] |")
+    counts = r.get("items_by_input", {})
+    if "edit_success_by_input" in ed:  # evaluations from session 15 on
+        by = {**ed["edit_success_by_phrasing"], **ed["edit_success_by_input"]}
+        lines += ["", "world:ip2p's edit success by the instruction's phrasing and by the input scene's time of day "
+                  "(night scenes are 10% of the world's inputs): "
+                  + ", ".join(f"{k} {v:.2f}" + (f" ({counts[k]} of {p['n']} items)" if k in counts else "") for k, v in by.items()) + "."]
     lines += ["", f"VAE round trip of the test targets: L1 {r['vae_roundtrip']['l1_mean']}.", "",
               "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in sorted(r["targets"].items())) + "."]
     return "\n".join(lines)
