@@ -48,7 +48,8 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 # The stages of the shipped world:ip2p (second generation), each a run of RECIPE from the previous
 # stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
 # session 8; ``stop_at_step`` reproduces that stop exactly). Stage 7 is 5,000 steps: what fit in session 12
-# after stage 6.
+# after stage 6. Stage 8 (session 15) draws 30% of its inputs at night (the world's default is 10%: stage 7
+# repainted night scenes by day) at a lower learning rate (world-training/ip2p/stage8/).
 STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500), dict(max_steps=7000),
           dict(max_steps=7000), dict(max_steps=7000), dict(max_steps=5000),
           dict(max_steps=6000, lr=2e-4, data_options=dict(RECIPE["data_options"], night_p=0.3)))
