@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ip2p.data.world.examples import NIGHT_P
 from ip2p.train.config import TrainConfig, loss_text, lr_schedule_text
 from ip2p.util.io import atomic_write_json
 from ip2p.world import SD_DIR, WEIGHTS_DIR
@@ -307,7 +308,7 @@ def _targets_section(r: dict) -> str:
     if "edit_success_by_input" in ed:  # evaluations from session 15 on
         by = {**ed["edit_success_by_phrasing"], **ed["edit_success_by_input"]}
         lines += ["", "world:ip2p's edit success by the instruction's phrasing and by the input scene's time of day "
-                  "(night scenes are 10% of the world's inputs): "
+                  f"(night scenes are {NIGHT_P:.0%} of the world's inputs): "
                   + ", ".join(f"{k} {v:.2f}" + (f" ({counts[k]} of {p['n']} items)" if k in counts else "") for k, v in by.items()) + "."]
     lines += ["", f"VAE round trip of the test targets: L1 {r['vae_roundtrip']['l1_mean']}.", "",
               "Targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in sorted(r["targets"].items())) + "."]

@@ -62,18 +62,22 @@ def scene_to_dict(scene: Scene) -> dict:
     }
 
 
-def _check_night_p(night_p: float) -> float:
-    night_p = float(night_p)
-    if not 0.0 <= night_p <= 1.0:
-        raise ValueError(f"world night_p must be a probability in [0, 1], got {night_p}")
-    return night_p
+def check_night_p(night_p) -> float:
+    """``night_p`` as a float, or a ValueError naming it when it is not a probability."""
+    try:
+        p = float(night_p)
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"night_p must be a probability in [0, 1], got {night_p!r}")
+    return p
 
 
 def make_example(split: str, index: int, seed: int = 0, category: str | None = None,
                  night_p: float = NIGHT_P) -> EditExample:
     """Item ``index`` of ``split``; its category cycles through CATEGORIES unless given. ``night_p``:
     the chance that the input scene is drawn at night (the world's default for every split)."""
-    night_p = _check_night_p(night_p)
+    night_p = check_night_p(night_p)
     s = scene_seed(split, index, seed)
     rng = np.random.default_rng(s)
     if category is None:
@@ -124,7 +128,7 @@ def world_examples(
     item ids and scene seeds stay those of the underlying stream. ``night_p``: see ``make_example``.
     """
     _check_split(split)
-    night_p = _check_night_p(night_p)
+    night_p = check_night_p(night_p)
     cats = list(categories) if categories is not None else None
     if cats is not None:
         bad = [c for c in cats if c not in CATEGORIES]

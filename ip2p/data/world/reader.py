@@ -4,8 +4,8 @@
 ``ip2p.data.world.examples.world_examples(split, n=n, seed=seed, categories=categories)`` (64x64, with
 exact targets and masks) after the usual row checks. ``n`` defaults to 10,000 for train and
 1,000 for val and test (the generator itself is endless). ``night_p`` (default the world's 0.1) is
-the share of input scenes drawn at night: a training run may draw more of these rarer scenes. ``world`` alone takes the split from the
-``split`` argument (default train).
+the share of input scenes drawn at night: a training run may draw more of these rarer scenes.
+``world`` alone takes the split from the ``split`` argument (default train).
 
 Texts and metadata are kept; images are regenerated on demand from (split, index, seed,
 category) -- about 1 ms an item -- so a large training set costs no memory.
@@ -52,11 +52,9 @@ def read_world(location: str, *, split: str | None, bad: BadRowLog, n: int | Non
         categories = [c.strip() for c in categories.split(",") if c.strip()]
     n = DEFAULT_N[name] if n is None else int(n)
     try:
-        night_p = world_dataset.NIGHT_P if night_p is None else float(night_p)
-    except (TypeError, ValueError) as e:
-        raise DataRowError(f"world:{name}: option night_p must be a number in [0, 1], got {night_p!r}") from e
-    if not 0.0 <= night_p <= 1.0:
-        raise DataRowError(f"world:{name}: option night_p must be a number in [0, 1], got {night_p}")
+        night_p = world_dataset.NIGHT_P if night_p is None else world_dataset.check_night_p(night_p)
+    except ValueError as e:
+        raise DataRowError(f"world:{name}: option {e}") from e
     cats = list(categories) if categories else None
     lazy = lazy and hasattr(world_dataset, "make_example")
     for i, ex in enumerate(world_dataset.world_examples(name, n=n, seed=int(seed), categories=cats,
