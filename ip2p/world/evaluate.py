@@ -185,6 +185,11 @@ def _per_category(values: torch.Tensor, cats: list[str]) -> dict[str, float]:
     return {c: round(v, 5) for c, v in mean_by_category(values.double(), cats).items()}
 
 
+def _time_of_day(e) -> str:
+    """"night" when the item's input scene is drawn at night (the world's rarer inputs), else "day"."""
+    return "night" if e.metadata["input_scene"]["night"] else "day"
+
+
 def _protocol_items(n: int) -> tuple[list, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` world test items (all 12 categories cycle): items, categories, inputs,
     exact targets, true edit masks."""
@@ -212,11 +217,11 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
     res: dict = {"protocol": dict(EDIT_PROTOCOL, n=n, steps=steps, image_guidance_scale=image_guidance,
                                   guidance_scale=text_guidance), "editors": {}, "paired_l1_minus_identity": {}}
     l1 = {}
+    phrasing = ["held-out phrasing" if e.metadata["held_out_phrasing"] else "trained phrasing" for e in items]
+    when = [f"{_time_of_day(e)} input" for e in items]
     for name, out in (("editor", edited), ("identity", inp), ("oracle", tgt)):
         l1[name] = (out - tgt).abs().flatten(1).mean(1)
         s = edit_success(inp, out, tgt, masks)["edit_success"]
-        phrasing = ["held-out phrasing" if e.metadata["held_out_phrasing"] else "trained phrasing" for e in items]
-        when = ["night input" if e.metadata["input_scene"]["night"] else "day input" for e in items]
         res["editors"][name] = {"l1_target": round(float(l1[name].mean()), 5),
                                 "l1_target_by_category": _per_category(l1[name], cats),
                                 "edit_success": round(float(s[~torch.isnan(s)].mean()), 4),
@@ -234,15 +239,15 @@ def evaluate_edits(folder: str | Path, n: int = 192, steps: int = 20, image_guid
     return res, edited
 
 
-def _paired_by_category(diff, cats: list[str]) -> dict[str, tuple[float, float, float, int]]:
-    """Per category and "all": (mean, low, high, n) of the per-item differences ``diff`` with the
-    protocol's 95% bootstrap interval over items (2,000 resamples, seed 0)."""
+def _paired_by_category(diff, cats: list[str], overall: bool = True) -> dict[str, tuple[float, float, float, int]]:
+    """Per category (and "all" unless ``overall`` is false): (mean, low, high, n) of the per-item
+    differences ``diff`` with the protocol's 95% bootstrap interval over items (2,000 resamples, seed 0)."""
     import numpy as np
 
     from ip2p.util.stats import bootstrap_ci
 
     out = {}
-    for c in sorted(set(cats)) + ["all"]:
+    for c in sorted(set(cats)) + (["all"] if overall else []):
         v = diff if c == "all" else diff[[i for i, k in enumerate(cats) if k == c]]
         out[c] = (*bootstrap_ci(v, n_boot=2000, rng=np.random.default_rng(0)), int(len(v)))
     return out
@@ -266,10 +271,9 @@ def compare_editors(a: str | Path, b: str | Path, n: int = 192, steps: int = 20,
         l1[name] = (out - tgt).abs().flatten(1).mean(1).double().numpy()
         ok[name] = edit_success(inp, out, tgt, masks)["edit_success"].numpy()
     diff = l1["b"] - l1["a"]
-    lit = ["input: night" if e.metadata["input_scene"]["night"] else "input: day" for e in items]
+    lit = [f"input: {_time_of_day(e)}" for e in items]
     table = {}
-    for labels, rows in ((cats, _paired_by_category(diff, cats)),
-                         (lit, {k: v for k, v in _paired_by_category(diff, lit).items() if k != "all"})):
+    for labels, rows in ((cats, _paired_by_category(diff, cats)), (lit, _paired_by_category(diff, lit, overall=False))):
         for c, (mean, lo, hi, k) in rows.items():
             idx = [i for i, x in enumerate(labels) if c in ("all", x)]
             sa, sb = ok["a"][idx], ok["b"][idx]
