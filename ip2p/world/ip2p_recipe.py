@@ -50,10 +50,12 @@ RECIPE = dict(base="world:sd", data="world:train", data_options={"n": 100000}, r
 # stage's export. Stage 2 was stopped at step 2,485 of its 2,500-step schedule (by a time limit in
 # session 8; ``stop_at_step`` reproduces that stop exactly). Stage 7 is 5,000 steps: what fit in session 12
 # after stage 6. Stage 8 (session 15) draws 30% of its inputs at night (the world's default is 10%: stage 7
-# repainted night scenes by day) at a lower learning rate (world-training/ip2p/stage8/).
+# repainted night scenes by day) at a lower learning rate (world-training/ip2p/stage8/). Stage 9 (session 16)
+# draws half its inputs at night: stage 8 still repainted 3 of 17 night inputs (world-training/ip2p/stage9/).
 STAGES = (dict(max_steps=9000), dict(max_steps=2500, stop_at_step=2485), dict(max_steps=6500), dict(max_steps=7000),
           dict(max_steps=7000), dict(max_steps=7000), dict(max_steps=5000),
-          dict(max_steps=6000, lr=2e-4, data_options=dict(RECIPE["data_options"], night_p=0.3)))
+          dict(max_steps=6000, lr=2e-4, data_options=dict(RECIPE["data_options"], night_p=0.3)),
+          dict(max_steps=6000, lr=2e-4, data_options=dict(RECIPE["data_options"], night_p=0.5)))
 
 # The world:sd that stage 1 starts from: the text-to-image recipe (``ip2p world train-sd``) with these
 # arguments, i.e. the world:sd shipped with the second generation. When the shipped world:sd is
