@@ -28,9 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT's default action, as a command typed at a terminal has. A test run
+    started in the background by a non-interactive shell (``make test &``) inherits SIGINT *ignored*, and
+    an ignored signal stays ignored across exec: Python then installs no KeyboardInterrupt handler and
+    the SIGINT these tests send would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ip2p.cli", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_at_a_terminal)
 
 
 def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> tuple[int, str]:
