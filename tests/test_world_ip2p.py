@@ -45,19 +45,14 @@ def test_card_is_written_from_the_stored_evaluation():
 
 def test_shipped_world_ip2p_is_the_export_of_every_recipe_stage():
     """The shipped weights are the export of the last of ``ip2p_recipe.STAGES`` and every stage's record
-    ran that stage's settings (steps, learning rate, data options; ``shipped_chain`` also checks each
-    stage's final step, so stage 2's early stop): a stage added to the recipe but not
-    shipped (or shipped from other settings) fails here, since ``ip2p world train-ip2p`` on a fresh
-    checkout would then train and ship weights the card does not describe."""
-    from ip2p.world.ip2p_recipe import RECIPE, STAGES, shipped_chain
+    ran that stage's settings (``shipped_chain``: final step, steps, learning rate, data options): a stage
+    added to the recipe but not shipped (or shipped from other settings) fails here, since ``ip2p world
+    train-ip2p`` on a fresh checkout would then train and ship weights the card does not describe."""
+    from ip2p.world.ip2p_recipe import STAGES, shipped_chain
 
     _need_shipped()
     chain = shipped_chain(SHIP_DIR, STAGES)
     assert len(chain) == len(STAGES), f"the shipped world:ip2p is not the export of stage {len(STAGES)} of STAGES"
-    for k, (record, stage) in enumerate(zip(chain, STAGES), 1):
-        want = dict(RECIPE, **stage)
-        got = {key: record["config"][key] for key in ("max_steps", "lr", "data_options")}
-        assert got == {key: want.get(key) for key in got}, f"stage {k}: shipped record {got}, recipe {want}"
 
 
 def test_world_ip2p_beats_identity_on_test_items():

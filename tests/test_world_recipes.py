@@ -171,6 +171,8 @@ def test_ip2p_recipe_continues_from_the_shipped_weights_without_the_earlier_stag
     longer = (*stages, dict(max_steps=2))
     assert len(ip2p_recipe.shipped_chain(ship, longer)) == 2
     assert ip2p_recipe.shipped_chain(ship, (dict(max_steps=3), *stages[1:])) == []  # stage 1 ran another schedule
+    assert ip2p_recipe.shipped_chain(ship, (stages[0], dict(stages[1], lr=1e-3))) == []  # another learning rate
+    assert ip2p_recipe.shipped_chain(ship, (stages[0], dict(stages[1], data_options={"n": 8}))) == []  # other data
 
     run_dir = tmp_path / "fresh"
     run = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=longer, ship_dir=ship)

@@ -368,17 +368,24 @@ def _stage_done(run_dir: Path, recipe: dict) -> dict | None:
 
 def shipped_chain(ship_dir: Path, stages: tuple[dict, ...]) -> list[dict]:
     """The training records of stages 1..n when the shipped folder is the export of stage n of
-    ``stages`` (each earlier record ending at its stage's step), else []. A longer chain continues from
+    ``stages`` (each record a run of its stage, ``_ran_stage``), else []. A longer chain continues from
     the shipped weights on a machine that has none of the earlier stages' folders."""
     record = Path(ship_dir) / "training_config.json"
     if not record.exists():
         return []
     run = json.loads(record.read_text())
     chain = [*run.get("previous_stages", []), {k: v for k, v in run.items() if k not in ("previous_stages", "recipe_command")}]
-    if len(chain) > len(stages) or any(r.get("final_step") != _target(st) or r["config"].get("max_steps") != st["max_steps"]
-                                       for r, st in zip(chain, stages)):
+    if len(chain) > len(stages) or not all(_ran_stage(r, st) for r, st in zip(chain, stages)):
         return []
     return chain
+
+
+def _ran_stage(record: dict, stage: dict) -> bool:
+    """Whether a training record is a run of ``stage`` (an entry of ``STAGES``): it ended at the stage's
+    step and ran RECIPE's settings with the stage's overrides of steps, learning rate and data."""
+    want = dict(RECIPE, **stage)
+    return record.get("final_step") == _target(stage) and all(
+        record["config"].get(k) == want[k] for k in ("max_steps", "lr", "data_options"))
 
 
 def _seed_from_shipped(stage_dir: Path, ship_dir: Path, record: dict) -> None:
