@@ -76,6 +76,29 @@ def test_without_blend_and_with_a_whole_image_mask_it_is_plain_instructpix2pix(i
         assert torch.equal(a, b)  # the sampler override draws the same noise and takes the same steps
 
 
+def test_a_mask_over_the_global_fraction_is_the_whole_image(ip2p, pe):
+    score = torch.zeros(2, 10, 10)
+    score[0, :, :6] = 1.0  # 60% of the image above the threshold
+    score[1, :, :4] = 1.0  # 40%
+    half = pixel_mask(score, (10, 10), 0.5, 0, global_fraction=0.5)
+    assert bool(half[0].all()) and int(half[1].sum()) == 40
+    assert int(pixel_mask(score, (10, 10), 0.5, 0, global_fraction=1.0)[0].sum()) == 60  # 1: never whole
+    assert not bool(pixel_mask(torch.zeros(1, 4, 4), (4, 4), 0.5, 0, global_fraction=0.0).any())  # empty stays empty
+    # global edits (night): with the default rule their final masks are the whole image; without it,
+    # holes keep patches of the day scene, and the rule changes the sampling (the blend), not only the mask
+    night = list(world_examples("val", 4, categories=["night"]))
+    flat = {"refine_threshold": 0.0, "mask_feather": 0, "num_inference_steps": 20}
+    outs = pe.run([_req(ex, **flat) for ex in night])
+    assert all(bool((m == 1).all()) for m in pe.last_masks)
+    holes = pe.run([_req(ex, global_fraction=1.0, **flat) for ex in night])
+    assert any(bool((m == 0).any()) for m in pe.last_masks)
+    x = [ex.load_input() for ex in night]
+    kept = [int((m == 0).sum()) for m in pe.last_masks]
+    for a, b, m, xi, k in zip(outs, holes, pe.last_masks, x, kept):
+        if k:  # where the rule-less mask has a hole, it kept the input; the whole-image mask did not
+            assert torch.equal(b[:, m == 0], xi[:, m == 0]) and float((a - xi).abs()[:, m == 0].mean()) > 0.05
+
+
 def test_same_seed_same_output_and_batch_mates_do_not_matter(pe, items):
     alone = pe.run([_req(items[1], seed=3)])[0]
     mask_alone = pe.last_masks[0]
