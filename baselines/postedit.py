@@ -17,7 +17,10 @@ With guidance terms (InstructPix2Pix, :class:`PostEditInstructPix2Pix`), during 
    ``global_fraction`` of the image becomes the whole image: the edit is global (a new background,
    night), and the holes left in its mask are where the score's floor dips under the threshold, not
    regions the edit leaves alone (blended back, they left patches of the old scene; on world:val
-   the score's floor is 0.1-0.25 of its peak on local edits and about 0.3 on global ones).
+   the score's floor is 0.1-0.25 of its peak on local edits and about 0.3 on global ones). During
+   sampling the mask of every step is made so, and an image once global stays global for the later
+   steps and the final mask: the running score is noisy, and a night edit whose mask dipped to 49%
+   for one late step had the day scene blended back into half the image.
 2. Keep the input outside the mask during sampling. From step ``round(blend_start * steps)`` on,
    after each Euler-ancestral step to ``sigma'`` the latent is blended with the input's noised
    latent: ``x = m * x + (1 - m) * (z_in + sigma' * n0)``, with ``m`` the current mask max-pooled to
@@ -133,6 +136,14 @@ def pixel_mask(score: torch.Tensor, size: tuple[int, int], threshold: float, dil
     return mask | whole.view(-1, 1, 1)
 
 
+def stay_global(mask: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """One sampling step's masks ``[B, H, W]`` with every image already found global (``whole``,
+    ``[B]`` bool) kept whole; ``whole`` is updated in place to the images whose mask is now the whole image."""
+    mask = mask | whole.view(-1, 1, 1)
+    whole.copy_(mask.flatten(1).all(1))
+    return mask
+
+
 def refine_mask(guide: torch.Tensor, edited: torch.Tensor, original: torch.Tensor, threshold: float) -> torch.Tensor:
     """The guidance mask ``guide`` (``[H, W]`` bool) cut to where the output changed: pixels whose
     ``mean_channels |edited - original|`` exceeds ``threshold`` times its maximum inside ``guide``,
@@ -224,10 +235,13 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
         if k0["scheduler"] not in (None, "paper") or self.scheduler is not None:
             raise SpecError(f"{self.name}: post-edit runs the paper's Euler ancestral sampler only; remove 'scheduler'")
         latent = chunk.image_cond[0]
-        threshold, dilation, whole = float(k0["mask_threshold"]), int(k0["mask_dilation"]), float(k0["global_fraction"])
+        threshold, dilation, share = float(k0["mask_threshold"]), int(k0["mask_dilation"]), float(k0["global_fraction"])
         f = self.vae_scale_factor
         size = (latent.shape[-2] * f, latent.shape[-1] * f)
         score = torch.zeros(latent.shape[0], *latent.shape[-2:], device=self.device)
+        # an image whose mask was global at a step stays global: the score's early steps are noisy, and a
+        # global edit's mask that dips under global_fraction for one late step would blend the input back there
+        whole = torch.zeros(latent.shape[0], dtype=torch.bool, device=self.device)
 
         def add_score(cond, img_cond, uncond) -> None:
             score.add_((cond - img_cond).abs().mean(1))
@@ -239,14 +253,14 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
             def blend(i: int, x: torch.Tensor) -> torch.Tensor | None:
                 if i < blend_from:
                     return None
-                keep = pixel_mask(score / (i + 1), size, threshold, dilation, whole)
+                keep = stay_global(pixel_mask(score / (i + 1), size, threshold, dilation, share), whole)
                 m = F.max_pool2d(keep[:, None].float(), f, stride=f)
                 return m * x + (1 - m) * (z_in + float(sigmas[i + 1]) * n0)
 
             return blend
 
         x = self.sample_paper(chunk, on_branches=add_score, make_callback=make_blend)
-        masks = pixel_mask(score / chunk.steps, size, threshold, dilation, whole).cpu()
+        masks = (pixel_mask(score / chunk.steps, size, threshold, dilation, share) | whole.view(-1, 1, 1)).cpu()
         for j, idx in enumerate(chunk.indices):
             self._masks[idx] = masks[j]
         return x
@@ -360,4 +374,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["PostEditInstructPix2Pix", "PostEditWrapper", "post_edit", "pixel_mask", "feather", "dilate",
-           "normalise_score", "composite_outside", "save_mask", "MASK_KNOBS", "GUIDED_KNOBS"]
+           "normalise_score", "stay_global", "composite_outside", "save_mask", "MASK_KNOBS", "GUIDED_KNOBS"]

@@ -14,6 +14,7 @@ from baselines.postedit import (
     pixel_mask,
     post_edit,
     save_mask,
+    stay_global,
 )
 from ip2p.editor import load_editor
 from ip2p.protocol import EditRequest, Editor
@@ -84,6 +85,13 @@ def test_a_mask_over_the_global_fraction_is_the_whole_image(ip2p, pe):
     assert bool(half[0].all()) and int(half[1].sum()) == 40
     assert int(pixel_mask(score, (10, 10), 0.5, 0, global_fraction=1.0)[0].sum()) == 60  # 1: never whole
     assert not bool(pixel_mask(torch.zeros(1, 4, 4), (4, 4), 0.5, 0, global_fraction=0.0).any())  # empty stays empty
+    # during sampling an image once global stays global; its batch mates do not
+    whole = torch.zeros(2, dtype=torch.bool)
+    full, part = torch.ones(4, 4, dtype=torch.bool), torch.eye(4, dtype=torch.bool)
+    assert torch.equal(stay_global(torch.stack([part, part]), whole), torch.stack([part, part])) and not whole.any()
+    assert torch.equal(stay_global(torch.stack([full, part]), whole), torch.stack([full, part]))
+    assert whole.tolist() == [True, False]
+    assert torch.equal(stay_global(torch.stack([part, part]), whole), torch.stack([full, part]))
     # global edits (night): with the default rule their final masks are the whole image; without it,
     # holes keep patches of the day scene, and the rule changes the sampling (the blend), not only the mask
     night = list(world_examples("val", 4, categories=["night"]))
