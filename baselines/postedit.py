@@ -136,12 +136,12 @@ def pixel_mask(score: torch.Tensor, size: tuple[int, int], threshold: float, dil
     return mask | whole.view(-1, 1, 1)
 
 
-def stay_global(mask: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
-    """One sampling step's masks ``[B, H, W]`` with every image already found global (``whole``,
-    ``[B]`` bool) kept whole; ``whole`` is updated in place to the images whose mask is now the whole image."""
-    mask = mask | whole.view(-1, 1, 1)
-    whole.copy_(mask.flatten(1).all(1))
-    return mask
+def stay_global(mask: torch.Tensor, whole: torch.Tensor, global_fraction: float) -> torch.Tensor:
+    """One sampling step's masks ``[B, H, W]`` (binary, not yet made global) as the whole image for
+    every image found global at this step (its mask covers more than ``global_fraction``) or at an
+    earlier one; ``whole`` (``[B]`` bool, those images) is updated in place."""
+    whole |= mask.flatten(1).float().mean(1) > global_fraction
+    return mask | whole.view(-1, 1, 1)
 
 
 def refine_mask(guide: torch.Tensor, edited: torch.Tensor, original: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -253,14 +253,14 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
             def blend(i: int, x: torch.Tensor) -> torch.Tensor | None:
                 if i < blend_from:
                     return None
-                keep = stay_global(pixel_mask(score / (i + 1), size, threshold, dilation, share), whole)
+                keep = stay_global(pixel_mask(score / (i + 1), size, threshold, dilation), whole, share)
                 m = F.max_pool2d(keep[:, None].float(), f, stride=f)
                 return m * x + (1 - m) * (z_in + float(sigmas[i + 1]) * n0)
 
             return blend
 
         x = self.sample_paper(chunk, on_branches=add_score, make_callback=make_blend)
-        masks = (pixel_mask(score / chunk.steps, size, threshold, dilation, share) | whole.view(-1, 1, 1)).cpu()
+        masks = stay_global(pixel_mask(score / chunk.steps, size, threshold, dilation), whole, share).cpu()
         for j, idx in enumerate(chunk.indices):
             self._masks[idx] = masks[j]
         return x

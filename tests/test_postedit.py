@@ -87,11 +87,15 @@ def test_a_mask_over_the_global_fraction_is_the_whole_image(ip2p, pe):
     assert not bool(pixel_mask(torch.zeros(1, 4, 4), (4, 4), 0.5, 0, global_fraction=0.0).any())  # empty stays empty
     # during sampling an image once global stays global; its batch mates do not
     whole = torch.zeros(2, dtype=torch.bool)
-    full, part = torch.ones(4, 4, dtype=torch.bool), torch.eye(4, dtype=torch.bool)
-    assert torch.equal(stay_global(torch.stack([part, part]), whole), torch.stack([part, part])) and not whole.any()
-    assert torch.equal(stay_global(torch.stack([full, part]), whole), torch.stack([full, part]))
+    full, most, part = torch.ones(4, 4, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool), torch.eye(4, dtype=torch.bool)
+    most[0] = False  # 75% of the image
+    assert torch.equal(stay_global(torch.stack([part, part]), whole, 0.5), torch.stack([part, part])) and not whole.any()
+    assert torch.equal(stay_global(torch.stack([most, part]), whole, 0.5), torch.stack([full, part]))
     assert whole.tolist() == [True, False]
-    assert torch.equal(stay_global(torch.stack([part, part]), whole), torch.stack([full, part]))
+    assert torch.equal(stay_global(torch.stack([part, part]), whole, 0.5), torch.stack([full, part]))
+    never = torch.zeros(1, dtype=torch.bool)  # global_fraction 1: no mask is made global, not even an entire one
+    assert torch.equal(stay_global(full[None], never, 1.0), full[None]) and not never.any()
+    assert torch.equal(stay_global(part[None], never, 1.0), part[None])
     # global edits (night): with the default rule their final masks are the whole image; without it,
     # holes keep patches of the day scene, and the rule changes the sampling (the blend), not only the mask
     night = list(world_examples("val", 4, categories=["night"]))
