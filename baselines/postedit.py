@@ -40,8 +40,8 @@ With guidance terms (InstructPix2Pix, :class:`PostEditInstructPix2Pix`), during 
 
 Without guidance terms (SDEdit, Text2Live: :class:`PostEditWrapper`), the score is the per-pixel
 ``mean_channels |output - input|`` of the wrapped editor's result, then the same normalisation,
-threshold, dilation, feather and pixel composite (``blend_start`` and ``refine_threshold`` do
-not apply).
+threshold, dilation, global rule (``global_fraction``, decided once), feather and pixel composite
+(``blend_start`` and ``refine_threshold`` do not apply).
 
 Every editor keeps the masks of its last ``run`` in ``last_masks`` (``[H, W]`` float in [0, 1], 0 outside)
 and, with ``mask_dir``, writes each as ``<mask_dir>/<sha[:2]>/<sha>.mask.png``, where ``sha`` names

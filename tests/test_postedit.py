@@ -77,7 +77,7 @@ def test_without_blend_and_with_a_whole_image_mask_it_is_plain_instructpix2pix(i
         assert torch.equal(a, b)  # the sampler override draws the same noise and takes the same steps
 
 
-def test_a_mask_over_the_global_fraction_is_the_whole_image(ip2p, pe):
+def test_a_mask_over_the_global_fraction_is_the_whole_image(pe):
     score = torch.zeros(2, 10, 10)
     score[0, :, :6] = 1.0  # 60% of the image above the threshold
     score[1, :, :4] = 1.0  # 40%
