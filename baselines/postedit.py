@@ -132,8 +132,7 @@ def pixel_mask(score: torch.Tensor, size: tuple[int, int], threshold: float, dil
     if tuple(score.shape[-2:]) != tuple(size):
         score = F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     mask = dilate(normalise_score(score) > threshold, int(dilation))
-    whole = mask.flatten(1).float().mean(1) > global_fraction
-    return mask | whole.view(-1, 1, 1)
+    return stay_global(mask, torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device), global_fraction)
 
 
 def stay_global(mask: torch.Tensor, whole: torch.Tensor, global_fraction: float) -> torch.Tensor:

@@ -23,9 +23,8 @@ def train(channels: int, steps: int, batch: int, lr: float, seed: int):
     from diffusers import AutoencoderKL
     from tqdm import tqdm
 
-    from ip2p.world.recipe import setup
-    from ip2p.world.vae_recipe import (LATENT_NOISE, POSTERIOR_LOGVAR_SHIFT, VAE_CONFIG, _lr_lambda,
-                                       reconstruction_loss, training_batch)
+    from ip2p.world.recipe import n_params, setup
+    from ip2p.world.vae_recipe import POSTERIOR_LOGVAR_SHIFT, VAE_CONFIG, _lr_lambda, train_step, training_batch
 
     gen = setup(seed)
     vae = AutoencoderKL(**dict(VAE_CONFIG, latent_channels=channels))
@@ -34,27 +33,17 @@ def train(channels: int, steps: int, batch: int, lr: float, seed: int):
     vae.train()
     t0, loss = time.time(), None
     for step in tqdm(range(steps), desc=f"vae {channels} ch"):
-        x = training_batch(step, batch, seed)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mean = vae.encode(x).latent_dist.mean
-            rec = vae.decode(mean + LATENT_NOISE * torch.randn(mean.shape, generator=gen)).sample.float()
-        loss = reconstruction_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss, _ = train_step(vae, training_batch(step, batch, seed), opt, sched, gen)
     vae.eval()
     with torch.no_grad():  # as finish_vae: a nearly deterministic posterior (the round trip uses its mode anyway)
         vae.quant_conv.bias[channels:] += POSTERIOR_LOGVAR_SHIFT
-    params = sum(p.numel() for p in vae.parameters())
-    return vae, round(time.time() - t0, 1), float(loss), params
+    return vae, round(time.time() - t0, 1), loss.item(), n_params(vae)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--channels", default="4,8", help="latent channel counts, comma-separated")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=8e-4, help="the VAE recipe's first phase")
     ap.add_argument("--seed", type=int, default=0)

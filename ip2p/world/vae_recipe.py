@@ -122,6 +122,22 @@ def _lr_lambda(steps: int, warmup: int = 100):
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
 
 
+def train_step(vae, x: torch.Tensor, opt, sched, gen: torch.Generator, bf16: bool = True):
+    """One step of the recipe on batch ``x`` (in [-1, 1]): encode to posterior means, add ``LATENT_NOISE``
+    drawn from ``gen``, decode, foreground-weighted loss, clipped AdamW step, scheduler step.
+    Returns (loss, reconstruction)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        mean = vae.encode(x).latent_dist.mean
+        rec = vae.decode(mean + LATENT_NOISE * torch.randn(mean.shape, generator=gen)).sample.float()
+    loss = reconstruction_loss(rec, x)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss, rec
+
+
 def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"), steps: int = 3000, batch: int = 32,
               lr: float = 8e-4, seed: int = 0, checkpoint_every: int = 250,
               bf16: bool = True, threads: int | None = None, eval_n: int = 192,
@@ -161,15 +177,7 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
     bar = tqdm(range(start, steps), desc="train-vae", initial=start, total=steps)
     for step in bar:
         x = training_batch(step, batch, seed)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            mean = vae.encode(x).latent_dist.mean
-            rec = vae.decode(mean + LATENT_NOISE * torch.randn(mean.shape, generator=gen)).sample.float()
-        loss = reconstruction_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss, rec = train_step(vae, x, opt, sched, gen, bf16)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{(rec - x).abs().mean().item() / 2:.4f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
