@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ip2p.errors import SpecError
 from ip2p.util.hashing import hash_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +136,9 @@ def test_ip2p_recipe_runs_its_stages_each_from_the_last_export_and_skips_finishe
     stages = (dict(max_steps=2), dict(max_steps=3, stop_at_step=2))
     run_dir = tmp_path / "run"
     assert ip2p_recipe.train_ip2p(run_dir, time_limit_minutes=0.0, ship=False, stages=stages) is None  # stops in stage 1
+    # the stopped stage's folder holds a run of its settings: a stage 1 of other data is refused, not resumed from it
+    with pytest.raises(SpecError, match=r"stage-1 holds a run of other settings .*data_options: it ran \{'n': 16\}"):
+        ip2p_recipe.train_ip2p(run_dir, ship=False, stages=(dict(stages[0], data_options={"n": 8}), stages[1]))
     run = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages)
     s1, s2 = run_dir / "stage-1", run_dir / "stage-2"
     assert run["final_step"] == 2 and run["config"]["base"] == str(s1) and run["config"]["stop_at_step"] == 2
@@ -146,6 +150,11 @@ def test_ip2p_recipe_runs_its_stages_each_from_the_last_export_and_skips_finishe
     again = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages)
     assert again["previous_stages"] == run["previous_stages"] and again["final_step"] == 2
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained
+    # a finished stage whose recipe changed since: an error naming the folder and the field, neither
+    # skipped as done (its weights are not the new stage's) nor trained over (nothing lost)
+    with pytest.raises(SpecError, match=r"stage-2 holds a run of other settings .*lr: it ran 0.0005, the recipe asks 0.001"):
+        ip2p_recipe.train_ip2p(run_dir, ship=False, stages=(stages[0], dict(stages[1], lr=1e-3)))
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before
 
 
 def test_ip2p_recipe_continues_from_the_shipped_weights_without_the_earlier_stages_folders(tmp_path, monkeypatch,
@@ -266,3 +275,8 @@ def test_ip2p_recipe_trains_its_world_sd_base_first_when_the_shipped_world_sd_is
     again = ip2p_recipe.train_ip2p(run_dir, ship=False, stages=stages, sd_dir=other, base_sd=base_sd)
     assert again["previous_stages"] == run["previous_stages"]
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before  # nothing retrained
+    # a finished stage whose recipe changed since: an error naming the folder and the field, neither
+    # skipped as done (its weights are not the new stage's) nor trained over (nothing lost)
+    with pytest.raises(SpecError, match=r"stage-2 holds a run of other settings .*lr: it ran 0.0005, the recipe asks 0.001"):
+        ip2p_recipe.train_ip2p(run_dir, ship=False, stages=(stages[0], dict(stages[1], lr=1e-3)))
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == before

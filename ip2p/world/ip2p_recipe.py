@@ -356,10 +356,26 @@ def _target(recipe: dict) -> int:
     return recipe.get("stop_at_step") or recipe["max_steps"]
 
 
+STAGE_FIELDS = ("max_steps", "lr", "data_options")  # what a stage of STAGES may set, and a run of it must have run
+
+
+def _other_settings(record: dict, want: dict) -> list[str]:
+    """Each of ``STAGE_FIELDS`` in which a run's record differs from ``want``, as a readable line."""
+    ran = record.get("config", {})
+    return [f"{k}: it ran {ran.get(k)!r}, the recipe asks {want[k]!r}" for k in STAGE_FIELDS if ran.get(k) != want[k]]
+
+
 def _stage_done(run_dir: Path, recipe: dict) -> dict | None:
-    """The stage's training record when ``run_dir`` holds its finished export, else None."""
+    """The stage's training record when ``run_dir`` holds its finished export, else None. A folder
+    holding a run (finished or not) of other settings is an error naming the folder and each field:
+    neither skipped as done nor trained over (which would lose that run)."""
+    from ip2p.errors import SpecError
+
     record = Path(run_dir) / "training_config.json"
     done = json.loads(record.read_text()) if record.exists() else None
+    if done is not None and (diff := _other_settings(done, recipe)):
+        raise SpecError(f"{run_dir} holds a run of other settings than this stage's ({'; '.join(diff)}): "
+                        "move that folder away to train the stage there, or give the stage its settings back")
     target = _target(recipe)
     if done is None or done.get("final_step") != target or not (Path(run_dir) / "unet").is_dir():
         return None
@@ -383,9 +399,7 @@ def shipped_chain(ship_dir: Path, stages: tuple[dict, ...]) -> list[dict]:
 def _ran_stage(record: dict, stage: dict) -> bool:
     """Whether a training record is a run of ``stage`` (an entry of ``STAGES``): it ended at the stage's
     step and ran RECIPE's settings with the stage's overrides of steps, learning rate and data."""
-    want = dict(RECIPE, **stage)
-    return record.get("final_step") == _target(stage) and all(
-        record["config"].get(k) == want[k] for k in ("max_steps", "lr", "data_options"))
+    return record.get("final_step") == _target(stage) and not _other_settings(record, dict(RECIPE, **stage))
 
 
 def _seed_from_shipped(stage_dir: Path, ship_dir: Path, record: dict) -> None:
