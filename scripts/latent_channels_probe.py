@@ -20,14 +20,13 @@ from pathlib import Path
 def train(channels: int, steps: int, batch: int, lr: float, seed: int):
     """The VAE recipe's loop with ``latent_channels=channels``, for ``steps``; the model, wall seconds, last loss."""
     import torch
-    from diffusers import AutoencoderKL
     from tqdm import tqdm
 
     from ip2p.world.recipe import n_params, setup
-    from ip2p.world.vae_recipe import POSTERIOR_LOGVAR_SHIFT, VAE_CONFIG, _lr_lambda, train_step, training_batch
+    from ip2p.world.vae_recipe import POSTERIOR_LOGVAR_SHIFT, _lr_lambda, build_vae, train_step, training_batch
 
     gen = setup(seed)
-    vae = AutoencoderKL(**dict(VAE_CONFIG, latent_channels=channels))
+    vae = build_vae(channels)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
     vae.train()

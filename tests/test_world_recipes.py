@@ -46,6 +46,27 @@ def test_vae_recipe_is_deterministic_and_resumes_bit_for_bit(tmp_path, threads):
     assert _weights(tmp_path / "d" / "vae") != _weights(tmp_path / "a" / "vae")
 
 
+def test_vae_recipe_with_another_latent_channel_count(tmp_path, threads):
+    """``latent_channels`` makes another latent (the shipped one has 4): the saved VAE encodes to that
+    many channels and its posterior is sharpened on all of them; the record and its command say so; a
+    run folder of the 4-channel latent cannot be resumed into it."""
+    from diffusers import AutoencoderKL
+
+    from ip2p.world.vae_recipe import train_vae
+
+    kw = dict(steps=2, batch=4, checkpoint_every=2, eval_n=12, bf16=False)
+    rec = train_vae(tmp_path / "vae8", run_dir=tmp_path / "run8", latent_channels=8, **kw)
+    vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae8")).eval()
+    with torch.no_grad():
+        post = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist
+    assert post.mean.shape == (1, 8, 16, 16) and float(post.std.max()) < 0.05  # about e^-5 of an untrained std of 1
+    assert rec["config"]["vae_config"]["latent_channels"] == 8 and "--latent-channels 8" in rec["command"]
+    four = train_vae(tmp_path / "vae4", run_dir=tmp_path / "run4", **kw)
+    assert four["config"]["vae_config"]["latent_channels"] == 4 and "--latent-channels" not in four["command"]
+    with pytest.raises(SpecError, match=r"(?s)run4: its checkpoint at step 2 is of another VAE .*latent_channels=8.*size mismatch"):
+        train_vae(tmp_path / "vae8b", run_dir=tmp_path / "run4", latent_channels=8, **dict(kw, steps=3))
+
+
 def test_sd_recipe_resumes_bit_for_bit(tmp_path, threads):
     from ip2p.world import SD_DIR
     from ip2p.world.sd_recipe import train_sd

@@ -26,6 +26,8 @@ def train_vae_cmd(steps: int = typer.Option(None, help="one phase of this many s
                   run_dir: Path = typer.Option(Path("runs/world-vae"), help="checkpoints; a rerun resumes from here"),
                   bf16: bool = typer.Option(True, help="bfloat16 autocast for forward and backward"),
                   init_checkpoint: Path = typer.Option(None, help="start from this checkpoint's weights (a second phase)"),
+                  latent_channels: int = typer.Option(4, help="latent channels (4: the shipped world's latent; "
+                                                         "another count needs its own --out and --run-dir)"),
                   out: Path = typer.Option(None, help="folder (default: the shipped sd/vae)")) -> None:
     """Train the world's AutoencoderKL (64x64 <-> 16x16x4) on caption scenes and edit inputs/targets,
     set its latent scale and make its posterior nearly deterministic; resumable. Without --steps,
@@ -35,10 +37,10 @@ def train_vae_cmd(steps: int = typer.Option(None, help="one phase of this many s
 
     out = out or SD_DIR / "vae"
     if steps is None and lr is None and seed is None and init_checkpoint is None:
-        rec = train_vae_phases(out, run_dir=run_dir, batch=batch, bf16=bf16)
+        rec = train_vae_phases(out, run_dir=run_dir, batch=batch, bf16=bf16, latent_channels=latent_channels)
     else:
         rec = train_vae(out, run_dir=run_dir, steps=steps or 3000, batch=batch, lr=lr or 1e-3, seed=seed or 0,
-                        bf16=bf16, init_checkpoint=init_checkpoint)
+                        bf16=bf16, init_checkpoint=init_checkpoint, latent_channels=latent_channels)
     typer.echo(f"vae: round-trip L1 of test targets {rec['roundtrip_test_targets']['l1_mean']} "
                f"scaling_factor={rec['scaling_factor']} in {rec['wall_time_s']} s")
 

@@ -50,10 +50,12 @@ FOREGROUND_WEIGHT = 10.0  # loss weight of pixels that differ from the backgroun
 LATENT_NOISE = 0.1  # std of the noise added to posterior means in training (unscaled latent units)
 
 
-def build_vae():
+def build_vae(latent_channels: int = VAE_CONFIG["latent_channels"]):
+    """The recipe's AutoencoderKL; ``latent_channels`` other than the shipped 4 makes another latent
+    (and so a world whose world:sd and world:ip2p must be trained on it)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**VAE_CONFIG)
+    return AutoencoderKL(**dict(VAE_CONFIG, latent_channels=latent_channels))
 
 
 def edit_batch(split: str, start: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -90,11 +92,16 @@ def training_batch(step: int, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def roundtrip_l1_per_item(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """``[N]``: L1 (images in [0, 1]) of each image's VAE round trip (posterior mode)."""
+def roundtrip_images(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """The VAE round trip (posterior mode) of ``images`` (``[N, 3, H, W]`` in [0, 1]), in [0, 1]."""
     rec = torch.cat([vae.decode(vae.encode(images[i:i + batch] * 2 - 1).latent_dist.mode()).sample
                      for i in range(0, len(images), batch)])
-    return (((rec + 1) / 2).clamp(0, 1) - images).abs().flatten(1).mean(1)
+    return ((rec + 1) / 2).clamp(0, 1)
+
+
+def roundtrip_l1_per_item(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """``[N]``: L1 (images in [0, 1]) of each image's VAE round trip (posterior mode)."""
+    return (roundtrip_images(vae, images, batch) - images).abs().flatten(1).mean(1)
 
 
 def roundtrip_l1(vae, split: str = "test", n: int = 192, batch: int = 64) -> dict:
@@ -141,7 +148,7 @@ def train_step(vae, x: torch.Tensor, opt, sched, gen: torch.Generator, bf16: boo
 def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae"), steps: int = 3000, batch: int = 32,
               lr: float = 8e-4, seed: int = 0, checkpoint_every: int = 250,
               bf16: bool = True, threads: int | None = None, eval_n: int = 192,
-              init_checkpoint: Path | None = None) -> dict:
+              init_checkpoint: Path | None = None, latent_channels: int = VAE_CONFIG["latent_channels"]) -> dict:
     """Train (or resume) the VAE, then set its scale, sharpen its posterior and save it into ``out``.
 
     ``init_checkpoint``: start from the weights of another run's checkpoint (a second phase with its
@@ -151,12 +158,14 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
     run_dir.mkdir(parents=True, exist_ok=True)
     command = (f"ip2p world train-vae --steps {steps} --batch {batch} --lr {lr} --seed {seed}"
                f" --run-dir {run_dir}" + ("" if bf16 else " --no-bf16")
-               + (f" --init-checkpoint {init_checkpoint}" if init_checkpoint else ""))
-    record = RunRecord(command, steps=steps, batch=batch, lr=lr, seed=seed, vae_config=VAE_CONFIG,
+               + (f" --init-checkpoint {init_checkpoint}" if init_checkpoint else "")
+               + (f" --latent-channels {latent_channels}" if latent_channels != VAE_CONFIG["latent_channels"] else ""))
+    record = RunRecord(command, steps=steps, batch=batch, lr=lr, seed=seed,
+                       vae_config=dict(VAE_CONFIG, latent_channels=latent_channels),
                        foreground_weight=FOREGROUND_WEIGHT, latent_noise=LATENT_NOISE,
                        bf16_autocast=bf16, data="half caption scenes, half training edit inputs/targets",
                        posterior_logvar_shift=POSTERIOR_LOGVAR_SHIFT)
-    vae = build_vae()
+    vae = build_vae(latent_channels)
     if init_checkpoint is not None:
         vae.load_state_dict(torch.load(init_checkpoint, map_location="cpu", weights_only=False)["model"])
         record.config["init_checkpoint"] = str(init_checkpoint)
@@ -165,7 +174,13 @@ def train_vae(out: Path = SD_DIR / "vae", run_dir: Path = Path("runs/world-vae")
     start, prior_wall, t_run = 0, 0.0, time.time()
     state = latest_checkpoint(run_dir)
     if state is not None:
-        vae.load_state_dict(state["model"])
+        try:
+            vae.load_state_dict(state["model"])
+        except RuntimeError as e:  # e.g. a run of another latent channel count
+            from ip2p.errors import SpecError
+
+            raise SpecError(f"{run_dir}: its checkpoint at step {state['step']} is of another VAE than this run's "
+                            f"(latent_channels={latent_channels}); use another --run-dir. {e}") from None
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
