@@ -90,6 +90,29 @@ def test_latent_ceiling_is_the_vae_round_trip_beside_identity():
         assert lo <= mean <= hi
         assert mean == pytest.approx(row["roundtrip"] - row["identity"], abs=2e-5)
 
+def test_error_near_and_away_splits_each_l1_into_two_parts():
+    """Identity is exact away from the edit (the mask is where input and target differ), so all its
+    error is near it; each output's two parts add up to its L1; the round trip's L1 is latent_ceiling's;
+    the editor, which regenerates every pixel, has error away from the edit; the near region grows with
+    the margin."""
+    from ip2p.models import load_vae
+    from ip2p.world.evaluate import error_near_and_away, latent_ceiling
+
+    folder = _need("ip2p", "unet/diffusion_pytorch_model.safetensors")
+    table = error_near_and_away(folder, n=12, steps=4)
+    ceiling = latent_ceiling(load_vae(folder / "vae"), n=12)
+    assert table["all"]["n"] == 12 and 0 < table["all"]["near_share"] < 1
+    for c, row in table.items():
+        assert row["identity"]["away"] == 0.0 and row["identity"]["near"] == pytest.approx(ceiling[c]["identity"], abs=2e-5)
+        assert row["roundtrip"]["l1"] == pytest.approx(ceiling[c]["roundtrip"], abs=2e-5)
+        for name in ("editor", "roundtrip", "identity"):
+            assert row[name]["near"] + row[name]["away"] == pytest.approx(row[name]["l1"], abs=2e-5)
+    assert table["all"]["editor"]["away"] > 0
+    wider = error_near_and_away(folder, n=12, steps=4, margin=4)
+    assert wider["all"]["near_share"] > table["all"]["near_share"]
+    assert wider["all"]["editor"]["l1"] == pytest.approx(table["all"]["editor"]["l1"], abs=1e-6)
+
+
 def test_compare_editors_pairs_items_and_names_the_worse_editor(tmp_path):
     """Two stages compared: the same editor against itself differs by nothing; an editor whose noise
     prediction is scaled up (over-shooting every step) is the worse one, with its L1 higher overall
