@@ -1,12 +1,15 @@
 """Would a better decoder move the per-category L1 targets? A probe, not a recipe: fine-tunes only
 the decoder of world:sd's VAE (encoder and latent space frozen, so world:sd's and world:ip2p's UNets
 stay valid, as SD's ft-MSE decoder was made) on fresh world training images with the VAE recipe's
-loss, for ``--minutes``, then measures per category of the protocol's test items: the round trip of
+loss (or plain L1, ``--loss l1``: the protocol's metric; in bfloat16 autocast as the recipe trains, or
+``--precision fp32``), for ``--minutes``, then measures per category of the protocol's test items: the round trip of
 the exact targets against identity (``scripts/latent_ceiling.py``'s table) before and after, and
 world:ip2p's issue-21 figures with the fine-tuned decoder in place of its own. Writes ``--out``
 (JSON); ships nothing.
 
     python scripts/decoder_probe.py --minutes 12 --out world-training/decoder-probe.json
+    python scripts/decoder_probe.py --minutes 12 --precision fp32 --loss l1 --latent-noise 0.03 --lr 1e-4 \
+        --out world-training/decoder-probe-fp32-l1.json
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ def _finetune(vae, args) -> dict:
     from ip2p.world.vae_recipe import LATENT_NOISE, reconstruction_loss, training_batch
 
     gen = setup(seed=7)
+    noise = LATENT_NOISE if args.latent_noise is None else args.latent_noise
+    bf16 = args.precision == "bf16"
     train = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
     for p in vae.parameters():
         p.requires_grad_(False)
@@ -40,11 +45,11 @@ def _finetune(vae, args) -> dict:
     bar = tqdm(desc="decoder", unit="step")
     while time.time() - t0 < args.minutes * 60:
         x = training_batch(10_000 + step, args.batch, seed=0)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             mean = vae.encode(x).latent_dist.mean.float()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            rec = vae.decode(mean + LATENT_NOISE * torch.randn(mean.shape, generator=gen)).sample.float()
-        loss = reconstruction_loss(rec, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            rec = vae.decode(mean + noise * torch.randn(mean.shape, generator=gen)).sample.float()
+        loss = reconstruction_loss(rec, x) if args.loss == "recipe" else (rec - x).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train, 1.0)
@@ -65,6 +70,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=12.0, help="fine-tuning time")
     ap.add_argument("--lr", type=float, default=5e-5, help="after a linear warm-up of 50 steps")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="bf16: autocast, as the VAE recipe trains; fp32: full precision (about 3x slower)")
+    ap.add_argument("--loss", choices=("recipe", "l1"), default="recipe",
+                    help="recipe: the VAE recipe's foreground-weighted L1 + MSE; l1: plain L1, the protocol's metric")
+    ap.add_argument("--latent-noise", type=float, default=None,
+                    help="std of the noise on posterior means in training (default: the recipe's LATENT_NOISE)")
     ap.add_argument("--n", type=int, default=192, help="first n world test items (the protocol's 192)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
