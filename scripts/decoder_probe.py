@@ -1,11 +1,11 @@
 """Would a better decoder move the per-category L1 targets? A probe, not a recipe: fine-tunes only
 the decoder of world:sd's VAE (encoder and latent space frozen, so world:sd's and world:ip2p's UNets
 stay valid, as SD's ft-MSE decoder was made) on fresh world training images with the VAE recipe's
-loss (or plain L1, ``--loss l1``: the protocol's metric; in bfloat16 autocast as the recipe trains, or
-``--precision fp32``), for ``--minutes``, then measures per category of the protocol's test items: the round trip of
-the exact targets against identity (``scripts/latent_ceiling.py``'s table) before and after, and
-world:ip2p's issue-21 figures with the fine-tuned decoder in place of its own. Writes ``--out``
-(JSON); ships nothing.
+loss (or plain L1, ``--loss l1``: the protocol's metric; in bfloat16 autocast as the recipe trains,
+or ``--precision fp32``), for ``--minutes``, then measures per category of the protocol's test
+items: the round trip of the exact targets against identity (``scripts/latent_ceiling.py``'s table)
+before and after, and world:ip2p's issue-21 figures with the fine-tuned decoder in place of its own.
+Writes ``--out`` (JSON); ships nothing.
 
     python scripts/decoder_probe.py --minutes 12 --out world-training/decoder-probe.json
     python scripts/decoder_probe.py --minutes 12 --precision fp32 --loss l1 --latent-noise 0.03 --lr 1e-4 \
