@@ -121,18 +121,21 @@ def feather(mask: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def pixel_mask(score: torch.Tensor, size: tuple[int, int], threshold: float, dilation: int,
-               global_fraction: float = 1.0) -> torch.Tensor:
+               global_fraction: float = 1.0, whole: torch.Tensor | None = None) -> torch.Tensor:
     """Binary ``[B, H, W]`` mask from edit scores ``[B, h, w]``: bilinearly upsampled to ``size``
     (a latent cell covers 8x8 pixels; interpolating the score places the boundary between cell
     centres instead of on the cell grid), normalised by the maximum, ``> threshold``, dilated by
     ``dilation`` pixels; an image whose mask then covers more than ``global_fraction`` of it gets
     the whole image (a global edit: the holes left in its mask are where the score's floor dips
-    under the threshold, not regions the edit leaves alone)."""
+    under the threshold, not regions the edit leaves alone). ``whole``: the images found global at
+    earlier sampling steps, kept global and updated (``stay_global``)."""
     score = score.float()
     if tuple(score.shape[-2:]) != tuple(size):
         score = F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     mask = dilate(normalise_score(score) > threshold, int(dilation))
-    return stay_global(mask, torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device), global_fraction)
+    if whole is None:
+        whole = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    return stay_global(mask, whole, global_fraction)
 
 
 def stay_global(mask: torch.Tensor, whole: torch.Tensor, global_fraction: float) -> torch.Tensor:
@@ -252,14 +255,14 @@ class PostEditInstructPix2Pix(InstructPix2PixEditor):
             def blend(i: int, x: torch.Tensor) -> torch.Tensor | None:
                 if i < blend_from:
                     return None
-                keep = stay_global(pixel_mask(score / (i + 1), size, threshold, dilation), whole, share)
+                keep = pixel_mask(score / (i + 1), size, threshold, dilation, share, whole)
                 m = F.max_pool2d(keep[:, None].float(), f, stride=f)
                 return m * x + (1 - m) * (z_in + float(sigmas[i + 1]) * n0)
 
             return blend
 
         x = self.sample_paper(chunk, on_branches=add_score, make_callback=make_blend)
-        masks = stay_global(pixel_mask(score / chunk.steps, size, threshold, dilation), whole, share).cpu()
+        masks = pixel_mask(score / chunk.steps, size, threshold, dilation, share, whole).cpu()
         for j, idx in enumerate(chunk.indices):
             self._masks[idx] = masks[j]
         return x
